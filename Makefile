@@ -1,0 +1,45 @@
+# Every target bootstraps .venv when it is missing; a second run does not reinstall.
+# GPU users: `make GPU=1 <target>` installs TensorFlow's CUDA extra (tensorflow[and-cuda]).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed$(if $(GPU),-gpu)
+EXTRAS := test$(if $(GPU),$(comma)gpu)
+comma := ,
+# Stages run as `python -m op_classifier.<stage>` under DVC: the venv must come first on PATH.
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: help install run test test-slow sample lock clean
+
+help:
+	@echo "make run        the whole pipeline on the built-in sample (dvc repro)"
+	@echo "make test       the fast tests;  make test-slow: all of them"
+	@echo "make sample     (re)generate the built-in sample in data/raw"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
+	touch $@
+
+run: $(STAMP)
+	@test -d data/raw || $(BIN)/op-classifier sample --out data/raw
+	$(BIN)/dvc repro
+
+sample: $(STAMP)
+	$(BIN)/op-classifier sample --out data/raw
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m ''
+
+lock: $(STAMP)
+	{ echo "# Tested versions, installed as constraints by the Makefile. Regenerate: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) data/prepared experiments/tuning experiments/model experiments/plots experiments/metrics.json

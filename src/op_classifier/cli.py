@@ -1,0 +1,96 @@
+"""The `op-classifier` command: compose the config, make the sample, run a stage ad hoc."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from op_classifier import config
+from op_classifier.errors import OpClassifierError
+
+# Stage name -> module with `run(cfg) -> dict`; imported only when asked for (TensorFlow is slow).
+STAGES = {
+    "prepare": "op_classifier.prepare",
+}
+
+
+def guarded(action: Callable[[], object]) -> int:
+    """Run an action; turn a user-facing error into one line on stderr and its exit code."""
+    try:
+        action()
+    except OpClassifierError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def stage_main(run: Callable[[config.Config], dict]) -> None:
+    """Entry point of a DVC stage: run it with the validated params.yaml."""
+    sys.exit(guarded(lambda: _report(run(config.load_params()))))
+
+
+def _report(summary: dict) -> None:
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _compose(overrides: Sequence[str]) -> None:
+    cfg = config.compose(tuple(overrides))
+    config.validate(cfg)  # refuse to write a params.yaml the stages would reject
+    Path(config.PARAMS_FILE).write_text(config.to_yaml(cfg), encoding="utf-8")
+    print(f"wrote {config.PARAMS_FILE}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from op_classifier import sample
+
+    given = {"per_class": args.per_class, "scenes": args.scenes, "seed": args.seed}
+    _report(sample.generate(Path(args.out), **{k: v for k, v in given.items() if v is not None}))
+
+
+def _stage(name: str, overrides: Sequence[str]) -> None:
+    cfg = config.validate(config.compose(tuple(overrides)))
+    module = importlib.import_module(STAGES[name])
+    _report(module.run(cfg))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="op-classifier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compose = sub.add_parser("compose", help="compose conf/ (+ overrides) into params.yaml")
+    compose.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.val_fraction=0.25")
+
+    smp = sub.add_parser("sample", help="render the built-in synthetic Straw Hat image set")
+    smp.add_argument("--out", default="data/raw", help="output folder (default: data/raw)")
+    smp.add_argument("--per-class", type=int, help="single-character images per class (default: the built-in size)")
+    smp.add_argument("--scenes", type=int, help="multi-character scenes (default: per-class / 2)")
+    smp.add_argument("--seed", type=int, help="random seed (default: the one data.dvc was made with)")
+
+    for name in STAGES:
+        stage = sub.add_parser(name, help=f"run the {name} stage with conf/ + overrides (outside DVC)")
+        stage.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line and run the command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "compose":
+        code = guarded(lambda: _compose(args.overrides))
+    elif args.command == "sample":
+        code = guarded(lambda: _sample(args))
+    else:
+        code = guarded(lambda: _stage(args.command, args.overrides))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,570 @@
+"""The prepare stage: raw image folders -> deduplicated, stratified, memory-mappable train/val/test arrays.
+
+Raw data contract (paths.raw):
+- `<ClassName>/...`: every file anywhere below a top-level class folder (nested folders included)
+  is an image of that class. Hidden files and folders (name starting with ".") are ignored.
+- `<data.labels_file>` (optional CSV, header `path,labels`, labels joined by `|`, path relative to
+  paths.raw): an entry replaces the folder label, e.g. `scenes/0001.jpg,Luffy|Zoro`. Files outside
+  a class folder (e.g. `scenes/`) must be listed there; unlisted ones are skipped and reported.
+- `data.classes` fixes the classes and their order; null infers the sorted union of all labels.
+
+Exact duplicates (same bytes) are dropped before splitting, keeping the first by sorted path; if
+the copies carry different labels the kept one gets their union (the same picture filed under two
+characters shows both), and manifest.json lists that under warnings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from op_classifier.config import Config, DataConfig
+from op_classifier.errors import DataError
+from op_classifier.images import ImageError, decode_image
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+MIN_IMAGES_PER_CLASS = len(SPLITS)  # one each for train, val and test
+LABEL_SEPARATOR = "|"
+_COPY_ROWS = 256  # rows copied per step from the staging array, so memory stays bounded
+
+# Kinds of skipped files, as the summary line counts them.
+UNREADABLE, UNLABELLED, BAD_LABELS = "unreadable", "unlabelled", "bad_labels"
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    """One usable line of the labels file."""
+
+    line: int
+    labels: tuple[str, ...]
+    where: str  # "labels.csv line 12", for reasons
+
+
+@dataclass
+class Inventory:
+    """What the raw folder offers: the files to decode with their labels, and what was set aside."""
+
+    classes: list[str]
+    paths: list[str]  # relative to raw, POSIX, sorted
+    labels: list[tuple[str, ...]]  # in class order, parallel to paths
+    skipped: list[dict] = field(default_factory=list)
+    empty_folders: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Kept:
+    """The usable, deduplicated images (parallel lists, sorted by path)."""
+
+    rows: list[int]  # row of each image in the staging array
+    paths: list[str]
+    labels: list[tuple[str, ...]]
+    sha256: list[str]
+
+
+def run(cfg: Config) -> dict:
+    """Prepare paths.raw into paths.prepared (arrays + manifest.json) and return a summary."""
+    started = time.perf_counter()
+    raw, prepared = Path(cfg.paths.raw), Path(cfg.paths.prepared)
+    inventory = scan(raw, cfg.data)
+    with staged_output(prepared) as out:
+        manifest = prepare_into(out, raw, inventory, cfg)
+    seconds = time.perf_counter() - started
+    print(summary_line(manifest, prepared / MANIFEST), file=sys.stderr)
+    return {
+        **manifest["counts"],
+        "classes": len(manifest["classes"]),
+        "skipped": len(manifest["skipped"]),
+        "duplicates": len(manifest["duplicates"]),
+        "seconds": round(seconds, 2),
+        "images_per_second": round(len(inventory.paths) / max(seconds, 1e-9), 1),
+        "manifest": str(prepared / MANIFEST),
+    }
+
+
+def prepare_into(out: Path, raw: Path, inventory: Inventory, cfg: Config) -> dict:
+    """Decode, deduplicate, split and write everything into the (empty) folder out; return the manifest."""
+    staging = out / "_decoded.npy"
+    digests, reasons = decode_all(raw, inventory.paths, staging, cfg.data)
+    kept, duplicates, merged = deduplicate(inventory, digests, reasons)
+    unreadable = [_skip(path, why, UNREADABLE) for path, why in zip(inventory.paths, reasons) if why is not None]
+    empty = check_class_sizes(kept, inventory, unreadable, raw)
+    splits = assign_splits(kept.labels, cfg.data, cfg.seed)
+    write_arrays(out, staging, kept, splits, inventory.classes)
+    staging.unlink()
+    warnings = {"empty_classes": empty, "merged_duplicate_labels": merged}
+    skipped = inventory.skipped + unreadable
+    manifest = build_manifest(cfg, inventory.classes, kept, splits, skipped, duplicates, warnings)
+    # backslashreplace: a file name that is not valid UTF-8 still round-trips, as a JSON \u escape.
+    text = json.dumps(manifest, indent=1, ensure_ascii=False)
+    (out / MANIFEST).write_text(text, encoding="utf-8", errors="backslashreplace")
+    return manifest
+
+
+def main() -> None:
+    """DVC stage entry point: `python -m op_classifier.prepare` with params.yaml."""
+    from op_classifier.cli import stage_main
+
+    stage_main(run)
+
+
+# --- what the raw folder holds ---------------------------------------------------------------------
+
+
+def scan(raw: Path, data: DataConfig) -> Inventory:
+    """List the raw images, give each its labels, and set aside those without usable labels."""
+    if not raw.is_dir():
+        raise DataError(f"paths.raw: {raw} is not a folder")
+    labels_path = raw / data.labels_file if data.labels_file else None
+    files = list_files(raw, exclude=labels_path)
+    if not files:
+        raise DataError(f"paths.raw: {raw} holds no image files")
+    entries, skipped = read_labels_file(labels_path, set(files))
+    classes = list(data.classes) if data.classes is not None else infer_classes(files, entries)
+    inventory = Inventory(classes=classes, paths=[], labels=[], skipped=skipped)
+    used = {_folder_of(path) for path in files}
+    inventory.empty_folders = [folder.name for folder in _top_folders(raw) if folder.name not in used]
+    for path in files:
+        labels, skip = _labels_of(path, entries, classes)
+        if skip is not None:
+            inventory.skipped.append(skip)
+        else:
+            inventory.paths.append(path)
+            inventory.labels.append(labels)
+    return inventory
+
+
+def list_files(raw: Path, exclude: Path | None = None) -> list[str]:
+    """Every non-hidden file under raw, as sorted POSIX paths relative to it."""
+    found = []
+    for folder, subfolders, names in os.walk(raw):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in names:
+            path = Path(folder) / name
+            if not name.startswith(".") and path != exclude:
+                found.append(path.relative_to(raw).as_posix())
+    return sorted(found)
+
+
+def read_labels_file(path: Path | None, files: set[str]) -> tuple[dict[str, LabelEntry], list[dict]]:
+    """Parse the labels CSV: usable entries by path, and the lines skipped with their reasons."""
+    if path is None or not path.is_file():
+        return {}, []
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot be read as a UTF-8 CSV ({error})") from None
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if header != ["path", "labels"]:
+        raise DataError(f"{path}: the first line must be the header `path,labels`, got {','.join(header)!r}")
+    entries: dict[str, LabelEntry] = {}
+    skipped = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        entry, problem = _parse_labels_row(row, f"{path.name} line {line}", line, files, entries)
+        if problem is not None:
+            skipped.append(problem)
+        else:
+            entries[_clean_path(row[0])] = entry
+    return entries, skipped
+
+
+def _parse_labels_row(
+    row: list[str], where: str, line: int, files: set[str], entries: dict[str, LabelEntry]
+) -> tuple[LabelEntry | None, dict | None]:
+    if len(row) != 2:
+        return None, _skip(None, f"{where}: expected 2 fields `path,labels`, got {len(row)}", BAD_LABELS, line)
+    path = _clean_path(row[0])
+    labels = tuple(dict.fromkeys(label.strip() for label in row[1].split(LABEL_SEPARATOR) if label.strip()))
+    if not path or not labels:
+        return None, _skip(path or None, f"{where}: empty path or labels", BAD_LABELS, line)
+    if path.startswith("/") or ".." in PurePosixPath(path).parts:
+        return None, _skip(path, f"{where}: path must be relative to paths.raw", BAD_LABELS, line)
+    if path not in files:
+        return None, _skip(path, f"{where}: no such file", BAD_LABELS, line)
+    if path in entries:
+        return None, _skip(path, f"{where}: already listed on line {entries[path].line}", BAD_LABELS, line)
+    return LabelEntry(line, labels, where), None
+
+
+def _clean_path(text: str) -> str:
+    text = text.strip()
+    return PurePosixPath(text).as_posix() if text else ""
+
+
+def infer_classes(files: Sequence[str], entries: dict[str, LabelEntry]) -> list[str]:
+    """With data.classes null: every label in the labels file, plus each folder holding an unlisted file."""
+    names = {label for entry in entries.values() for label in entry.labels}
+    names |= {_folder_of(path) for path in files if path not in entries and _folder_of(path)}
+    if len(names) < 2:
+        raise DataError(f"found {len(names)} class(es) {sorted(names)} in paths.raw; need at least two")
+    return sorted(names)
+
+
+def _labels_of(
+    path: str, entries: dict[str, LabelEntry], classes: list[str]
+) -> tuple[tuple[str, ...], dict | None]:
+    entry = entries.get(path)
+    if entry is not None:
+        unknown = [label for label in entry.labels if label not in classes]
+        if unknown:
+            reason = f"{entry.where}: unknown class {unknown[0]!r} (classes: {', '.join(classes)})"
+            return (), _skip(path, reason, BAD_LABELS, entry.line)
+        return _in_class_order(entry.labels, classes), None
+    folder = _folder_of(path)
+    if folder in classes:
+        return (folder,), None
+    where = f"folder {folder!r} is not a class" if folder else "not in a class folder"
+    return (), _skip(path, f"{where} and not listed in the labels file", UNLABELLED)
+
+
+def _folder_of(path: str) -> str | None:
+    parts = PurePosixPath(path).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def _top_folders(raw: Path) -> list[Path]:
+    return sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _in_class_order(labels: Sequence[str], classes: list[str]) -> tuple[str, ...]:
+    return tuple(name for name in classes if name in labels)
+
+
+def _skip(path: str | None, reason: str, kind: str, line: int | None = None) -> dict:
+    entry = {"path": path, "reason": reason, "kind": kind}
+    if line is not None:
+        entry["line"] = line
+    return entry
+
+
+# --- decoding ----------------------------------------------------------------------------------------
+
+
+def decode_all(
+    raw: Path, paths: Sequence[str], staging: Path, data: DataConfig
+) -> tuple[list[str | None], list[str | None]]:
+    """Decode every file over all cores into the staging array; return per-file sha256 and skip reason."""
+    size = data.image_size
+    images = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    del images  # created; the workers write into it
+    digests: list[str | None] = [None] * len(paths)
+    reasons: list[str | None] = [None] * len(paths)
+    if not paths:
+        return digests, reasons
+    job = partial(_decode_file, size=size, max_pixels=data.max_image_pixels)
+    workers = min(_cpu_count(), len(paths))
+    chunksize = max(1, min(32, len(paths) // (workers * 8)))
+    jobs = ((index, str(raw / path)) for index, path in enumerate(paths))
+    pool = multiprocessing.Pool(workers, initializer=_start_worker, initargs=(str(staging),))
+    with pool, _progress(len(paths)) as bar:
+        for index, digest, reason in pool.imap_unordered(job, jobs, chunksize=chunksize):
+            digests[index], reasons[index] = digest, reason
+            bar.update()
+    return digests, reasons
+
+
+# Each worker's view of the staging array: writing rows there spares pickling every image to the parent.
+_staging: np.ndarray | None = None
+
+
+def _start_worker(staging: str) -> None:
+    global _staging
+    # Ctrl-C is the parent's to handle; workers printing a traceback each would bury its message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _staging = np.load(staging, mmap_mode="r+")
+
+
+def _decode_file(job: tuple[int, str], size: int, max_pixels: int) -> tuple[int, str | None, str | None]:
+    """Worker: decode (index, path) into row index of the staging array; return (index, sha256, skip reason)."""
+    index, path = job
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return index, None, f"cannot read file: {error.strerror or error}"
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        _staging[index] = decode_image(data, size, max_pixels)
+    except ImageError as error:
+        return index, digest, str(error)
+    return index, digest, None
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _progress(total: int) -> tqdm:
+    # disable=None: a bar on a terminal, none in logs and CI where it would be a wall of lines.
+    return tqdm(total=total, desc="prepare", unit="img", file=sys.stderr, leave=False, disable=None)
+
+
+# --- duplicates and class sizes ------------------------------------------------------------------------
+
+
+def deduplicate(
+    inventory: Inventory, digests: Sequence[str | None], reasons: Sequence[str | None]
+) -> tuple[Kept, list[dict], list[dict]]:
+    """Keep the first decodable file (by path) of each content; merge the labels of its copies."""
+    first: dict[str, int] = {}  # sha256 -> position in kept
+    kept = Kept(rows=[], paths=[], labels=[], sha256=[])
+    duplicates: list[dict] = []
+    merged: dict[int, set[str]] = {}
+    for row, (path, labels) in enumerate(zip(inventory.paths, inventory.labels)):
+        digest = digests[row]
+        if reasons[row] is not None or digest is None:
+            continue
+        if digest in first:
+            position = first[digest]
+            original = kept.paths[position]
+            duplicates.append(
+                {"path": path, "duplicate_of": original, "labels": list(labels), "reason": f"duplicate of {original}"}
+            )
+            if set(labels) - set(kept.labels[position]):
+                merged.setdefault(position, set(kept.labels[position])).update(labels)
+            continue
+        first[digest] = len(kept.paths)
+        kept.rows.append(row)
+        kept.paths.append(path)
+        kept.labels.append(labels)
+        kept.sha256.append(digest)
+    for position, labels in merged.items():
+        kept.labels[position] = _in_class_order(labels, inventory.classes)
+    notes = [{"path": kept.paths[p], "labels": list(kept.labels[p])} for p in sorted(merged)]
+    return kept, duplicates, notes
+
+
+def check_class_sizes(kept: Kept, inventory: Inventory, unreadable: list[dict], raw: Path) -> list[str]:
+    """Refuse data that cannot be split; return the classes (and folders) with no image at all."""
+    if not kept.paths:
+        found = len(inventory.paths) + len(inventory.skipped)
+        first = (inventory.skipped + unreadable)[:1]
+        example = f"; e.g. {first[0]['path']}: {first[0]['reason']}" if first else ""
+        raise DataError(f"no usable image in {raw} ({found} files found{example})")
+    counts = class_counts(kept.labels, inventory.classes)
+    few = {name: n for name, n in counts.items() if 0 < n < MIN_IMAGES_PER_CLASS}
+    if few:
+        listed = ", ".join(f"{name} has {n}" for name, n in few.items())
+        raise DataError(
+            f"too few images to split: {listed} (need at least {MIN_IMAGES_PER_CLASS} per class, "
+            "one each for train, val and test)"
+        )
+    empty = [name for name, n in counts.items() if n == 0]
+    return sorted(set(empty) | set(inventory.empty_folders))
+
+
+def class_counts(labels: Sequence[tuple[str, ...]], classes: Sequence[str]) -> dict[str, int]:
+    """How many images carry each class."""
+    return {name: sum(name in image for image in labels) for name in classes}
+
+
+# --- the split -------------------------------------------------------------------------------------------
+
+
+def assign_splits(labels: Sequence[tuple[str, ...]], data: DataConfig, seed: int) -> list[str]:
+    """Stratified, seeded train/val/test assignment of images given in sorted-path order."""
+    rng = np.random.default_rng(seed)
+    splits = ["train"] * len(labels)
+    for key, members in sorted(strata(labels, data).items()):
+        n_val, n_test = split_sizes(len(members), data.val_fraction, data.test_fraction, single=len(key) == 1)
+        for rank, position in enumerate(rng.permutation(len(members))):
+            if rank < n_val + n_test:
+                splits[members[position]] = "val" if rank < n_val else "test"
+    return splits
+
+
+def strata(labels: Sequence[tuple[str, ...]], data: DataConfig) -> dict[tuple[str, ...], list[int]]:
+    """Group images by label set; label sets too small to reach val or test share one stratum, key ()."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, image in enumerate(labels):
+        groups.setdefault(image, []).append(index)
+    smallest = min(data.val_fraction, data.test_fraction)
+    pooled = [key for key, members in groups.items() if len(key) > 1 and _round(len(members) * smallest) == 0]
+    for key in pooled:
+        groups.setdefault((), []).extend(groups.pop(key))
+    if () in groups:
+        groups[()].sort()
+    return groups
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float, single: bool) -> tuple[int, int]:
+    """(val, test) sizes of a stratum: rounded fractions, at least one each for a class with enough images."""
+    n_val, n_test = _round(n * val_fraction), _round(n * test_fraction)
+    if single and n >= MIN_IMAGES_PER_CLASS:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    while n_val + n_test >= n and n_val + n_test > 0:  # always leave one to train on
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def _round(x: float) -> int:
+    return math.floor(x + 0.5)  # half up: round() would send 2.5 to 2
+
+
+# --- output ------------------------------------------------------------------------------------------
+
+
+def write_arrays(out: Path, staging: Path, kept: Kept, splits: Sequence[str], classes: Sequence[str]) -> None:
+    """Write <split>/images.npy (copied in chunks from the staging array) and <split>/labels.npy."""
+    decoded = np.load(staging, mmap_mode="r")
+    for split in SPLITS:
+        members = [i for i, name in enumerate(splits) if name == split]
+        (out / split).mkdir()
+        images = np.lib.format.open_memmap(
+            out / split / "images.npy", mode="w+", dtype=np.uint8, shape=(len(members), *decoded.shape[1:])
+        )
+        for start in range(0, len(members), _COPY_ROWS):
+            rows = [kept.rows[i] for i in members[start : start + _COPY_ROWS]]
+            images[start : start + len(rows)] = decoded[rows]
+        images.flush()
+        del images
+        np.save(out / split / "labels.npy", multi_hot([kept.labels[i] for i in members], classes))
+    del decoded
+
+
+def multi_hot(labels: Sequence[tuple[str, ...]], classes: Sequence[str]) -> np.ndarray:
+    """float32 (N, C) targets: 1 where the image shows the class."""
+    targets = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    column = {name: i for i, name in enumerate(classes)}
+    for row, image in enumerate(labels):
+        targets[row, [column[name] for name in image]] = 1.0
+    return targets
+
+
+def build_manifest(
+    cfg: Config,
+    classes: list[str],
+    kept: Kept,
+    splits: Sequence[str],
+    skipped: list[dict],
+    duplicates: list[dict],
+    warnings: dict,
+) -> dict:
+    """Everything a later stage or a person needs to know about the prepared data."""
+    files, index = [], dict.fromkeys(SPLITS, 0)
+    for path, labels, digest, split in zip(kept.paths, kept.labels, kept.sha256, splits):
+        files.append({"path": path, "split": split, "index": index[split], "labels": list(labels), "sha256": digest})
+        index[split] += 1
+    by_split = {split: [kept.labels[i] for i, name in enumerate(splits) if name == split] for split in SPLITS}
+    return {
+        "classes": classes,
+        "image_size": cfg.data.image_size,
+        "seed": cfg.seed,
+        "val_fraction": cfg.data.val_fraction,
+        "test_fraction": cfg.data.test_fraction,
+        "counts": {split: len(by_split[split]) for split in SPLITS},
+        "class_counts": {split: class_counts(by_split[split], classes) for split in SPLITS},
+        "multi_label_counts": {split: sum(len(image) > 1 for image in by_split[split]) for split in SPLITS},
+        "files": files,
+        "skipped": sorted(skipped, key=lambda entry: (entry["path"] or "", entry.get("line", 0))),
+        "duplicates": duplicates,
+        "warnings": {**warnings, "classes_missing_from_split": _missing_from_splits(by_split, classes)},
+    }
+
+
+def _missing_from_splits(by_split: dict[str, list], classes: Sequence[str]) -> dict[str, list[str]]:
+    # A class with images can still miss a split when they are all multi-label; say so rather than hide it.
+    present = {split: {name for image in by_split[split] for name in image} for split in SPLITS}
+    anywhere = set().union(*present.values())
+    missing = {split: [name for name in classes if name in anywhere - present[split]] for split in SPLITS}
+    return {split: names for split, names in missing.items() if names}
+
+
+def summary_line(manifest: dict, manifest_path: Path) -> str:
+    """The one line printed at the end of the stage."""
+    counts = manifest["counts"]
+    kinds = [entry["kind"] for entry in manifest["skipped"]]
+    total = sum(counts.values())
+    text = (
+        f"prepared {total:,} images (train {counts['train']:,} / val {counts['val']:,} / test {counts['test']:,}), "
+        f"{len(manifest['classes'])} classes; skipped {kinds.count(UNREADABLE):,} unreadable, "
+        f"{len(manifest['duplicates']):,} duplicates, {kinds.count(UNLABELLED):,} unlabelled"
+    )
+    if kinds.count(BAD_LABELS):
+        text += f", {kinds.count(BAD_LABELS):,} bad labels-file lines"
+    if manifest["warnings"]["empty_classes"]:
+        text += f"; empty: {', '.join(manifest['warnings']['empty_classes'])}"
+    return f"{text}: see {manifest_path}"
+
+
+@contextmanager
+def staged_output(target: Path) -> Iterator[Path]:
+    """Yield a new folder beside target; it replaces target only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(target)
+    staging = _sibling(target, "tmp")
+    try:
+        yield staging
+        _swap_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    # mkdir rather than tempfile.mkdtemp: mkdtemp's 0700 would make the output private to its author.
+    folder = target.with_name(f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    folder.mkdir()
+    return folder
+
+
+def _remove_abandoned(target: Path) -> None:
+    # A killed run (SIGKILL, power loss) cannot clean up after itself; its staging copy can be gigabytes.
+    for folder in target.parent.glob(f".{target.name}.*-*-*"):
+        kind, _, rest = folder.name[len(target.name) + 2 :].partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but is someone else's
+        return True
+    return True
+
+
+def _swap_into_place(new: Path, target: Path) -> None:
+    if not target.exists():
+        new.rename(target)
+        return
+    old = _sibling(target, "old")
+    target.rename(old / target.name)
+    try:
+        new.rename(target)
+    except OSError:
+        (old / target.name).rename(target)  # put the previous output back
+        raise
+    finally:
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

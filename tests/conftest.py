@@ -1,0 +1,75 @@
+"""Shared fixtures: configs composed from the real conf/ with small overrides."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from op_classifier import config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose(*overrides: str) -> config.Config:
+    """The real conf/ composed with overrides and validated, as a stage receives it."""
+    return config.validate(config.compose(overrides, conf_dir=REPO / config.CONF_DIR))
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., config.Config]:
+    """Compose conf/ with every path moved under tmp_path, plus the given overrides."""
+
+    def _make(*overrides: str) -> config.Config:
+        defaults = vars(config.validate(config.compose((), conf_dir=REPO / config.CONF_DIR)).paths)
+        moved = {key: tmp_path / value for key, value in defaults.items()}
+        moved.update(raw=tmp_path / "raw", prepared=tmp_path / "prepared")
+        moved = [f"paths.{key}={value}" for key, value in moved.items()]
+        return compose(*moved, *overrides)
+
+    return _make
+
+
+def _git(cwd: Path, *args: str) -> None:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """A committed git copy of the project's files (tracked and not ignored), for real DVC commands."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    dst = tmp_path / "repo"
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    _git(dst, "init", "-q")
+    _git(dst, "add", "-A")
+    _git(dst, "commit", "-q", "-m", "copy")
+    return dst
+
+
+def run_in(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command of the venv (dvc, op-classifier) in cwd, as a user would in a shell."""
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done

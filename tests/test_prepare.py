@@ -1,0 +1,419 @@
+"""The prepare stage on small generated image sets: bad inputs, labels, duplicates, split, output."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from op_classifier import config, prepare
+from op_classifier.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
+SIZE = 32  # data.image_size in these tests
+RED, WHITE = (255, 0, 0), (255, 255, 255)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def distinct_image(seed: int, size: tuple[int, int] = (24, 20)) -> Image.Image:
+    """A flat random colour with a few odd pixels: no two seeds give the same file."""
+    rng = np.random.default_rng(seed)
+    pixels = np.empty((size[1], size[0], 3), dtype=np.uint8)
+    pixels[:] = rng.integers(0, 256, 3)
+    for _ in range(4):
+        pixels[rng.integers(size[1]), rng.integers(size[0])] = rng.integers(0, 256, 3)
+    return Image.fromarray(pixels)
+
+
+def save(image: Image.Image, path: Path, fmt: str = "PNG", **options: object) -> Path:
+    """Save an image in the given format, whatever the file name says."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt, **options)
+    return path
+
+
+def write_dataset(raw: Path, per_class: int = 3, classes: list[str] = CLASSES, seed: int = 0) -> list[str]:
+    """raw/<class>/<n>.png for every class; returns the relative paths."""
+    written = []
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            save(distinct_image(seed + 1000 * c + i), raw / name / f"{i:03d}.png")
+            written.append(f"{name}/{i:03d}.png")
+    return written
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def load_manifest(cfg: config.Config) -> dict:
+    return json.loads((Path(cfg.paths.prepared) / prepare.MANIFEST).read_text(encoding="utf-8"))
+
+
+def skipped(manifest: dict, path: str) -> dict:
+    """The manifest's skip entry of one path (fails the test when the path was not skipped)."""
+    found = [entry for entry in manifest["skipped"] if entry["path"] == path]
+    assert found, f"{path} not skipped; skipped: {manifest['skipped']}"
+    return found[0]
+
+
+def pixels_of(cfg: config.Config, manifest: dict, path: str) -> np.ndarray:
+    """The prepared (SIZE, SIZE, 3) array of one raw file."""
+    entry = next(e for e in manifest["files"] if e["path"] == path)
+    images = np.load(Path(cfg.paths.prepared) / entry["split"] / "images.npy", mmap_mode="r")
+    return np.asarray(images[entry["index"]])
+
+
+def run_prepare(make_cfg: Callable[..., config.Config], *overrides: str) -> tuple[config.Config, dict, dict]:
+    cfg = make_cfg(f"data.image_size={SIZE}", *overrides)
+    summary = prepare.run(cfg)
+    return cfg, summary, load_manifest(cfg)
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    return tmp_path / "raw"
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels but holds a few bytes: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def truncated_jpeg() -> bytes:
+    noise = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = encoded(Image.fromarray(noise), "JPEG", quality=95)
+    return data[: int(len(data) * 0.6)]
+
+
+# --- files that must be skipped, each with its reason --------------------------------------------------
+
+BAD_FILES = {
+    "zero-byte": (lambda: b"", "empty file"),
+    "truncated-jpeg": (truncated_jpeg, "truncated"),
+    "text-as-jpg": (lambda: b"just some notes\nabout Luffy\n", "not an image (a text file)"),
+    "html-as-jpg": (lambda: b"<!DOCTYPE html>\n<html><body>403 Forbidden</body></html>", "html page"),
+    "random-bytes": (lambda: np.random.default_rng(3).bytes(4096), "not an image"),
+    "bomb-header": (lambda: png_header_only(100_000, 100_000), "too large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_file_is_skipped_with_reason(make_cfg, raw: Path, case: str) -> None:
+    write_dataset(raw)
+    make, expected = BAD_FILES[case]
+    (raw / "Nami" / "bad.jpg").write_bytes(make())
+    cfg, summary, manifest = run_prepare(make_cfg)
+    entry = skipped(manifest, "Nami/bad.jpg")
+    assert expected in entry["reason"].lower()
+    assert entry["kind"] == prepare.UNREADABLE
+    assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 1
+    assert "Nami/bad.jpg" not in {e["path"] for e in manifest["files"]}
+
+
+def test_image_over_max_image_pixels_is_refused(make_cfg, raw: Path) -> None:
+    write_dataset(raw)  # 24x20 = 480 pixels each
+    save(distinct_image(99, size=(64, 64)), raw / "Zoro" / "big.png")
+    _, _, manifest = run_prepare(make_cfg, "data.max_image_pixels=1000")
+    assert "over data.max_image_pixels" in skipped(manifest, "Zoro/big.png")["reason"]
+    assert sum(manifest["counts"].values()) == 12
+
+
+# --- files that must be accepted, decoded by content and converted to RGB -------------------------------
+
+
+def test_png_named_jpg_is_decoded(make_cfg, raw: Path) -> None:
+    write_dataset(raw)
+    save(Image.new("RGB", (24, 20), (10, 200, 30)), raw / "Luffy" / "really_png.jpg", "PNG")
+    cfg, _, manifest = run_prepare(make_cfg)
+    assert (pixels_of(cfg, manifest, "Luffy/really_png.jpg") == (10, 200, 30)).all()
+
+
+def test_rgba_is_composited_over_white(make_cfg, raw: Path) -> None:
+    write_dataset(raw)
+    image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # transparent black...
+    image.paste((255, 0, 0, 255), (0, 0, 16, 32))  # ...with an opaque red left half
+    save(image, raw / "Luffy" / "alpha.png")
+    cfg, _, manifest = run_prepare(make_cfg)
+    pixels = pixels_of(cfg, manifest, "Luffy/alpha.png")
+    assert tuple(pixels[5, 2]) == RED and tuple(pixels[5, 29]) == WHITE
+
+
+def test_palette_images_convert_with_transparency_over_white(make_cfg, raw: Path) -> None:
+    write_dataset(raw)
+    palette = Image.new("P", (32, 32), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
+    palette.paste(2, (16, 0, 32, 32))  # right half: palette index 2, blue
+    save(palette, raw / "Nami" / "palette.png")
+    see_through = palette.copy()
+    see_through.info["transparency"] = 2  # blue becomes transparent
+    save(see_through, raw / "Nami" / "palette_transparent.png", transparency=2)
+    cfg, _, manifest = run_prepare(make_cfg)
+    plain = pixels_of(cfg, manifest, "Nami/palette.png")
+    assert tuple(plain[5, 2]) == RED and tuple(plain[5, 29]) == (0, 0, 255)
+    transparent = pixels_of(cfg, manifest, "Nami/palette_transparent.png")
+    assert tuple(transparent[5, 2]) == RED and tuple(transparent[5, 29]) == WHITE
+
+
+def test_grayscale_and_cmyk_become_rgb(make_cfg, raw: Path) -> None:
+    write_dataset(raw)
+    save(Image.new("L", (24, 20), 100), raw / "Sanji" / "gray.png")
+    save(Image.new("1", (24, 20), 1), raw / "Sanji" / "bilevel.png")
+    save(Image.new("CMYK", (24, 20), (0, 255, 255, 0)), raw / "Sanji" / "cmyk.jpg", "JPEG", quality=95)
+    cfg, _, manifest = run_prepare(make_cfg)
+    assert (pixels_of(cfg, manifest, "Sanji/gray.png") == 100).all()
+    assert (pixels_of(cfg, manifest, "Sanji/bilevel.png") == 255).all()
+    assert np.abs(pixels_of(cfg, manifest, "Sanji/cmyk.jpg").astype(int) - RED).max() <= 8
+
+
+def test_16_bit_is_scaled_not_clipped(make_cfg, raw: Path) -> None:
+    write_dataset(raw)
+    levels = np.array([0, 1000, 32896, 65535], dtype=np.uint16)  # -> 0, 4, 128, 255
+    save(Image.fromarray(np.repeat(np.repeat(levels[None, :], 32, 0), 8, 1)), raw / "Zoro" / "deep.png")
+    assert Image.open(raw / "Zoro" / "deep.png").mode == "I;16"
+    cfg, _, manifest = run_prepare(make_cfg)
+    row = pixels_of(cfg, manifest, "Zoro/deep.png")[5, :, 0]
+    assert [row[2], row[12], row[20], row[29]] == [0, 4, 128, 255]
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_orientation_is_applied(make_cfg, raw: Path, orientation: int) -> None:
+    write_dataset(raw)
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste(RED, (0, 0, 10, 10))  # marker in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    save(stored, raw / "Luffy" / "phone.jpg", "JPEG", quality=95, exif=exif)
+    cfg, _, manifest = run_prepare(make_cfg)
+    pixels = pixels_of(cfg, manifest, "Luffy/phone.jpg").astype(int)
+    # 6: shown turned clockwise, the marker lands top-right; 8: counter-clockwise, bottom-left.
+    corner = pixels[2, SIZE - 3] if orientation == 6 else pixels[SIZE - 3, 2]
+    assert np.abs(corner - RED).max() < 40
+    assert np.abs(pixels[2, 2] - (0, 0, 255)).max() < 40  # the stored corner no longer shows the marker
+
+
+def test_gif_and_webp_first_frame(make_cfg, raw: Path) -> None:
+    write_dataset(raw)
+    frames = [Image.new("RGB", (24, 20), RED), Image.new("RGB", (24, 20), (0, 255, 0))]
+    save(frames[0], raw / "Zoro" / "anim.gif", "GIF", save_all=True, append_images=frames[1:])
+    save(frames[0], raw / "Zoro" / "anim.webp", "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    save(frames[1], raw / "Zoro" / "still.webp", "WEBP", lossless=True)
+    cfg, _, manifest = run_prepare(make_cfg)
+    assert not manifest["skipped"]
+    for path in ("Zoro/anim.gif", "Zoro/anim.webp"):
+        assert np.abs(pixels_of(cfg, manifest, path).astype(int) - RED).max() <= 2, path
+    assert (pixels_of(cfg, manifest, "Zoro/still.webp") == (0, 255, 0)).all()
+
+
+# --- labels ----------------------------------------------------------------------------------------------
+
+
+def test_labels_file_multi_label_and_bad_lines(make_cfg, raw: Path) -> None:
+    write_dataset(raw)
+    for i in range(3):
+        save(distinct_image(500 + i), raw / "scenes" / f"{i}.png")
+    save(distinct_image(600), raw / "scenes" / "unlisted.png")
+    (raw / "labels.csv").write_text(
+        "path,labels\n"
+        "scenes/0.png,Luffy|Zoro\n"
+        "scenes/1.png, Nami | Sanji \n"
+        "scenes/2.png,Luffy|Chopper\n"  # unknown class
+        "scenes/gone.png,Nami\n"  # no such file
+        "scenes/0.png,Nami|Zoro,extra\n"  # malformed
+        "Luffy/000.png,Luffy|Nami\n",  # overrides the folder label
+        encoding="utf-8",
+    )
+    cfg, summary, manifest = run_prepare(make_cfg)
+    labels = {entry["path"]: entry["labels"] for entry in manifest["files"]}
+    assert labels["scenes/0.png"] == ["Luffy", "Zoro"]
+    assert labels["scenes/1.png"] == ["Nami", "Sanji"]
+    assert labels["Luffy/000.png"] == ["Luffy", "Nami"]
+    assert "unknown class 'Chopper'" in skipped(manifest, "scenes/2.png")["reason"]
+    assert "no such file" in skipped(manifest, "scenes/gone.png")["reason"]
+    assert "not a class" in skipped(manifest, "scenes/unlisted.png")["reason"]
+    malformed = [e for e in manifest["skipped"] if e.get("line") == 6]
+    assert malformed and "expected 2 fields" in malformed[0]["reason"]
+    assert sum(manifest["counts"].values()) == 14 and summary["skipped"] == 4
+    targets = np.load(Path(cfg.paths.prepared) / "train" / "labels.npy")
+    assert targets.dtype == np.float32 and targets.shape[1] == len(CLASSES)
+
+
+def test_classes_null_infers_sorted_union(make_cfg, raw: Path) -> None:
+    write_dataset(raw, classes=["b_folder", "a_folder"])
+    for i in range(3):
+        save(distinct_image(700 + i), raw / "scenes" / f"{i}.png")
+    (raw / "labels.csv").write_text(
+        "path,labels\n" + "".join(f"scenes/{i}.png,c_label|a_folder\n" for i in range(3)), encoding="utf-8"
+    )
+    _, _, manifest = run_prepare(make_cfg, "data.classes=null")
+    assert manifest["classes"] == ["a_folder", "b_folder", "c_label"]
+
+
+def test_empty_class_folder_is_a_warning(make_cfg, raw: Path) -> None:
+    write_dataset(raw, classes=CLASSES[:3])
+    (raw / "Zoro").mkdir()
+    cfg, _, manifest = run_prepare(make_cfg)
+    assert manifest["warnings"]["empty_classes"] == ["Zoro"]
+    assert manifest["classes"] == CLASSES and sum(manifest["counts"].values()) == 9
+    assert not np.load(Path(cfg.paths.prepared) / "train" / "labels.npy")[:, 3].any()
+
+
+def test_too_few_images_in_a_class_is_an_error(make_cfg, raw: Path) -> None:
+    write_dataset(raw, classes=CLASSES[:3])
+    write_dataset(raw, per_class=2, classes=["Zoro"], seed=50)
+    with pytest.raises(DataError, match="Zoro has 2"):
+        run_prepare(make_cfg)
+
+
+def test_no_usable_image_is_an_error(make_cfg, raw: Path) -> None:
+    for name in CLASSES:
+        (raw / name).mkdir(parents=True)
+        (raw / name / "notes.jpg").write_text(f"about {name}", encoding="utf-8")
+    with pytest.raises(DataError, match="no usable image"):
+        run_prepare(make_cfg)
+
+
+# --- duplicates, split, output -----------------------------------------------------------------------------
+
+
+def test_duplicates_dropped_before_split_with_labels_merged(make_cfg, raw: Path) -> None:
+    write_dataset(raw, per_class=4)
+    shutil.copy(raw / "Luffy" / "001.png", raw / "Luffy" / "copy.png")
+    shutil.copy(raw / "Luffy" / "000.png", raw / "Nami" / "same_picture.png")
+    cfg, summary, manifest = run_prepare(make_cfg)
+    dropped = {entry["path"]: entry["reason"] for entry in manifest["duplicates"]}
+    assert dropped == {
+        "Luffy/copy.png": "duplicate of Luffy/001.png",
+        "Nami/same_picture.png": "duplicate of Luffy/000.png",
+    }
+    files = {entry["path"]: entry for entry in manifest["files"]}
+    assert files["Luffy/000.png"]["labels"] == ["Luffy", "Nami"]
+    merged = manifest["warnings"]["merged_duplicate_labels"]
+    assert merged == [{"path": "Luffy/000.png", "labels": ["Luffy", "Nami"]}]
+    assert len(files) == 16 and summary["duplicates"] == 2
+    assert len({entry["sha256"] for entry in files.values()}) == len(files)
+    arrays = [np.load(Path(cfg.paths.prepared) / split / "images.npy") for split in prepare.SPLITS]
+    rows = [row.tobytes() for images in arrays for row in images]
+    assert len(set(rows)) == len(rows)  # no picture in two splits, nor twice in one
+
+
+def test_split_is_stratified(make_cfg, raw: Path) -> None:
+    write_dataset(raw, per_class=20)
+    for i in range(40):  # multi-label scenes, all with the same pair
+        save(distinct_image(900 + i), raw / "scenes" / f"{i}.png")
+    (raw / "labels.csv").write_text("path,labels\n" + "".join(f"scenes/{i}.png,Luffy|Nami\n" for i in range(40)))
+    _, _, manifest = run_prepare(make_cfg, "data.val_fraction=0.2", "data.test_fraction=0.1")
+    assert manifest["counts"] == {"train": 84, "val": 24, "test": 12}
+    for name in ("Sanji", "Zoro"):
+        assert [manifest["class_counts"][split][name] for split in prepare.SPLITS] == [14, 4, 2]
+    assert manifest["multi_label_counts"] == {"train": 28, "val": 8, "test": 4}
+
+
+def test_every_class_in_every_split_even_when_small(make_cfg, raw: Path) -> None:
+    write_dataset(raw, per_class=3)  # round(3 * 0.1) == 0, yet test gets one of each
+    _, _, manifest = run_prepare(make_cfg)
+    for split in prepare.SPLITS:
+        assert manifest["class_counts"][split] == dict.fromkeys(CLASSES, 1)
+    assert manifest["warnings"]["classes_missing_from_split"] == {}
+
+
+def test_split_depends_only_on_seed_and_files(make_cfg, raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw, per_class=10)
+
+    def split_of(seed: int, name: str) -> dict[str, str]:
+        _, _, manifest = run_prepare(make_cfg, f"seed={seed}", f"paths.prepared={tmp_path / name}")
+        return {entry["path"]: entry["split"] for entry in manifest["files"]}
+
+    first = split_of(42, "a")
+    assert split_of(42, "b") == first
+    assert split_of(7, "c") != first
+
+
+def test_manifest_matches_arrays(make_cfg, raw: Path) -> None:
+    write_dataset(raw, per_class=6)
+    (raw / "Sanji" / "broken.jpg").write_bytes(b"")
+    cfg, summary, manifest = run_prepare(make_cfg)
+    prepared = Path(cfg.paths.prepared)
+    assert sorted(p.name for p in prepared.iterdir()) == ["manifest.json", "test", "train", "val"]
+    for split in prepare.SPLITS:
+        images = np.load(prepared / split / "images.npy", mmap_mode="r")
+        targets = np.load(prepared / split / "labels.npy", mmap_mode="r")
+        entries = sorted((e for e in manifest["files"] if e["split"] == split), key=lambda e: e["index"])
+        assert isinstance(images, np.memmap) and images.dtype == np.uint8
+        assert images.shape == (manifest["counts"][split], SIZE, SIZE, 3) == (len(entries), SIZE, SIZE, 3)
+        assert targets.shape == (len(entries), len(CLASSES)) and targets.dtype == np.float32
+        assert [e["index"] for e in entries] == list(range(len(entries)))
+        for entry in entries:
+            assert [CLASSES[i] for i in np.flatnonzero(targets[entry["index"]])] == entry["labels"]
+            expected = np.asarray(Image.open(raw / entry["path"]).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
+            assert np.array_equal(images[entry["index"]], expected)
+        assert manifest["class_counts"][split] == {c: int(targets[:, i].sum()) for i, c in enumerate(CLASSES)}
+    assert summary["train"] + summary["val"] + summary["test"] == 24 and summary["images_per_second"] > 0
+    assert manifest["image_size"] == SIZE and manifest["seed"] == cfg.seed and manifest["classes"] == CLASSES
+
+
+def test_failed_run_keeps_previous_output(make_cfg, raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw)
+    (tmp_path / ".prepared.tmp-999999999-0badc0de").mkdir()  # left by a killed run: cleaned up
+    cfg, _, before = run_prepare(make_cfg)
+    shutil.rmtree(raw / "Zoro")
+    write_dataset(raw, per_class=1, classes=["Zoro"], seed=77)
+    with pytest.raises(DataError):
+        prepare.run(cfg)
+    assert load_manifest(cfg) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "raw"]  # no staging folder left
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+
+def _one_error_line(stderr: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+
+
+def test_cli_reports_data_error_in_one_line(raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw, per_class=2)
+    command = [str(Path(sys.executable).parent / "op-classifier"), "prepare", f"paths.raw={raw}",
+               f"paths.prepared={tmp_path / 'prepared'}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    _one_error_line(result.stderr)
+    assert "too few images" in result.stderr
+
+
+def test_dvc_entry_point_reads_params_yaml(raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw)
+    overrides = (f"paths.raw={raw}", f"paths.prepared={tmp_path / 'prepared'}", f"data.image_size={SIZE}")
+    (tmp_path / "params.yaml").write_text(config.to_yaml(config.compose(overrides, conf_dir=REPO / "conf")))
+    command = [sys.executable, "-m", "op_classifier.prepare"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["train"] > 0
+    assert "prepared 12 images" in result.stderr.splitlines()[-1]
+    for name in ("000.png", "001.png"):
+        (raw / "Zoro" / name).unlink()
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    _one_error_line(result.stderr)
