@@ -10,12 +10,14 @@ comma := ,
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help install run test test-slow sample lock clean
+.PHONY: help install run test test-slow sample ui bench lock clean
 
 help:
 	@echo "make run        the whole pipeline on the built-in sample (dvc repro)"
 	@echo "make test       the fast tests;  make test-slow: all of them"
 	@echo "make sample     (re)generate the built-in sample in data/raw"
+	@echo "make ui         the MLflow UI over this project's runs, on http://127.0.0.1:5000"
+	@echo "make bench      the pipeline benchmark: stage times and accuracy in a fresh copy"
 
 install: $(STAMP)
 
@@ -30,6 +32,13 @@ run: $(STAMP)
 
 sample: $(STAMP)
 	$(BIN)/op-classifier sample --out data/raw
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port $(or $(PORT),5000)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/reproducibility.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

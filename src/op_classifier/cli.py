@@ -15,6 +15,9 @@ from op_classifier.errors import OpClassifierError
 # Stage name -> module with `run(cfg) -> dict`; imported only when asked for (TensorFlow is slow).
 STAGES = {
     "prepare": "op_classifier.prepare",
+    "tune": "op_classifier.tune",
+    "train": "op_classifier.train",
+    "evaluate": "op_classifier.evaluate",
 }
 
 

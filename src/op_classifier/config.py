@@ -84,6 +84,7 @@ class ModelConfig:
     units: int = MISSING
     dropout: float = MISSING
     l2: float = MISSING
+    resize: Optional[int] = MISSING
     augment: AugmentConfig = MISSING
 
 

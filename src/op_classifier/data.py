@@ -1,0 +1,48 @@
+"""Reading the prepare stage's outputs (the only way later stages see the data)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from op_classifier.errors import DataError
+
+
+@dataclass
+class Split:
+    """One split's images (uint8, N x H x W x 3, memory-mapped) and multi-hot labels (N x C)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def single(self) -> np.ndarray:
+        """Mask of the rows with exactly one label (the images top-1 accuracy is measured on)."""
+        return self.labels.sum(axis=1) == 1
+
+
+def _missing(path: Path) -> DataError:
+    return DataError(f"{path} not found: run the prepare stage first (`dvc repro prepare`)")
+
+
+def load_manifest(prepared: Path) -> dict:
+    """The manifest prepare wrote: classes, counts, per-file split, skipped files."""
+    path = prepared / "manifest.json"
+    if not path.is_file():
+        raise _missing(path)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_split(prepared: Path, split: str) -> Split:
+    """One split, its images memory-mapped so a large set need not fit in memory."""
+    folder = prepared / split
+    for name in ("images.npy", "labels.npy"):
+        if not (folder / name).is_file():
+            raise _missing(folder / name)
+    split_data = Split(np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "labels.npy"))
+    if len(split_data.images) == 0:
+        raise DataError(f"{folder} holds no images: check the prepare stage's manifest")
+    return split_data

@@ -1,0 +1,122 @@
+"""Stage `evaluate`: accuracy, per-class scores, confusion matrix, multi-character scenes; metrics.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from op_classifier.cli import stage_main
+from op_classifier.config import Config
+from op_classifier.data import Split, load_manifest, load_split
+from op_classifier.errors import DataError
+from op_classifier.tracking import Tracker, flatten
+from op_classifier.train import RUN_FILE
+
+THRESHOLD = 0.5
+
+
+def predict(model: keras.Model, split: Split, batch_size: int = 64) -> np.ndarray:
+    """Per-class probabilities for every image of a split."""
+    return np.asarray(model.predict(np.asarray(split.images), batch_size=batch_size, verbose=0))
+
+
+def top1(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Top-1 accuracy on single-label rows (the original notebook's metric)."""
+    single = labels.sum(axis=1) == 1
+    if not single.any():
+        return float("nan")
+    return float((labels[single].argmax(1) == probs[single].argmax(1)).mean())
+
+
+def per_class(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall and F1 of each class's top-1 predictions on single-label rows."""
+    single = labels.sum(axis=1) == 1
+    truth, guess = labels[single].argmax(1), probs[single].argmax(1)
+    scores = {}
+    for i, name in enumerate(classes):
+        tp = float(np.sum((guess == i) & (truth == i)))
+        precision = tp / max(np.sum(guess == i), 1)
+        recall = tp / max(np.sum(truth == i), 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores[name] = {"precision": precision, "recall": recall, "f1": f1}
+    return scores
+
+
+def scenes(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """On images with several characters: per-character recall at 0.5, and exact-set accuracy."""
+    multi = labels.sum(axis=1) > 1
+    if not multi.any():
+        return {"count": 0}
+    truth, said = labels[multi] > 0.5, probs[multi] >= THRESHOLD
+    recall = {name: float(said[truth[:, i], i].mean()) if truth[:, i].any() else None
+              for i, name in enumerate(classes)}
+    return {"count": int(multi.sum()), "exact_set_accuracy": float((truth == said).all(axis=1).mean()),
+            "mean_recall": float(said[truth].mean()), "recall": recall}
+
+
+def write_confusion(path: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+    """One `actual,predicted` row per single-character test image, for `dvc plots show`."""
+    single = labels.sum(axis=1) == 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        for truth, guess in zip(labels[single].argmax(1), probs[single].argmax(1)):
+            writer.writerow([classes[truth], classes[guess]])
+
+
+def evaluate(model: keras.Model, prepared: Path, classes: list[str]) -> tuple[dict[str, Any], Split, np.ndarray]:
+    """All metrics on val and test; also the test split and its predictions."""
+    val, test = load_split(prepared, "val"), load_split(prepared, "test")
+    val_probs, test_probs = predict(model, val), predict(model, test)
+    both = np.concatenate([val.labels, test.labels]), np.concatenate([val_probs, test_probs])
+    metrics = {
+        "val_accuracy": top1(val.labels, val_probs),
+        "test_accuracy": top1(test.labels, test_probs),
+        "test_per_class": per_class(test.labels, test_probs, classes),
+        "scenes": scenes(*both, classes),
+    }
+    return metrics, test, test_probs
+
+
+def run(cfg: Config) -> dict:
+    """Evaluate the trained model; write metrics.json and plot data; log them to the training run."""
+    started = time.perf_counter()
+    prepared, model_dir = Path(cfg.paths.prepared), Path(cfg.paths.model)
+    if not (model_dir / "model.keras").is_file():
+        raise DataError(f"{model_dir / 'model.keras'} not found: run the train stage first (`dvc repro train`)")
+    record = json.loads((model_dir / RUN_FILE).read_text(encoding="utf-8"))
+    classes = load_manifest(prepared)["classes"]
+    model = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    metrics, test, test_probs = evaluate(model, prepared, classes)
+    metrics_path = Path(cfg.paths.metrics)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    write_confusion(Path(cfg.paths.confusion), test.labels, test_probs, classes)
+    tracker = Tracker(cfg.tracking)
+    registry: dict[str, Any] = {}
+    with tracker.run("train", run_id=record.get("run_id")):
+        tracker.log_metrics(flatten(metrics))
+        for path in (metrics_path, Path(cfg.paths.confusion)):
+            tracker.log_artifact(path, "evaluation")
+        if record.get("model_uri"):
+            score = flatten(metrics)[cfg.tracking.champion_metric]
+            registry = tracker.register(record["model_uri"], score, cfg.tracking.champion_target,
+                                        cfg.tracking.champion_metric)
+    return {"val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
+            "scenes": metrics["scenes"], **registry, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    """DVC entry point: `python -m op_classifier.evaluate`."""
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""From config to model arguments: the search space as Keras Tuner hyperparameters, tuned values."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from op_classifier.config import ConfigError, ModelConfig, SearchParam, TrainConfig
+from op_classifier.errors import DataError
+from op_classifier.model import build_model
+
+# Arguments build_model takes from model config; the rest (classes, size, seed) come from the data.
+MODEL_ARGS = tuple(p for p in inspect.signature(build_model).parameters if p not in ("num_classes", "image_size", "seed"))
+TUNABLE = (*MODEL_ARGS, "learning_rate")
+
+
+def model_args(cfg: ModelConfig) -> dict[str, Any]:
+    """build_model's keyword arguments as the model config sets them."""
+    augment = vars(cfg.augment)  # flip, rotation, zoom: build_model takes them flat
+    return {name: augment[name] if name in augment else getattr(cfg, name) for name in MODEL_ARGS}
+
+
+def check_space(space: Mapping[str, SearchParam]) -> None:
+    """Refuse a search-space entry that names nothing the model or the optimiser takes."""
+    for name in space:
+        if name not in TUNABLE:
+            raise ConfigError(f"tuner.search_space.{name}: not a tunable name (one of {', '.join(TUNABLE)})")
+
+
+def define(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
+    """Declare every search-space entry on Keras Tuner's HyperParameters; return the drawn values."""
+    values = {}
+    for name, spec in space.items():
+        if spec.type == "int":
+            values[name] = hp.Int(name, int(spec.min), int(spec.max), step=int(spec.step or 1),
+                                  sampling=spec.sampling or "linear")
+        elif spec.type == "float":
+            values[name] = hp.Float(name, spec.min, spec.max, step=spec.step, sampling=spec.sampling or "linear")
+        elif spec.type == "choice":
+            values[name] = hp.Choice(name, list(spec.values))
+        else:
+            values[name] = hp.Boolean(name)
+    return values
+
+
+def write_best(path: Path, values: Mapping[str, Any], score: float | None, tuning_run_id: str | None) -> None:
+    """Record the tuned values for the train stage."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"values": dict(values), "score": score, "tuning_run_id": tuning_run_id}
+    path.write_text(yaml.safe_dump(record, sort_keys=True), encoding="utf-8")
+
+
+def read_best(path: Path) -> dict[str, Any]:
+    """The tune stage's record: {values, score, tuning_run_id}."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: run the tune stage first (`dvc repro tune`)")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def final_args(model_cfg: ModelConfig, train_cfg: TrainConfig, tuned: Mapping[str, Any]) -> tuple[dict, float]:
+    """Model arguments and learning rate for training: config, with every tuned key taking its value."""
+    args = {**model_args(model_cfg), **{k: v for k, v in tuned.items() if k in MODEL_ARGS}}
+    return args, float(tuned.get("learning_rate", train_cfg.learning_rate))

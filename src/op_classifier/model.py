@@ -1,0 +1,120 @@
+"""The classifier: pure Keras 3, backend-agnostic, no I/O, no tracking, no config loading."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="op_classifier")
+class TopOneAccuracy(keras.metrics.Metric):
+    """Top-1 accuracy on single-label rows (the original's metric); multi-label rows are ignored."""
+
+    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_weight(name="correct", initializer="zeros")
+        self.count = self.add_weight(name="count", initializer="zeros")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        y_true = ops.cast(y_true, "float32")
+        single = ops.cast(ops.equal(ops.sum(y_true, axis=-1), 1.0), "float32")
+        top = ops.expand_dims(ops.argmax(y_pred, axis=-1), axis=-1)
+        hit = ops.squeeze(ops.take_along_axis(y_true, top, axis=-1), axis=-1)
+        self.correct.assign_add(ops.sum(hit * single))
+        self.count.assign_add(ops.sum(single))
+
+    def result(self) -> Any:
+        return ops.divide_no_nan(self.correct, self.count)
+
+
+def build_model(
+    num_classes: int,
+    image_size: int,
+    filters: Sequence[int] = (15, 30, 60),
+    kernel_size: int = 3,
+    units: int = 128,
+    dropout: float = 0.2,
+    l2: float = 0.01,
+    flip: bool = True,
+    rotation: float = 0.2,
+    zoom: float = 0.1,
+    resize: int | None = None,
+    seed: int | None = None,
+) -> keras.Model:
+    """The original notebook's CNN: raw 0..255 RGB pixels in, one sigmoid probability per class out.
+
+    With `resize`, the model first scales its input down to resize x resize: the served contract
+    (image_size pixels) stays, the convolutions cost (resize / image_size)^2 as much.
+    """
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x = layers.Resizing(resize, resize)(inputs) if resize and resize != image_size else inputs
+    x = layers.Rescaling(1.0 / 255)(x)
+    # Augmentation lives in the model so the served model takes raw pixels; it is idle at inference.
+    if flip:
+        x = layers.RandomFlip("horizontal", seed=seed)(x)
+    if rotation:
+        x = layers.RandomRotation(rotation, seed=seed)(x)
+    if zoom:
+        x = layers.RandomZoom(zoom, seed=seed)(x)
+    for i, width in enumerate(filters):
+        x = layers.Conv2D(width, kernel_size, activation="relu")(x)
+        if i == 0:  # the original normalised before and after its first pooling
+            x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.BatchNormalization()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(units, activation="relu", kernel_regularizer=keras.regularizers.L2(l2))(x)
+    x = layers.Dropout(dropout, seed=seed)(x)
+    # float32 output even under mixed precision, so probabilities stay exact.
+    outputs = layers.Dense(num_classes, activation="sigmoid", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def metrics(class_names: Sequence[str]) -> list[keras.metrics.Metric]:
+    """Top-1 accuracy, multi-label AUC, and per-class precision and recall at threshold 0.5."""
+    per_class: list[keras.metrics.Metric] = []
+    for i, name in enumerate(class_names):
+        per_class.append(keras.metrics.Precision(class_id=i, name=f"precision_{name}"))
+        per_class.append(keras.metrics.Recall(class_id=i, name=f"recall_{name}"))
+    return [TopOneAccuracy(), keras.metrics.AUC(multi_label=True, name="auc"), *per_class]
+
+
+def compile_model(model: keras.Model, learning_rate: float, class_names: Sequence[str]) -> keras.Model:
+    """Adam and binary cross-entropy on multi-hot targets: each class an independent probability."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=metrics(class_names),
+    )
+    return model
+
+
+def metric_names(class_names: Sequence[str]) -> list[str]:
+    """Every name fit() reports for training, the val_ ones included."""
+    names = ["loss"] + [m.name for m in metrics(class_names)]
+    return names + [f"val_{name}" for name in names]
+
+
+class HyperModel:
+    """Maps Keras Tuner hyperparameters onto build_model's arguments and the learning rate."""
+
+    def __init__(
+        self,
+        fixed: dict[str, Any],
+        learning_rate: float,
+        class_names: Sequence[str],
+        define: Callable[[Any], dict[str, Any]],
+    ) -> None:
+        self.fixed = dict(fixed)
+        self.learning_rate = learning_rate
+        self.class_names = list(class_names)
+        self.define = define
+
+    def __call__(self, hp: Any) -> keras.Model:
+        """Build and compile one candidate (Keras Tuner calls this with its HyperParameters)."""
+        values = self.define(hp)
+        learning_rate = values.pop("learning_rate", self.learning_rate)
+        model = build_model(**{**self.fixed, **values})
+        return compile_model(model, learning_rate, self.class_names)

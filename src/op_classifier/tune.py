@@ -1,0 +1,153 @@
+"""Stage `tune`: a Keras Tuner search over the configured space; writes the best values."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from op_classifier import hparams
+from op_classifier.cli import stage_main
+from op_classifier.config import Config, ConfigError, TunerConfig
+from op_classifier.data import load_manifest, load_split
+from op_classifier.errors import OpClassifierError
+from op_classifier.model import HyperModel, metric_names
+from op_classifier.tracking import Tracker, flatten
+
+
+def check_objective(objective: str, classes: list[str]) -> None:
+    """Refuse, before any training, an objective the model does not report."""
+    known = metric_names(classes)
+    if objective not in known:
+        raise ConfigError(f"tuner.objective: the model does not report '{objective}' (it reports {', '.join(known)})")
+
+
+def make_tuner(cfg: TunerConfig, hypermodel: HyperModel, directory: Path, seed: int, tracker: Tracker) -> Any:
+    """The configured Keras Tuner; it resumes from `directory` when a search was started there."""
+    import keras_tuner as kt
+
+    base = {"hyperband": kt.Hyperband, "random": kt.RandomSearch, "bayesian": kt.BayesianOptimization}[cfg.kind]
+    budget = {"max_epochs": cfg.max_epochs, "factor": cfg.factor} if cfg.kind == "hyperband" else {
+        "max_trials": cfg.max_trials}
+    tracked = _with_trial_runs(base, tracker)
+    return tracked(
+        hypermodel=hypermodel,
+        objective=kt.Objective(cfg.objective, direction=cfg.direction),
+        directory=str(directory.parent),
+        project_name=directory.name,
+        seed=seed,
+        overwrite=False,
+        **budget,
+    )
+
+
+def _with_trial_runs(base: type, tracker: Tracker) -> type:
+    """The tuner class, with one nested tracking run per trial."""
+
+    class Tracked(base):  # type: ignore[misc, valid-type]
+        def on_trial_begin(self, trial: Any) -> None:
+            self._trial_run = contextlib.ExitStack()
+            self._trial_run.enter_context(tracker.trial(trial.trial_id, trial.hyperparameters.values))
+            super().on_trial_begin(trial)
+
+        def on_trial_end(self, trial: Any) -> None:
+            super().on_trial_end(trial)
+            tracker.set_tags({"status": str(trial.status)})
+            if trial.score is not None:
+                tracker.log_metrics({"objective": trial.score})
+            self._trial_run.close()
+
+    Tracked.__name__ = base.__name__
+    return Tracked
+
+
+def search(cfg: Config, tracker: Tracker, classes: list[str]) -> Any:
+    """Run (or resume) the search; return the finished tuner."""
+    prepared = Path(cfg.paths.prepared)
+    train, val = load_split(prepared, "train"), load_split(prepared, "val")
+    keras.utils.set_random_seed(cfg.seed)
+    fixed = {**hparams.model_args(cfg.model), "num_classes": len(classes),
+             "image_size": cfg.data.image_size, "seed": cfg.seed}
+    hypermodel = HyperModel(fixed, cfg.tuner.learning_rate, classes,
+                            lambda hp: hparams.define(hp, cfg.tuner.search_space))
+    tuner = make_tuner(cfg.tuner, hypermodel, Path(cfg.paths.tuning), cfg.seed, tracker)
+    stop = keras.callbacks.EarlyStopping(monitor=cfg.tuner.objective, mode=cfg.tuner.direction,
+                                         patience=cfg.tuner.patience)
+    tuner.search(np.asarray(train.images), train.labels, validation_data=(np.asarray(val.images), val.labels),
+                 epochs=cfg.tuner.epochs, batch_size=cfg.tuner.batch_size,
+                 callbacks=[stop, tracker.epoch_callback()], verbose=2)
+    return tuner
+
+
+def searched_values(values: dict[str, Any], space: dict) -> dict[str, Any]:
+    """Only the search space's names (Hyperband adds its own `tuner/...` bookkeeping values)."""
+    return {name: value for name, value in values.items() if name in space}
+
+
+def leaderboard(tuner: Any) -> list[dict[str, Any]]:
+    """Every trial, best first: id, status, score and its hyperparameter values."""
+    rows = [{"trial_id": t.trial_id, "status": str(t.status),
+             "score": None if t.score is None else float(t.score), **t.hyperparameters.values}
+            for t in tuner.oracle.trials.values()]
+    sign = -1 if tuner.oracle.objective.direction == "max" else 1
+    return sorted(rows, key=lambda r: (r["score"] is None, sign * (r["score"] or 0.0)))
+
+
+def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> None:
+    """CSV of the trials, best first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _require_a_result(tuner: Any, rows: list[dict[str, Any]]) -> None:
+    """No trial with a score means every one failed: say why rather than train on a guess."""
+    if rows and rows[0]["score"] is not None:
+        return
+    messages = [t.message for t in tuner.oracle.trials.values() if getattr(t, "message", None)]
+    why = messages[-1].strip().splitlines()[-1] if messages else "no trial ran"
+    raise OpClassifierError(f"no tuning trial finished with a score ({why})")
+
+
+def run(cfg: Config) -> dict:
+    """Search, then write best_hparams.yaml and the leaderboard; tuner=none records no values."""
+    started = time.perf_counter()
+    classes = load_manifest(Path(cfg.paths.prepared))["classes"]
+    check_objective(cfg.tuner.objective, classes)
+    hparams.check_space(cfg.tuner.search_space)
+    tracker = Tracker(cfg.tracking)
+    if cfg.tuner.kind == "none":
+        hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None)
+        write_leaderboard(Path(cfg.paths.leaderboard), [])
+        return {"tuner": "none", "best": {}}
+    resume = Path(cfg.paths.tuning) / "mlflow_run_id"
+    with tracker.run("tune", resume_file=resume, tags={"stage": "tune", "tuner": cfg.tuner.kind}) as run_id:
+        tracker.log_params(flatten({"tuner": dataclasses.asdict(cfg.tuner), "seed": cfg.seed}))
+        tuner = search(cfg, tracker, classes)
+        rows = leaderboard(tuner)
+        _require_a_result(tuner, rows)
+        best = searched_values(tuner.get_best_hyperparameters(1)[0].values, cfg.tuner.search_space)
+        score = rows[0]["score"]
+        tracker.log_metrics({f"best_{cfg.tuner.objective}": score} if score is not None else {})
+    hparams.write_best(Path(cfg.paths.best_hparams), best, score, run_id)
+    write_leaderboard(Path(cfg.paths.leaderboard), rows)
+    return {"tuner": cfg.tuner.kind, "trials": len(rows), "best": best, "score": score,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    """DVC entry point: `python -m op_classifier.tune`."""
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()

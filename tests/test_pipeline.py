@@ -1,0 +1,215 @@
+"""tune -> train -> evaluate at tiny budgets: real Keras Tuner searches, trainings and MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from op_classifier import evaluate, prepare, sample, train, tune
+from op_classifier.config import Config, ConfigError
+from op_classifier.errors import DataError
+from op_classifier.tracking import TrackingError
+from tests.conftest import REPO, compose
+
+CLI = str(Path(sys.executable).parent / "op-classifier")
+TINY = ("experiment=tiny",)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with conf/, the tiny sample, and its prepared data (made once per module)."""
+    root = tmp_path_factory.mktemp("project")
+    subprocess.run(["cp", "-r", str(REPO / "conf"), str(root / "conf")], check=True)
+    sample.generate(root / "data/raw", per_class=8, scenes=4)
+    prepare.run(_cfg(root))
+    return root
+
+
+def _cfg(root: Path, *overrides: str) -> Config:
+    """conf/ + tiny budgets, every path and the MLflow store inside root."""
+    defaults = vars(compose().paths)
+    paths = [f"paths.{key}={root / value}" for key, value in defaults.items()]
+    store = f"tracking.uri=sqlite:///{root / 'mlflow.db'}"
+    return compose(*TINY, *paths, store, *overrides)
+
+
+def _client(root: Path):  # noqa: ANN202 - mlflow stays out of the module's imports
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _runs(root: Path) -> list:
+    client = _client(root)
+    experiment = client.get_experiment_by_name("op-classifier")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def pipeline(project: Path) -> tuple[Config, dict, dict, dict]:
+    """tune, train and evaluate once on the tiny project: (config, and each stage's summary)."""
+    cfg = _cfg(project)
+    return cfg, tune.run(cfg), train.run(cfg), evaluate.run(cfg)
+
+
+def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) -> None:
+    cfg, tuned, trained, result = pipeline
+    assert tuned["trials"] == 2 and set(tuned["best"]) == {"units", "learning_rate"}
+    best = (project / cfg.paths.best_hparams).read_text()
+    assert "units" in best and "tuning_run_id" in best
+    assert (project / cfg.paths.leaderboard).read_text().count("\n") == 3  # header + 2 trials
+
+    assert (Path(cfg.paths.model) / "model.keras").is_file()
+    assert (Path(cfg.paths.model) / "saved_model/1/saved_model.pb").is_file()
+    assert trained["epochs_run"] == 2
+
+    metrics = json.loads(Path(cfg.paths.metrics).read_text())
+    assert {"val_accuracy", "test_accuracy", "test_per_class", "scenes"} <= set(metrics)
+    assert set(metrics["test_per_class"]) == {"Luffy", "Nami", "Sanji", "Zoro"}
+    assert {"exact_set_accuracy", "recall"} <= set(metrics["scenes"])
+    assert Path(cfg.paths.confusion).read_text().startswith("actual,predicted")
+    assert result["registered_version"] == 1
+
+    runs = _runs(project)
+    parent = next(r for r in runs if r.data.tags.get("stage") == "tune")
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == 2
+    assert all("units" in t.data.params and "val_accuracy" in t.data.metrics for t in trials)
+    training = next(r for r in runs if r.data.tags.get("stage") == "train")
+    assert training.data.params["train.epochs"] == "2" and "tuned.units" in training.data.params
+    assert training.data.tags["tuning_run_id"] == parent.info.run_id and training.data.tags["data_hash"]
+    assert {"val_accuracy", "test_accuracy", "loss", "val_loss"} <= set(training.data.metrics)
+    artifacts = {a.path for a in _client(project).list_artifacts(training.info.run_id, "model")}
+    assert "model/MLmodel" in artifacts and "model/input_example.json" in artifacts
+    version = _client(project).get_model_version("op-classifier", "1")
+    assert version.run_id == training.info.run_id
+
+
+def test_saved_model_signature_matches_keras(pipeline: tuple) -> None:
+    """TensorFlow Serving's contract: (batch, S, S, 3) float32 pixels in, per-class probabilities out."""
+    import keras
+    import tensorflow as tf
+
+    cfg = pipeline[0]
+    model_dir = Path(cfg.paths.model)
+    serving = tf.saved_model.load(str(model_dir / "saved_model/1")).signatures["serving_default"]
+    (spec,) = serving.structured_input_signature[1].values()
+    assert spec.dtype == tf.float32 and spec.shape.as_list() == [None, 32, 32, 3]
+    images = np.load(Path(cfg.paths.prepared) / "test/images.npy").astype("float32")
+    served = next(iter(serving(tf.constant(images)).values())).numpy()
+    expected = keras.saving.load_model(model_dir / "model.keras", compile=False).predict(images, verbose=0)
+    assert served.shape == (len(images), 4)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_missing_prepared_data_names_the_stage(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="run the prepare stage"):
+        tune.run(_cfg(tmp_path, "tracking.enabled=false"))
+
+
+def test_objective_the_model_does_not_report_fails_before_training(project: Path, tmp_path: Path) -> None:
+    cfg = _cfg(project, "tuner.objective=val_f1", f"paths.tuning={tmp_path / 'search'}")
+    with pytest.raises(ConfigError, match="tuner.objective: the model does not report 'val_f1'"):
+        tune.run(cfg)
+    assert not (tmp_path / "search").exists()
+
+
+def test_search_space_entry_of_unknown_type_or_name_is_a_config_error(project: Path) -> None:
+    with pytest.raises(ConfigError, match="tuner.search_space.units.type: 'integer' is not one of"):
+        _cfg(project, "tuner.search_space.units.type=integer")
+    with pytest.raises(ConfigError, match="tuner.search_space.momentum: not a tunable name"):
+        tune.run(_cfg(project, "+tuner.search_space.momentum={type: float, min: 0.1, max: 0.9}"))
+
+
+def test_unreachable_mlflow_store_is_a_clear_error(project: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable.*tracking.enabled=false"):
+        tune.run(_cfg(project, "tracking.uri=http://127.0.0.1:9"))
+    assert time.monotonic() - started < 60
+
+
+def _popen(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([CLI, *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 240) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _completed_trials(search: Path) -> dict[str, float]:
+    """trial id -> modification time of its trial.json, for trials Keras Tuner marked COMPLETED."""
+    done = {}
+    for path in search.glob("trial_*/trial.json"):
+        try:
+            if json.loads(path.read_text()).get("status") == "COMPLETED":
+                done[path.parent.name] = path.stat().st_mtime
+        except (json.JSONDecodeError, OSError):
+            continue  # being written
+    return done
+
+
+def _paths_args(root: Path) -> list[str]:
+    defaults = vars(compose().paths)
+    return [f"paths.{key}={root / value}" for key, value in defaults.items()] + [
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_rerunning_finished_trials(project: Path, tmp_path: Path) -> None:
+    args = [*TINY, *_paths_args(project), "tuner.max_trials=4", "tuner.epochs=3",
+            f"paths.tuning={tmp_path / 'search'}", f"paths.best_hparams={tmp_path / 'best.yaml'}",
+            f"paths.leaderboard={tmp_path / 'board.csv'}"]
+    first = _popen(project, "tune", *args)
+    _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1, first)
+    _kill(first)
+    finished = _completed_trials(tmp_path / "search")
+
+    second = subprocess.run([CLI, "tune", *args], cwd=project, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    after = _completed_trials(tmp_path / "search")
+    assert len(after) == 4
+    assert {trial: after[trial] for trial in finished} == finished  # not re-run, not rewritten
+    # One parent run, continued; the trial the kill interrupted is marked KILLED, not left RUNNING.
+    parent_id = (tmp_path / "search/mlflow_run_id").read_text()
+    trials = [r for r in _runs(project) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert sorted(r.info.status for r in trials).count("FINISHED") == 4
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_epoch(project: Path, tmp_path: Path) -> None:
+    args = [*TINY, *_paths_args(project), "tuner=none", "train.epochs=12", "train.patience=100",
+            f"paths.best_hparams={tmp_path / 'best.yaml'}", f"paths.leaderboard={tmp_path / 'board.csv'}",
+            f"paths.checkpoints={tmp_path / 'ckpt'}", f"paths.model={tmp_path / 'model'}",
+            f"paths.history={tmp_path / 'history.csv'}"]
+    subprocess.run([CLI, "tune", *args], cwd=project, check=True, capture_output=True)
+    history = tmp_path / "history.csv"
+    first = _popen(project, "train", *args)
+    _wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) >= 4, first)
+    _kill(first)
+    epochs_before = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
+
+    second = subprocess.run([CLI, "train", *args], cwd=project, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert '"resumed": true' in second.stdout
+    epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:] if line[0].isdigit()]
+    assert epochs == list(range(12))  # each epoch once: it went on where it stopped
+    assert len(epochs_before) >= 3
