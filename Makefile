@@ -10,13 +10,14 @@ comma := ,
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help install run test test-slow sample ui bench lock clean
+.PHONY: help install run test test-slow sample ui serve bench lock clean
 
 help:
 	@echo "make run        the whole pipeline on the built-in sample (dvc repro)"
 	@echo "make test       the fast tests;  make test-slow: all of them"
 	@echo "make sample     (re)generate the built-in sample in data/raw"
 	@echo "make ui         the MLflow UI over this project's runs, on http://127.0.0.1:5000"
+	@echo "make serve      the champion model over REST on http://127.0.0.1:8501/invocations (PORT=, MODEL=)"
 	@echo "make bench      the pipeline benchmark: stage times and accuracy in a fresh copy"
 
 install: $(STAMP)
@@ -36,9 +37,15 @@ sample: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port $(or $(PORT),5000)
 
+# The registered champion behind MLflow's scoring server; TensorFlow Serving's {"instances": ...} body.
+serve: $(STAMP)
+	$(BIN)/op-classifier serve --port $(or $(PORT),8501)$(if $(MODEL), --model $(MODEL))
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/reproducibility.py
+	$(BIN)/python benchmarks/predict.py
+	$(BIN)/python benchmarks/serve.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

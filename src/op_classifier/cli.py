@@ -1,4 +1,4 @@
-"""The `op-classifier` command: compose the config, make the sample, run a stage ad hoc."""
+"""The `op-classifier` command: compose the config, make the sample, run a stage ad hoc, predict images."""
 
 from __future__ import annotations
 
@@ -63,6 +63,19 @@ def _stage(name: str, overrides: Sequence[str]) -> None:
     _report(module.run(cfg))
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from op_classifier import predict
+
+    predict.run(args.paths, model=args.model, threshold=args.threshold, as_json=args.json,
+                report=args.report, batch_size=args.batch_size)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from op_classifier import serve
+
+    serve.run(args.model, host=args.host, port=args.port, overrides=args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="op-classifier", description=__doc__)
@@ -77,6 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--scenes", type=int, help="multi-character scenes (default: per-class / 2)")
     smp.add_argument("--seed", type=int, help="random seed (default: the one data.dvc was made with)")
 
+    # predict: class probabilities of image files (src/op_classifier/predict.py)
+    pred = sub.add_parser("predict", help="class probabilities of images: files, folders, quoted globs")
+    pred.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    pred.add_argument("--model", help="model folder, or an MLflow URI such as models:/op-classifier@champion "
+                      "(default: paths.model of params.yaml, experiments/model)")
+    pred.add_argument("--threshold", type=float, default=0.5, help="a class counts from this probability (default: 0.5)")
+    pred.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
+    pred.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report to this file")
+    pred.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+
+    # serve: the champion model over REST (src/op_classifier/serve.py)
+    srv = sub.add_parser("serve", help="serve the registered champion model over REST (MLflow scoring server)")
+    srv.add_argument("--model", help="MLflow model URI (default: models:/<tracking.model_name>@champion)")
+    srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8501, help="port (default: 8501, TensorFlow Serving's REST port)")
+    srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
+
     for name in STAGES:
         stage = sub.add_parser(name, help=f"run the {name} stage with conf/ + overrides (outside DVC)")
         stage.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
@@ -90,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _compose(args.overrides))
     elif args.command == "sample":
         code = guarded(lambda: _sample(args))
+    elif args.command == "serve":
+        code = guarded(lambda: _serve(args))
+    elif args.command == "predict":
+        code = guarded(lambda: _predict(args))
     else:
         code = guarded(lambda: _stage(args.command, args.overrides))
     sys.exit(code)

@@ -148,6 +148,8 @@ class TrainConfig:
     epochs: int = MISSING
     patience: int = MISSING
     monitor: str = MISSING
+    lr_factor: float = MISSING
+    lr_patience: int = MISSING
     device: str = MISSING
     mixed_precision: str = MISSING
 
@@ -155,6 +157,7 @@ class TrainConfig:
         _check(self.learning_rate > 0, "train.learning_rate", "must be positive")
         _check(self.batch_size >= 1, "train.batch_size", "must be at least 1")
         _check(self.epochs >= 1, "train.epochs", "must be at least 1")
+        _check(0.0 < self.lr_factor <= 1.0, "train.lr_factor", "must be in (0, 1]")
         _check(self.device in ("auto", "cpu", "gpu"), "train.device", "must be auto, cpu or gpu")
         _check(self.mixed_precision in ("auto", "on", "off"), "train.mixed_precision", "must be auto, on or off")
 

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Mapping
 
 import keras
 import numpy as np
+from mlflow.pyfunc import PythonModel  # the served wrapper's base class must exist at import
 
 from op_classifier.config import TrackingConfig
 from op_classifier.errors import OpClassifierError
@@ -53,6 +54,52 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
+def fetch_model(model_uri: str, dst: Path) -> tuple[Path, list[str] | None]:
+    """Download a logged Keras model (models:/name@alias, models:/name/N, runs:/id/path) into dst.
+
+    Returns its .keras file and the class names its training run logged (param `classes`), if any.
+    The store is MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # as in Tracker._connect: no internet here
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    import mlflow
+
+    uri = _ENV_URI or f"sqlite:///{project_root() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise TrackingError(f"no MLflow store at {uri}: train a model first (`make run`) or set MLFLOW_TRACKING_URI")
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    try:
+        params = client.get_run(_run_of(client, model_uri)).data.params
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst),
+                                                    tracking_uri=uri, registry_uri=uri)
+    except TrackingError:
+        raise
+    except Exception as error:  # MLflow raises many types for a missing model, alias or run
+        raise TrackingError(f"cannot fetch {model_uri} from {uri}: {_first_line(error)}") from None
+    found = sorted(Path(local).rglob("*.keras"))
+    if not found:
+        raise TrackingError(f"{model_uri} holds no .keras file: not a Keras model")
+    # The train stage logs the classes it trained on (inferred ones too); data.classes is the config.
+    classes = params.get("classes") or params.get("data.classes")
+    parsed = json.loads(classes) if classes and classes.startswith("[") else None
+    return found[0], parsed
+
+
+def _run_of(client: Any, model_uri: str) -> str:
+    """The run that logged the model a models:/ or runs:/ URI names."""
+    scheme, _, rest = model_uri.partition(":/")
+    rest = rest.strip("/")
+    if scheme == "runs":
+        return rest.split("/")[0]
+    name, _, alias = rest.partition("@")
+    if alias:
+        return client.get_model_version_by_alias(name, alias).run_id
+    name, _, version = rest.partition("/")
+    if not version.isdigit():
+        raise TrackingError(f"{model_uri}: use models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/<path>")
+    return client.get_model_version(name, version).run_id
+
+
 class Tracker:
     """MLflow access for one stage. With tracking.enabled false, every method does nothing."""
 
@@ -72,7 +119,7 @@ class Tracker:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         uri = tracking_uri(self.cfg)
-        mlflow.set_tracking_uri(uri)
+        _set_uri_keeping_env(uri)
         try:
             client = mlflow.MlflowClient()
             found = client.get_experiment_by_name(self.cfg.experiment)
@@ -154,7 +201,7 @@ class Tracker:
             yield
 
     def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
-        """Log the Keras model with its signature and an input example; return its model URI."""
+        """Log the model as a pixel-checking pyfunc with its signature and an input example; return its URI."""
         if not self.enabled:
             return None
         import tempfile
@@ -163,13 +210,16 @@ class Tracker:
         from mlflow.models import infer_signature
 
         signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-        # mlflow.keras.log_model fails when given an input example (mlflow issue #16183: it writes
-        # the example before creating the folder), so save into a folder we made, then log that.
+        # Saved into a folder we made, then logged: mlflow's log_model fails when given an input
+        # example (mlflow issue #16183: it writes the example before creating the folder).
         with tempfile.TemporaryDirectory() as tmp:
+            keras_file = Path(tmp) / "model.keras"
+            model.save(keras_file)
             saved = Path(tmp) / "model"
-            saved.mkdir()
-            mlflow.keras.save_model(model, str(saved), signature=signature, input_example=example,
-                                    pip_requirements=_pip_requirements())
+            mlflow.pyfunc.save_model(str(saved), python_model=PixelClassifier(),
+                                     artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
+                                     signature=signature, input_example=example,
+                                     pip_requirements=_pip_requirements())
             mlflow.log_artifacts(str(saved), artifact_path="model")
         return f"runs:/{mlflow.active_run().info.run_id}/model"
 
@@ -189,6 +239,45 @@ class Tracker:
         return {"registered_version": int(version), "champion": promote, "previous_champion_score": current}
 
 
+class PixelClassifier(PythonModel):
+    """The served model: checks (batch, S, S, 3) raw 0..255 pixels, answers per-class probabilities."""
+
+    ARTIFACT = "keras_model"
+    CHUNK = 64  # images per forward pass: a large request must not take all the memory at once
+
+    def load_context(self, context: Any) -> None:
+        """Load the Keras model (without its training metrics, which serving never needs)."""
+        self.model = keras.saving.load_model(context.artifacts[self.ARTIFACT], compile=False)
+        self.shape = tuple(self.model.input_shape[1:])
+
+    # model_input stays np.ndarray, a hint MLflow derives no schema from: a type-hint schema would
+    # make the server accept only `{"inputs": ...}`, not TensorFlow Serving's `{"instances": ...}`.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Per-class probabilities, (batch, classes); a bad input raises a 400-mapped MlflowException."""
+        images = _checked_pixels(model_input, self.shape)
+        chunks = [self.model.predict_on_batch(images[i : i + self.CHUNK]) for i in range(0, len(images), self.CHUNK)]
+        return np.concatenate([np.asarray(c) for c in chunks]).astype("float32")
+
+
+def _checked_pixels(data: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """data as float32 (batch, *shape) raw pixels, or an INVALID_PARAMETER_VALUE error saying what is wrong."""
+    from mlflow.exceptions import MlflowException
+
+    expected = f"(batch, {', '.join(map(str, shape))}) raw RGB pixel values 0..255"
+    try:
+        images = np.asarray(data, dtype="float32")
+    except (TypeError, ValueError):
+        raise MlflowException.invalid_parameter_value(f"instances must be numbers: {expected}") from None
+    if images.ndim != len(shape) + 1 or images.shape[1:] != shape or len(images) == 0:
+        raise MlflowException.invalid_parameter_value(f"instances have shape {images.shape}, expected {expected}")
+    if not np.isfinite(images).all():  # JSON null becomes NaN on the way in
+        raise MlflowException.invalid_parameter_value(f"instances contain null, NaN or infinite values: {expected}")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 255:
+        raise MlflowException.invalid_parameter_value(f"instances range {low:g}..{high:g}, expected {expected}")
+    return images
+
+
 class _EpochLogger(keras.callbacks.Callback):
     def __init__(self, tracker: Tracker) -> None:
         super().__init__()
@@ -196,6 +285,46 @@ class _EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self.tracker.log_metrics(logs or {}, step=epoch)
+
+
+def alias_version(store_uri: str, name: str, alias: str) -> str | None:
+    """The version `name@alias` points to in the registry at store_uri; None if the model or alias is missing."""
+    prefix = "sqlite:///"
+    if store_uri.startswith(prefix) and not Path(store_uri[len(prefix):]).is_file():
+        return None  # asking would create an empty store as a side effect
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    # As in Tracker._connect: fail in seconds against a dead server, no telemetry (no internet here).
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true")):
+        os.environ.setdefault(key, value)
+    try:
+        return mlflow.MlflowClient(tracking_uri=store_uri, registry_uri=store_uri).get_model_version_by_alias(
+            name, alias).version
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise TrackingError(f"MLflow store {store_uri} cannot be read ({_first_line(error)})") from None
+    except Exception as error:  # MLflow raises many types for a store it cannot reach
+        raise TrackingError(f"MLflow store {store_uri} is unreachable ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _set_uri_keeping_env(uri: str) -> None:
+    """Point MLflow at uri without leaving it in MLFLOW_TRACKING_URI for later runs and children."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # also exports the variable
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _close_orphans(parent_id: str) -> None:

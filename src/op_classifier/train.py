@@ -61,13 +61,18 @@ def _hide_gpus() -> list[Any]:
 
 
 def callbacks(cfg: Config, tracker: Tracker, resuming: bool) -> list[keras.callbacks.Callback]:
-    """Checkpoint-and-resume, early stopping with best weights, the history CSV, tracking."""
+    """Checkpoint-and-resume, early stopping with best weights, LR decay, the history CSV, tracking."""
     history = Path(cfg.paths.history)
     history.parent.mkdir(parents=True, exist_ok=True)
+    # Keras cannot tell the direction of our custom `accuracy`; losses fall, every other metric rises.
+    mode = "min" if cfg.train.monitor.endswith("loss") else "max"
     return [
         keras.callbacks.BackupAndRestore(str(Path(cfg.paths.checkpoints) / "backup")),
         keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience,
-                                      restore_best_weights=True, mode="auto"),
+                                      restore_best_weights=True, mode=mode),
+        # A tuned learning rate that is right for 8 epochs can be too high for 60: decay on plateaus.
+        keras.callbacks.ReduceLROnPlateau(monitor=cfg.train.monitor, factor=cfg.train.lr_factor,
+                                          patience=cfg.train.lr_patience, min_lr=1e-5, mode=mode),
         keras.callbacks.CSVLogger(str(history), append=resuming),
         tracker.epoch_callback(),
     ]
@@ -116,6 +121,7 @@ def fit(cfg: Config, tracker: Tracker, classes: list[str], tuned: dict[str, Any]
         compile_model(model, learning_rate, classes)
     resuming = (Path(cfg.paths.checkpoints) / "backup").exists()
     tracker.log_params({"device": device, "mixed_precision": mixed, "learning_rate_used": learning_rate,
+                        "classes": json.dumps(classes),
                         **{f"tuned.{k}": v for k, v in tuned.items()}})
     history = model.fit(np.asarray(train.images), train.labels, validation_data=(np.asarray(val.images), val.labels),
                         epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,

@@ -1,0 +1,535 @@
+"""`op-classifier predict`: class probabilities of image files, as lines, JSON or an HTML report.
+
+    op-classifier predict PATH... [--model DIR|URI] [--threshold 0.5] [--json] [--report FILE] [--batch-size 64]
+
+PATH: image files, folders (recursive, sorted, hidden files skipped) and glob patterns (expanded
+here, so quoted globs work, `**` included). Every file is decoded by its content with the same
+code as the prepare stage (`images.load_image`), so any format, EXIF orientation and mode works
+and decompression bombs are refused. A file that cannot be predicted is reported on its own and the
+others go on; the exit code is then 1.
+
+--model: a model folder as the train stage writes it (`model.keras` + `run.json`; default
+`paths.model` of params.yaml, else `experiments/model`), or an MLflow model URI
+(`models:/op-classifier@champion`, `models:/op-classifier/3`, `runs:/<run_id>/model`) resolved
+through tracking.py; the class names then come from the training run's `data.classes` param.
+
+`--json` writes one JSON document on stdout:
+
+    {
+      "model": "experiments/model",             the --model value
+      "threshold": 0.5,
+      "classes": ["Luffy", "Nami", "Sanji", "Zoro"],   the model's output order
+      "results": [                              one per predicted file, in input order
+        {"path": "data/raw/Luffy/0001.jpg",
+         "probabilities": {"Luffy": 0.971, "Nami": 0.02, "Sanji": 0.004, "Zoro": 0.012},
+         "predicted": ["Luffy"],                classes with probability >= threshold, class order
+         "top": "Luffy"}                        the most probable class
+      ],
+      "errors": [{"path": "notes.jpg", "error": "not an image (a text file)"}]
+    }
+
+Probabilities are independent sigmoid outputs (one image can show several characters), each in
+0..1; they do not sum to 1. `--report FILE` also writes a self-contained HTML page (thumbnails
+embedded, no external assets) with one card per file.
+"""
+
+from __future__ import annotations
+
+import base64
+import colorsys
+import glob
+import html
+import io
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence, TextIO
+
+import numpy as np
+import yaml
+from PIL import Image, ImageOps
+
+from op_classifier.config import PARAMS_FILE, ConfigError
+from op_classifier.errors import DataError
+from op_classifier.images import ImageError, load_image, to_rgb
+from op_classifier.prepare import list_files
+
+FALLBACK_MODEL = "experiments/model"
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image_pixels' default
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+RUN_FILE = "run.json"  # train.RUN_FILE; importing train would load MLflow too (a test keeps them equal)
+TRAIN_HINT = "train a model first (`dvc repro train`, or `make run` for the whole pipeline)"
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A loaded model with what predicting needs besides it."""
+
+    model: Any  # keras.Model; Keras is imported only once a model is found (slow, noisy import)
+    classes: list[str]
+    image_size: int
+    source: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """One input file: its class probabilities, or the reason it has none."""
+
+    path: str
+    probabilities: dict[str, float] | None = None
+    error: str | None = None
+
+    def predicted(self, threshold: float) -> list[str]:
+        """The classes at or above the threshold, in class order."""
+        return [name for name, p in (self.probabilities or {}).items() if p >= threshold]
+
+    @property
+    def top(self) -> str | None:
+        """The most probable class."""
+        return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
+
+
+# --- inputs --------------------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Result | str]:
+    """Every file the inputs name, in order and once each; an input naming nothing as a failed Result."""
+    seen: set[str] = set()
+    items: list[Result | str] = []
+    for text in inputs:
+        found = _files_of(text)
+        if not found:
+            items.append(Result(text, error=_why_nothing(text)))
+        for path in found:
+            if path not in seen:
+                seen.add(path)
+                items.append(path)
+    return items
+
+
+def _files_of(text: str) -> list[str]:
+    path = Path(text)
+    if path.is_dir():
+        return [str(path / name) for name in list_files(path)]
+    if path.exists():  # an existing name wins over reading it as a pattern ("photo[1].jpg")
+        return [text]
+    if glob.escape(text) == text:
+        return []
+    matches = sorted(glob.glob(text, recursive=True))
+    return [file for match in matches for file in _files_of(match)]
+
+
+def _why_nothing(text: str) -> str:
+    if Path(text).is_dir():
+        return "no (non-hidden) files in this folder"
+    return "no such file or folder" if glob.escape(text) == text else "no file matches this pattern"
+
+
+# --- the model -----------------------------------------------------------------------------------------
+
+
+def default_model() -> str:
+    """paths.model of params.yaml when it names one (where `dvc repro train` writes), else experiments/model."""
+    try:
+        params = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8"))
+        return str(params["paths"]["model"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return FALLBACK_MODEL
+
+
+def load_classifier(source: str) -> Classifier:
+    """Load a model folder (model.keras + run.json) or an MLflow models:/ or runs:/ URI."""
+    if source.startswith(MLFLOW_SCHEMES):
+        return _from_mlflow(source)
+    return _from_folder(source)
+
+
+def _from_folder(source: str) -> Classifier:
+    path = Path(source)
+    keras_file = path if path.suffix == ".keras" else path / "model.keras"
+    if not keras_file.is_file():
+        raise DataError(f"{keras_file} not found: {TRAIN_HINT}")
+    record_file = keras_file.parent / RUN_FILE
+    try:
+        classes = json.loads(record_file.read_text(encoding="utf-8"))["classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{record_file} is missing or names no classes: re-run the train stage "
+                        "(`dvc repro train`)") from None
+    return _loaded(keras_file, classes, source)
+
+
+def _from_mlflow(uri: str) -> Classifier:
+    from op_classifier import tracking
+
+    with tempfile.TemporaryDirectory(prefix="op-classifier-model-") as tmp:
+        keras_file, classes = tracking.fetch_model(uri, Path(tmp))
+        if not classes:
+            raise DataError(f"{uri}: its training run logged no class list (param data.classes); "
+                            "predict with the model folder instead (--model experiments/model)")
+        return _loaded(keras_file, classes, uri)
+
+
+def _loaded(keras_file: Path, classes: Sequence[str], source: str) -> Classifier:
+    import keras
+
+    try:
+        model = keras.saving.load_model(keras_file, compile=False)
+    except Exception as error:  # a corrupt or foreign file raises many types; all mean "cannot use it"
+        raise DataError(f"{keras_file}: cannot load the model ({_first_line(error)})") from None
+    _, height, width, channels = model.input_shape
+    if height != width or channels != 3:
+        raise DataError(f"{keras_file}: expects {model.input_shape[1:]} input, not square RGB images")
+    if model.output_shape[-1] != len(classes):
+        raise DataError(f"{keras_file}: {model.output_shape[-1]} outputs but {len(classes)} class names")
+    return Classifier(model, list(classes), int(height), source)
+
+
+# --- predicting ----------------------------------------------------------------------------------------
+
+
+def predict_items(classifier: Classifier, items: Sequence[Result | str], batch_size: int) -> Iterator[Result]:
+    """Decode and predict in batches; yield one Result per item, in order."""
+    with ThreadPoolExecutor(_cpu_count()) as pool:
+        for chunk in _decoded_chunks(items, classifier.image_size, batch_size, pool):
+            yield from _predict_chunk(classifier, chunk)
+
+
+def _decoded_chunks(
+    items: Sequence[Result | str], size: int, batch_size: int, pool: ThreadPoolExecutor
+) -> Iterator[list[Result | tuple[str, np.ndarray]]]:
+    """Items decoded chunk by chunk; the next chunk decodes while the caller predicts this one."""
+    chunks = iter([items[i : i + batch_size] for i in range(0, len(items), batch_size)])
+    # Two chunks in flight: decoding overlaps prediction, and memory stays two batches, however many files.
+    pending: deque[list[Future]] = deque(_submit(chunk, size, pool) for chunk in itertools.islice(chunks, 2))
+    while pending:
+        futures = pending.popleft()
+        following = next(chunks, None)
+        if following is not None:
+            pending.append(_submit(following, size, pool))
+        yield [future.result() for future in futures]
+
+
+def _submit(chunk: Sequence[Result | str], size: int, pool: ThreadPoolExecutor) -> list[Future]:
+    return [pool.submit(_decode, item, size) for item in chunk]
+
+
+def _decode(item: Result | str, size: int) -> Result | tuple[str, np.ndarray]:
+    if isinstance(item, Result):
+        return item
+    try:
+        return item, load_image(Path(item), size, MAX_PIXELS)
+    except ImageError as error:
+        return Result(item, error=str(error))
+
+
+def _predict_chunk(classifier: Classifier, chunk: list[Result | tuple[str, np.ndarray]]) -> list[Result]:
+    decoded = [entry for entry in chunk if not isinstance(entry, Result)]
+    rows = iter(_probabilities(classifier.model, [pixels for _, pixels in decoded]) if decoded else [])
+    return [entry if isinstance(entry, Result) else
+            Result(entry[0], probabilities=dict(zip(classifier.classes, next(rows)))) for entry in chunk]
+
+
+def _probabilities(model: Any, images: list[np.ndarray]) -> list[list[float]]:
+    """Per-class probabilities of one batch, rounded to 6 decimals (float32 holds no more)."""
+    # One graph call per batch: model.predict() would also build a data pipeline on every call.
+    output = np.asarray(model.predict_on_batch(np.stack(images).astype(np.float32)), dtype=np.float64)
+    return np.round(output, 6).tolist()
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# --- output --------------------------------------------------------------------------------------------
+
+
+def format_line(result: Result, threshold: float) -> str:
+    """`path: Luffy 97.1% | Nami 2.0% ...  -> Luffy`, or `path: error: reason`."""
+    if result.error is not None:
+        return f"{result.path}: error: {result.error}"
+    scores = " | ".join(f"{name} {p:.1%}" for name, p in result.probabilities.items())
+    chosen = ", ".join(result.predicted(threshold)) or f"(none above {_percent(threshold)})"
+    return f"{result.path}: {scores}  -> {chosen}"
+
+
+def to_json(source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> dict[str, Any]:
+    """The --json document (schema in this module's docstring)."""
+    return {
+        "model": source,
+        "threshold": threshold,
+        "classes": list(classes),
+        "results": [{"path": r.path, "probabilities": r.probabilities, "predicted": r.predicted(threshold),
+                     "top": r.top} for r in results if r.error is None],
+        "errors": [{"path": r.path, "error": r.error} for r in results if r.error is not None],
+    }
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
+# --- the command ---------------------------------------------------------------------------------------
+
+
+def run(
+    paths: Sequence[str],
+    model: str | None = None,
+    threshold: float = 0.5,
+    as_json: bool = False,
+    report: str | None = None,
+    batch_size: int = 64,
+    out: TextIO | None = None,
+) -> list[Result]:
+    """Predict every file the paths name; print lines or JSON, write the report; DataError if any failed."""
+    out = out or sys.stdout
+    _check_args(threshold, batch_size)
+    items = expand_inputs(paths)  # before loading the model: a typo fails in a second, not after Keras
+    classifier = load_classifier(model or default_model())
+    results = []
+    for result in predict_items(classifier, items, batch_size):
+        results.append(result)
+        if not as_json:
+            print(format_line(result, threshold), file=out, flush=True)
+    if as_json:
+        json.dump(to_json(classifier.source, threshold, classifier.classes, results), out, indent=2)
+        out.write("\n")
+    if report:
+        write_report(Path(report), classifier.source, threshold, classifier.classes, results)
+    _raise_on_failures(results)
+    return results
+
+
+def _check_args(threshold: float, batch_size: int) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold: must be between 0 and 1, got {threshold}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1, got {batch_size}")
+
+
+def _raise_on_failures(results: Sequence[Result]) -> None:
+    failed = sum(result.error is not None for result in results)
+    if failed:
+        raise DataError(f"{failed} of {len(results)} inputs could not be predicted (see their lines)")
+
+
+# --- the HTML report -----------------------------------------------------------------------------------
+
+THUMB_SIDE = 360  # px: sharp on a 2x screen at the cards' width
+# Tableau 10: distinct, colour-blind friendlier than the defaults, pleasant on white.
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1",
+           "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac")
+
+
+def write_report(path: Path, source: str, threshold: float, classes: Sequence[str],
+                 results: Sequence[Result]) -> Path:
+    """A self-contained HTML page: header with model, threshold and counts, then one card per file."""
+    page = _PAGE.format(
+        css=_CSS + _class_css(classes),
+        threshold=_percent(threshold),
+        header=_header(source, threshold, classes, results),
+        cards="\n".join(_card(result, threshold, classes) for result in results),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def class_colours(classes: Sequence[str]) -> list[str]:
+    """One fixed colour per class, by its position in the model's output."""
+    return [PALETTE[i] if i < len(PALETTE) else _extra_colour(i) for i in range(len(classes))]
+
+
+def _extra_colour(index: int) -> str:
+    # Golden-angle hue steps keep any number of further classes apart.
+    red, green, blue = colorsys.hls_to_rgb((index * 0.381966) % 1.0, 0.55, 0.55)
+    return f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
+
+
+def _ink(colour: str) -> str:
+    """Dark or white text, whichever reads better on the colour."""
+    red, green, blue = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    return "#1f2328" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.62 else "#ffffff"
+
+
+def _class_css(classes: Sequence[str]) -> str:
+    return "".join(f".c{i}{{--c:{colour};--ink:{_ink(colour)}}}\n" for i, colour in enumerate(class_colours(classes)))
+
+
+def _header(source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> str:
+    good = [result for result in results if result.error is None]
+    stats = [(len(results), "files"), (len(good), "predicted"),
+             (sum(not r.predicted(threshold) for r in good), f"none &ge; {_percent(threshold)}"),
+             (len(results) - len(good), "failed")]
+    legend = '<li class="caption">predicted per class</li>' + "".join(
+        f'<li class="c{i}"><span class="dot"></span>{html.escape(name)}'
+        f'<b>{sum(name in r.predicted(threshold) for r in good)}</b></li>'
+        for i, name in enumerate(classes))
+    return _HEADER.format(
+        model=html.escape(source), threshold=_percent(threshold),
+        when=time.strftime("%Y-%m-%d %H:%M"),
+        stats="".join(f'<div class="stat{" bad" if label == "failed" and n else ""}"><b>{n}</b>{label}</div>'
+                      for n, label in stats),
+        legend=legend)
+
+
+def _card(result: Result, threshold: float, classes: Sequence[str]) -> str:
+    name, folder = _split_path(result.path)
+    title = f'<h2 title="{html.escape(result.path)}">{html.escape(name)}</h2><p class="dir">{html.escape(folder)}</p>'
+    if result.error is not None:
+        return _ERROR_CARD.format(title=title, error=html.escape(result.error))
+    thumb = _thumbnail(result.path)
+    image = (f'<img src="data:image/jpeg;base64,{thumb}" alt="{html.escape(name)}">' if thumb
+             else '<span class="nothumb">no preview</span>')
+    return _CARD.format(image=image, title=title, bars=_bars(result, threshold, classes),
+                        verdict=_verdict(result, threshold, classes))
+
+
+def _bars(result: Result, threshold: float, classes: Sequence[str]) -> str:
+    rows = []
+    for i, name in enumerate(classes):
+        p = result.probabilities[name]
+        state = (" on" if p >= threshold else "") + (" top" if name == result.top else "")
+        mark = '<i title="most probable">&#9733;</i>' if name == result.top else ""
+        rows.append(f'<li class="c{i}{state}"><span class="label">{html.escape(name)}{mark}</span>'
+                    f'<span class="track"><span class="fill" style="width:{p * 100:.1f}%"></span></span>'
+                    f'<span class="pct">{p:.1%}</span></li>')
+    return "".join(rows)
+
+
+def _verdict(result: Result, threshold: float, classes: Sequence[str]) -> str:
+    chosen = result.predicted(threshold)
+    if not chosen:
+        return f'<span class="none">none &ge; {_percent(threshold)}</span>'
+    return "".join(f'<span class="chip c{classes.index(name)}">{html.escape(name)}</span>' for name in chosen)
+
+
+def _split_path(path: str) -> tuple[str, str]:
+    parent, _, name = path.replace(os.sep, "/").rstrip("/").rpartition("/")
+    return name or path, parent
+
+
+def _thumbnail(path: str) -> str | None:
+    """The image as a base64 JPEG, its long side THUMB_SIDE px, upright; None if that fails."""
+    try:
+        with warnings.catch_warnings():
+            # load_image already refused bombs; this only guards a file replaced since.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.seek(0)
+                image.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
+                image.load()
+                rgb = to_rgb(ImageOps.exif_transpose(image))
+        rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        rgb.save(buffer, "JPEG", quality=82, optimize=True)
+    except Exception:  # a preview is a nicety: the card still shows the probabilities
+        return None
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>op-classifier predictions</title>
+<style>
+{css}</style>
+</head>
+<body style="--t:{threshold}">
+{header}
+<main class="grid">
+{cards}
+</main>
+</body>
+</html>
+"""
+
+_HEADER = """<header>
+  <div class="head">
+    <div>
+      <h1>Predictions</h1>
+      <p class="meta">model <code>{model}</code> &middot; threshold <b>{threshold}</b> &middot; <span class="nowrap">{when}</span></p>
+    </div>
+    <div class="stats">{stats}</div>
+  </div>
+  <ul class="legend">{legend}</ul>
+</header>"""
+
+_CARD = """<article class="card">
+  <figure>{image}</figure>
+  <div class="body">{title}
+    <ul class="bars">{bars}</ul>
+    <div class="verdict">{verdict}</div>
+  </div>
+</article>"""
+
+_ERROR_CARD = """<article class="card failed">
+  <figure><span class="warn">!</span><small>not predicted</small></figure>
+  <div class="body">{title}
+    <p class="error">{error}</p>
+  </div>
+</article>"""
+
+_CSS = """
+*{box-sizing:border-box}
+body{margin:0;background:#f4f5f7;color:#1f2328;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;-webkit-font-smoothing:antialiased}
+header{background:#fff;border-bottom:1px solid #e3e5e8;padding:22px 28px 16px}
+.head{display:flex;flex-wrap:wrap;gap:16px 32px;align-items:flex-end;justify-content:space-between}
+h1{margin:0;font-size:22px;font-weight:650;letter-spacing:-.01em}
+.meta{margin:4px 0 0;color:#59636e}
+.nowrap{white-space:nowrap}
+code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f0f1f3;padding:1px 6px;border-radius:4px;color:#1f2328}
+.stats{display:flex;gap:10px}
+.stat{min-width:78px;padding:8px 12px;border:1px solid #e3e5e8;border-radius:10px;color:#59636e;font-size:12px;text-align:center}
+.stat b{display:block;color:#1f2328;font-size:20px;font-weight:650;line-height:1.2}
+.stat.bad{border-color:#f1c0bd;background:#fdf3f2}.stat.bad b{color:#c5221f}
+.legend{list-style:none;margin:14px 0 0;padding:0;display:flex;flex-wrap:wrap;gap:8px;align-items:center}
+.legend .caption{border:0;padding:0 4px 0 0;color:#8a939c;font-size:12px}
+.legend li{display:flex;align-items:center;gap:7px;padding:3px 10px 3px 8px;border:1px solid #e3e5e8;border-radius:999px;font-size:13px}
+.legend b{font-weight:600;color:#59636e;font-size:12px}
+.dot{width:10px;height:10px;border-radius:50%;background:var(--c)}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:18px;padding:22px 28px 40px;max-width:1600px;margin:0 auto}
+.card{background:#fff;border:1px solid #e3e5e8;border-radius:12px;overflow:hidden;display:flex;flex-direction:column;box-shadow:0 1px 2px rgba(16,24,40,.04)}
+figure{position:relative;margin:0;aspect-ratio:4/3;background:#eceef1;display:flex;flex-direction:column;gap:8px;align-items:center;justify-content:center}
+figure img{position:absolute;inset:0;width:100%;height:100%;object-fit:contain;display:block}
+.nothumb{color:#8a939c;font-size:12px}
+.body{padding:12px 14px 14px;display:flex;flex-direction:column;gap:2px;flex:1}
+h2{margin:0;font-size:14px;font-weight:600;overflow-wrap:anywhere}
+.dir{margin:0 0 8px;color:#8a939c;font-size:12px;overflow-wrap:anywhere;min-height:1.2em}
+.bars{list-style:none;margin:0;padding:0;display:grid;gap:5px}
+.bars li{display:grid;grid-template-columns:minmax(52px,36%) 1fr 46px;align-items:center;gap:8px;font-size:12.5px;color:#59636e}
+.label{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.label i{font-style:normal;color:#d4a106;margin-left:4px;font-size:11px}
+.track{position:relative;height:8px;border-radius:4px;background:#eceef1}
+.track::after{content:"";position:absolute;left:var(--t);top:-3px;bottom:-3px;width:1px;background:#9aa3ad}
+.fill{display:block;height:100%;border-radius:4px;background:var(--c);opacity:.32}
+.pct{text-align:right;font-variant-numeric:tabular-nums}
+.bars li.on{color:#1f2328}.bars li.on .label{font-weight:600}.bars li.on .fill{opacity:1}
+.bars li.top .pct{font-weight:650;color:#1f2328}
+.verdict{margin-top:auto;padding-top:11px;display:flex;flex-wrap:wrap;gap:6px;align-items:center}
+.chip{background:var(--c);color:var(--ink);border-radius:999px;padding:2px 10px;font-size:12px;font-weight:600}
+.none{color:#8a939c;font-size:12px;font-style:italic}
+.failed{border-color:#f1c0bd}
+.failed figure{background:repeating-linear-gradient(135deg,#fdf3f2 0 10px,#fbe9e7 10px 20px)}
+.failed figure small{color:#a50e0e;font-size:12px;font-weight:600;letter-spacing:.04em;text-transform:uppercase}
+.warn{width:40px;height:40px;border-radius:50%;background:#d93025;color:#fff;font-weight:700;font-size:22px;display:flex;align-items:center;justify-content:center}
+.error{margin:2px 0 0;padding:8px 10px;background:#fdf3f2;border-radius:8px;color:#a50e0e;font-size:12.5px;overflow-wrap:anywhere}
+@media (max-width:600px){header{padding:16px}.grid{padding:16px;gap:12px}.stats{flex-wrap:wrap}}
+"""

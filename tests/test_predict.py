@@ -1,0 +1,214 @@
+"""`op-classifier predict`: lines, JSON, the HTML report, bad files, globs, model folders and MLflow URIs."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from op_classifier import cli
+from op_classifier.model import build_model, compile_model
+from tests.conftest import compose
+
+CLI = str(Path(sys.executable).parent / "op-classifier")
+CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
+GOOD = ["photo.jpg", "tom&jerry.png", "gray.png"]
+BAD = {  # name -> (content, the reason its line must give)
+    "notes<b>.jpg": (b"just some notes\nabout Luffy\n", "not an image (a text file)"),
+    "empty.jpg": (b"", "empty file"),
+    "truncated.jpg": (None, "truncated"),
+    "bomb.png": (None, "too large"),
+}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels but holds a few bytes: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def noise(size: tuple[int, int], seed: int) -> Image.Image:
+    """A random RGB picture of size (width, height)."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def write_good(folder: Path) -> None:
+    """A JPEG, an RGBA PNG with a name to escape, and a grayscale PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    noise((64, 48), 1).save(folder / GOOD[0], quality=90)
+    noise((40, 40), 2).convert("RGBA").save(folder / GOOD[1])
+    noise((50, 30), 3).convert("L").save(folder / GOOD[2])
+
+
+def write_bad(folder: Path) -> None:
+    """The four files predict must refuse, each for its own reason."""
+    buffer = io.BytesIO()
+    noise((64, 64), 4).save(buffer, "JPEG", quality=95)
+    contents = {**{name: data for name, (data, _) in BAD.items()},
+                "truncated.jpg": buffer.getvalue()[: len(buffer.getvalue()) * 6 // 10],
+                "bomb.png": png_header_only(100_000, 100_000)}
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained 4-class model saved as the train stage lays out its folder."""
+    out = tmp_path_factory.mktemp("model")
+    model = compile_model(build_model(num_classes=4, image_size=32, filters=(4, 8), units=8, resize=None, seed=1),
+                          1e-3, CLASSES)
+    # Spread the untrained head's outputs away from 0.5, so thresholds select different classes.
+    head = model.get_layer("probabilities")
+    rng = np.random.default_rng(0)
+    head.set_weights([rng.normal(0, 2, w.shape).astype("float32") for w in head.get_weights()])
+    model.save(out / "model.keras")
+    (out / "run.json").write_text(json.dumps({"classes": CLASSES, "image_size": 32}), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """good/ holds only images; mixed/ holds the same images, four bad files and a hidden one."""
+    root = tmp_path_factory.mktemp("images")
+    write_good(root / "good")
+    write_good(root / "mixed")
+    write_bad(root / "mixed")
+    (root / "mixed" / ".hidden.jpg").write_bytes(b"not seen")
+    return root
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`op-classifier predict ARGS` as a user runs it."""
+    return subprocess.run([CLI, "predict", *args], capture_output=True, text=True)
+
+
+def main_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """cli.main in this process (Keras loaded once for all tests): (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        cli.main(["predict", *args])
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+def test_bad_files_get_their_own_error_lines_and_exit_1(model_dir: Path, images: Path) -> None:
+    mixed = images / "mixed"
+    done = run_cli(str(mixed), str(images / "nothing*.jpg"), "--model", str(model_dir))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    names = sorted(GOOD + list(BAD))
+    expected = [str(mixed / name) for name in names] + [str(images / "nothing*.jpg")]
+    assert [line.split(": ", 1)[0] for line in lines] == expected
+    for name, (_, reason) in BAD.items():
+        assert any(line.startswith(f"{mixed / name}: error: ") and reason in line for line in lines), name
+    assert lines[-1].endswith(": error: no file matches this pattern")
+    score = r"\d+\.\d%"
+    good = re.compile(rf"^.+: Luffy {score} \| Nami {score} \| Sanji {score} \| Zoro {score}  -> .+$")
+    assert sum(bool(good.match(line)) for line in lines) == len(GOOD)
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: 5 of 8 inputs could not be predicted (see their lines)"
+
+
+def test_all_good_with_a_glob_exits_0(model_dir: Path, images: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = main_in_process(capsys, str(images / "good" / "*.png"), str(images / "**" / "photo.jpg"),
+                                   "--model", str(model_dir))
+    assert code == 0
+    paths = [line.split(": ", 1)[0] for line in out.splitlines()]
+    assert paths == [str(images / "good" / n) for n in ("gray.png", "tom&jerry.png")] + [
+        str(images / "good" / "photo.jpg"), str(images / "mixed" / "photo.jpg")]
+
+
+def test_json_schema_and_threshold(model_dir: Path, images: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = main_in_process(capsys, str(images / "mixed"), "--model", str(model_dir), "--json",
+                                   "--threshold", "0.45", "--batch-size", "2")
+    assert code == 1
+    doc = json.loads(out)
+    assert set(doc) == {"model", "threshold", "classes", "results", "errors"}
+    assert doc["model"] == str(model_dir) and doc["threshold"] == 0.45 and doc["classes"] == CLASSES
+    assert sorted(Path(r["path"]).name for r in doc["results"]) == sorted(GOOD)
+    assert sorted(Path(e["path"]).name for e in doc["errors"]) == sorted(BAD)
+    for result in doc["results"]:
+        assert set(result) == {"path", "probabilities", "predicted", "top"}
+        probs = result["probabilities"]
+        assert list(probs) == CLASSES and all(0.0 <= p <= 1.0 for p in probs.values())
+        assert result["predicted"] == [c for c in CLASSES if probs[c] >= 0.45]
+        assert result["top"] == max(probs, key=probs.get)
+    assert all(e["error"] for e in doc["errors"])
+
+
+def test_report_is_self_contained_html_naming_every_file(model_dir: Path, images: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    report = tmp_path / "out" / "report.html"
+    code, out, _ = main_in_process(capsys, str(images / "mixed"), "--model", str(model_dir), "--report", str(report))
+    assert code == 1 and len(out.splitlines()) == len(GOOD) + len(BAD)
+    page = report.read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    for name in ["photo.jpg", "tom&amp;jerry.png", "gray.png", "notes&lt;b&gt;.jpg", "empty.jpg",
+                 "truncated.jpg", "bomb.png"]:
+        assert f">{name}</h2>" in page, name
+    assert "notes<b>" not in page and ".hidden.jpg" not in page
+    assert page.count("data:image/jpeg;base64,") == len(GOOD)
+    assert page.count('class="card failed"') == len(BAD)
+    assert not re.search(r"<script|<link|src=\"http|url\(http|@import", page)
+
+
+def test_missing_model_is_one_line_naming_the_stage(images: Path, tmp_path: Path) -> None:
+    done = run_cli(str(images / "good"), "--model", str(tmp_path / "nope"))
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope' / 'model.keras'} not found: train a model first "
+        "(`dvc repro train`, or `make run` for the whole pipeline)"]
+
+
+def test_bad_threshold_is_a_usage_error(images: Path, model_dir: Path) -> None:
+    done = run_cli(str(images / "good"), "--model", str(model_dir), "--threshold", "50")
+    assert done.returncode == 2 and done.stderr.strip() == "error: --threshold: must be between 0 and 1, got 50.0"
+
+
+def test_run_file_name_matches_the_train_stage() -> None:
+    from op_classifier import predict, train
+
+    assert predict.RUN_FILE == train.RUN_FILE
+
+
+def test_champion_from_the_mlflow_registry(model_dir: Path, images: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """models:/op-classifier@champion from the project's store (its mlflow.db, found from the cwd)."""
+    import keras
+
+    from op_classifier.tracking import Tracker, flatten
+
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(compose(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}").tracking)
+    model = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    with tracker.run("train"):
+        tracker.log_params(flatten({"data": {"classes": CLASSES}}))
+        uri = tracker.log_model(model, np.zeros((1, 32, 32, 3), dtype="float32"))
+    assert tracker.register(uri, score=0.5, target=0.0, metric="val_accuracy")["champion"]
+
+    good = str(images / "good")
+    code, out, err = main_in_process(capsys, good, "--model", "models:/op-classifier@champion", "--json")
+    assert code == 0, err
+    from_registry = json.loads(out)
+    _, out, _ = main_in_process(capsys, good, "--model", str(model_dir), "--json")
+    from_folder = json.loads(out)
+    assert from_registry["classes"] == CLASSES and from_registry["model"] == "models:/op-classifier@champion"
+    assert [r["path"] for r in from_registry["results"]] == [r["path"] for r in from_folder["results"]]
+    for a, b in zip(from_registry["results"], from_folder["results"]):
+        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
+
+    code, _, err = main_in_process(capsys, good, "--model", "models:/op-classifier@nobody")
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: cannot fetch models:/op-classifier@nobody")
