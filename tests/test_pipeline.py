@@ -213,3 +213,8 @@ def test_killed_training_resumes_from_its_last_epoch(project: Path, tmp_path: Pa
     epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:] if line[0].isdigit()]
     assert epochs == list(range(12))  # each epoch once: it went on where it stopped
     assert len(epochs_before) >= 3
+
+
+def test_unknown_champion_metric_is_a_config_error(project: Path, pipeline: tuple) -> None:
+    with pytest.raises(ConfigError, match="tracking.champion_metric: evaluate reports no 'val_acc'"):
+        evaluate.run(_cfg(project, "tracking.champion_metric=val_acc"))

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from op_classifier.cli import stage_main
-from op_classifier.config import Config
+from op_classifier.config import Config, ConfigError
 from op_classifier.data import Split, load_manifest, load_split
 from op_classifier.errors import DataError
 from op_classifier.tracking import Tracker, flatten
@@ -99,18 +99,25 @@ def run(cfg: Config) -> dict:
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     write_confusion(Path(cfg.paths.confusion), test.labels, test_probs, classes)
+    flat = flatten(metrics)
+    score = _champion_score(flat, cfg.tracking.champion_metric)  # before tracking: a typo fails first
     tracker = Tracker(cfg.tracking)
     registry: dict[str, Any] = {}
     with tracker.run("train", run_id=record.get("run_id")):
-        tracker.log_metrics(flatten(metrics))
+        tracker.log_metrics(flat)
         for path in (metrics_path, Path(cfg.paths.confusion)):
             tracker.log_artifact(path, "evaluation")
         if record.get("model_uri"):
-            score = flatten(metrics)[cfg.tracking.champion_metric]
             registry = tracker.register(record["model_uri"], score, cfg.tracking.champion_target,
                                         cfg.tracking.champion_metric)
     return {"val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
             "scenes": metrics["scenes"], **registry, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _champion_score(flat: dict[str, Any], metric: str) -> float:
+    if metric not in flat:
+        raise ConfigError(f"tracking.champion_metric: evaluate reports no '{metric}' (e.g. val_accuracy, test_accuracy)")
+    return float(flat[metric])
 
 
 def main() -> None:
