@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from PIL import Image
 
 from op_classifier import cli
 from op_classifier.model import build_model, compile_model
-from tests.conftest import compose
+from tests.conftest import compose, png_header_only
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
@@ -29,16 +27,6 @@ BAD = {  # name -> (content, the reason its line must give)
     "bomb.png": (None, "too large"),
 }
 
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels but holds a few bytes: a decompression bomb's header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def noise(size: tuple[int, int], seed: int) -> Image.Image:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +16,7 @@ from PIL import Image
 
 from op_classifier import config, prepare
 from op_classifier.errors import DataError
+from tests.conftest import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
@@ -89,16 +88,6 @@ def run_prepare(make_cfg: Callable[..., config.Config], *overrides: str) -> tupl
 def raw(tmp_path: Path) -> Path:
     return tmp_path / "raw"
 
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels but holds a few bytes: a decompression bomb's header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def truncated_jpeg() -> bytes:
