@@ -166,12 +166,6 @@ def test_bad_threshold_is_a_usage_error(images: Path, model_dir: Path) -> None:
     assert done.returncode == 2 and done.stderr.strip() == "error: --threshold: must be between 0 and 1, got 50.0"
 
 
-def test_run_file_name_matches_the_train_stage() -> None:
-    from op_classifier import predict, train
-
-    assert predict.RUN_FILE == train.RUN_FILE
-
-
 def test_champion_from_the_mlflow_registry(model_dir: Path, images: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """models:/op-classifier@champion from the project's store (its mlflow.db, found from the cwd)."""

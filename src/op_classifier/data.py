@@ -10,6 +10,8 @@ import numpy as np
 
 from op_classifier.errors import DataError
 
+RUN_FILE = "run.json"  # in paths.model: the training run, logged model, classes (train writes it)
+
 
 @dataclass
 class Split:

@@ -13,10 +13,9 @@ import numpy as np
 
 from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError
-from op_classifier.data import Split, load_manifest, load_split
+from op_classifier.data import RUN_FILE, Split, load_manifest, load_split
 from op_classifier.errors import DataError
 from op_classifier.tracking import Tracker, flatten
-from op_classifier.train import RUN_FILE
 
 THRESHOLD = 0.5
 

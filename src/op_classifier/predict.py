@@ -60,12 +60,12 @@ from PIL import Image, ImageOps
 from op_classifier.config import PARAMS_FILE, ConfigError
 from op_classifier.errors import DataError
 from op_classifier.images import ImageError, load_image, to_rgb
-from op_classifier.prepare import list_files
+from op_classifier.data import RUN_FILE
+from op_classifier.prepare import cpu_count, list_files
 
 FALLBACK_MODEL = "experiments/model"
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image_pixels' default
 MLFLOW_SCHEMES = ("models:/", "runs:/")
-RUN_FILE = "run.json"  # train.RUN_FILE; importing train would load MLflow too (a test keeps them equal)
 TRAIN_HINT = "train a model first (`dvc repro train`, or `make run` for the whole pipeline)"
 
 
@@ -197,7 +197,7 @@ def _loaded(keras_file: Path, classes: Sequence[str], source: str) -> Classifier
 
 def predict_items(classifier: Classifier, items: Sequence[Result | str], batch_size: int) -> Iterator[Result]:
     """Decode and predict in batches; yield one Result per item, in order."""
-    with ThreadPoolExecutor(_cpu_count()) as pool:
+    with ThreadPoolExecutor(cpu_count()) as pool:
         for chunk in _decoded_chunks(items, classifier.image_size, batch_size, pool):
             yield from _predict_chunk(classifier, chunk)
 
@@ -242,13 +242,6 @@ def _probabilities(model: Any, images: list[np.ndarray]) -> list[list[float]]:
     # One graph call per batch: model.predict() would also build a data pipeline on every call.
     output = np.asarray(model.predict_on_batch(np.stack(images).astype(np.float32)), dtype=np.float64)
     return np.round(output, 6).tolist()
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # --- output --------------------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def decode_all(
     if not paths:
         return digests, reasons
     job = partial(_decode_file, size=size, max_pixels=data.max_image_pixels)
-    workers = min(_cpu_count(), len(paths))
+    workers = min(cpu_count(), len(paths))
     chunksize = max(1, min(32, len(paths) // (workers * 8)))
     jobs = ((index, str(raw / path)) for index, path in enumerate(paths))
     pool = multiprocessing.Pool(workers, initializer=_start_worker, initargs=(str(staging),))
@@ -308,7 +308,8 @@ def _decode_file(job: tuple[int, str], size: int, max_pixels: int) -> tuple[int,
     return index, digest, None
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
+    """Cores this process may use (its affinity, not the machine's count)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

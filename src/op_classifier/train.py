@@ -16,12 +16,11 @@ import numpy as np
 from op_classifier import hparams
 from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
-from op_classifier.data import Split, load_manifest, load_split
+from op_classifier.data import RUN_FILE, Split, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.model import build_model, compile_model, metric_names
 from op_classifier.tracking import Tracker, flatten, git_commit
 
-RUN_FILE = "run.json"  # in paths.model: the training run and logged model, for evaluate
 
 
 def pick_device(cfg: TrainConfig) -> tuple[ContextManager, str, bool]:
