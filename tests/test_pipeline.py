@@ -82,15 +82,29 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     parent = next(r for r in runs if r.data.tags.get("stage") == "tune")
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) == 2
-    assert all("units" in t.data.params and "val_accuracy" in t.data.metrics for t in trials)
+    assert all("units" in t.data.params and {"objective", "epoch_val_accuracy"} <= set(t.data.metrics)
+               for t in trials)
     training = next(r for r in runs if r.data.tags.get("stage") == "train")
     assert training.data.params["train.epochs"] == "2" and "tuned.units" in training.data.params
     assert training.data.tags["tuning_run_id"] == parent.info.run_id and training.data.tags["data_hash"]
-    assert {"val_accuracy", "test_accuracy", "loss", "val_loss"} <= set(training.data.metrics)
+    assert {"val_accuracy", "test_accuracy", "epoch_loss", "epoch_val_loss"} <= set(training.data.metrics)
     artifacts = {a.path for a in _client(project).list_artifacts(training.info.run_id, "model")}
     assert "model/MLmodel" in artifacts and "model/input_example.json" in artifacts
     version = _client(project).get_model_version("op-classifier", "1")
     assert version.run_id == training.info.run_id
+
+
+def test_runs_table_shows_the_evaluated_models_accuracy(project: Path, pipeline: tuple) -> None:
+    """MLflow's table lists a key's highest-step value: val_accuracy must be evaluate's, logged once."""
+    cfg = pipeline[0]
+    metrics = json.loads(Path(cfg.paths.metrics).read_text())
+    training = next(r for r in _runs(project) if r.data.tags.get("stage") == "train")
+    for key in ("val_accuracy", "test_accuracy"):
+        history = _client(project).get_metric_history(training.info.run_id, key)
+        assert [m.value for m in history] == [pytest.approx(metrics[key])]
+        assert training.data.metrics[key] == pytest.approx(metrics[key])
+    curve = _client(project).get_metric_history(training.info.run_id, "epoch_val_accuracy")
+    assert [m.step for m in curve] == [0, 1]  # the per-epoch curve lives under its own name
 
 
 def test_saved_model_signature_matches_keras(pipeline: tuple) -> None:
@@ -108,6 +122,30 @@ def test_saved_model_signature_matches_keras(pipeline: tuple) -> None:
     expected = keras.saving.load_model(model_dir / "model.keras", compile=False).predict(images, verbose=0)
     assert served.shape == (len(images), 4)
     np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def _trials_of(root: Path, parent_id: str) -> list:
+    return [r for r in _runs(root) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def test_a_changed_config_never_reuses_an_old_search(project: Path, tmp_path: Path, capsys) -> None:
+    own = (f"paths.tuning={tmp_path / 'search'}", f"paths.best_hparams={tmp_path / 'best.yaml'}",
+           f"paths.leaderboard={tmp_path / 'board.csv'}")
+    first = tune.run(_cfg(project, *own))
+    first_parent = (tmp_path / "search/mlflow_run_id").read_text()
+
+    changed = tune.run(_cfg(project, *own, "model.dropout=0.5"))
+    assert "not resuming the tuner search" in capsys.readouterr().err
+    parent = (tmp_path / "search/mlflow_run_id").read_text()
+    assert parent != first_parent and changed["trials"] == 2
+    trials = _trials_of(project, parent)
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
+    assert all(t.data.params["model.dropout"] == "0.5" for t in _runs(project) if t.info.run_id == parent)
+
+    # Same config again (e.g. `dvc repro -f`): a finished search is run anew, its trials logged again.
+    tune.run(_cfg(project, *own, "model.dropout=0.5"))
+    again = (tmp_path / "search/mlflow_run_id").read_text()
+    assert again != parent and len(_trials_of(project, again)) == 2 == first["trials"]
 
 
 def test_missing_prepared_data_names_the_stage(tmp_path: Path) -> None:

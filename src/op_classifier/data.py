@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,14 @@ def load_manifest(prepared: Path) -> dict:
     if not path.is_file():
         raise _missing(path)
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def data_hash(prepared: Path) -> str:
+    """Fingerprint of the prepared data (its manifest names every file, its split and the classes)."""
+    path = prepared / "manifest.json"
+    if not path.is_file():
+        raise _missing(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def load_split(prepared: Path, split: str) -> Split:

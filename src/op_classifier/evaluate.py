@@ -13,7 +13,7 @@ import numpy as np
 
 from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError
-from op_classifier.data import RUN_FILE, Split, load_manifest, load_split
+from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
 from op_classifier.errors import DataError
 from op_classifier.tracking import Tracker, flatten
 
@@ -108,7 +108,7 @@ def run(cfg: Config) -> dict:
             tracker.log_artifact(path, "evaluation")
         if record.get("model_uri"):
             registry = tracker.register(record["model_uri"], score, cfg.tracking.champion_target,
-                                        cfg.tracking.champion_metric)
+                                        cfg.tracking.champion_metric, data_hash=data_hash(prepared))
     return {"val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
             "scenes": metrics["scenes"], **registry, "seconds": round(time.perf_counter() - started, 1)}
 

@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import keras
 import numpy as np
@@ -17,6 +18,7 @@ from op_classifier.config import TrackingConfig
 from op_classifier.errors import OpClassifierError
 
 CHAMPION = "champion"
+DATA_HASH_TAG = "data_hash"  # on model versions: the prepared data their score was measured on
 # The user's setting, read once: mlflow.set_tracking_uri() writes this variable too, and must not
 # make one run's store the next run's in the same process.
 _ENV_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -138,23 +140,41 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(self, name: str, resume_file: Path | None = None, nested: bool = False,
-            tags: Mapping[str, Any] | None = None, run_id: str | None = None) -> Iterator[str | None]:
-        """Start a run, or continue run_id, or the unfinished run resume_file names; yield its id."""
+            tags: Mapping[str, Any] | None = None, run_id: str | None = None,
+            params: Mapping[str, Any] | None = None) -> Iterator[str | None]:
+        """Start a run (logging params), or continue run_id, or resume_file's unfinished run; yield its id.
+
+        The unfinished run is continued only when its params match `params`; otherwise it is closed as
+        KILLED and a new run starts. A run that raises ends FAILED (KILLED on Ctrl-C), even when the
+        store itself is what failed: then the error is the store's, in one line.
+        """
         if not self.enabled:
             yield None
             return
         import mlflow
 
         resumed = None if run_id else _unfinished_run(resume_file)
+        if resumed and params is not None and not _same_params(resumed, params):
+            print(f"note: MLflow run {resumed} was logged with other params; closing it and starting a new run",
+                  file=sys.stderr, flush=True)
+            _store_call(lambda: mlflow.MlflowClient().set_terminated(resumed, status="KILLED"))
+            resumed = None
         run_id = run_id or resumed
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested) as active:
+        active = _store_call(lambda: mlflow.start_run(run_id=run_id, run_name=None if run_id else name,
+                                                      nested=nested))
+        try:
             if resumed:
                 _close_orphans(resumed)
             if resume_file is not None:
                 resume_file.parent.mkdir(parents=True, exist_ok=True)
                 resume_file.write_text(active.info.run_id, encoding="utf-8")
-            mlflow.set_tags({k: v for k, v in (tags or {}).items() if v is not None})
+            self.set_tags(tags or {})
+            self.log_params(params or {})
             yield active.info.run_id
+        except BaseException as error:
+            _end_active_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            raise
+        _store_call(mlflow.end_run)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters to the active run (MLflow takes at most 100 per call)."""
@@ -164,7 +184,7 @@ class Tracker:
 
         items = [(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            mlflow.log_params(dict(items[start : start + 100]))
+            _store_call(lambda chunk=dict(items[start : start + 100]): mlflow.log_params(chunk))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log numeric metrics to the active run."""
@@ -173,31 +193,30 @@ class Tracker:
         import mlflow
 
         clean = {_metric_key(k): float(v) for k, v in metrics.items() if _is_number(v)}
-        mlflow.log_metrics(clean, step=step)
+        _store_call(lambda: mlflow.log_metrics(clean, step=step))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Tag the active run."""
         if self.enabled:
             import mlflow
 
-            mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
+            _store_call(lambda: mlflow.set_tags({k: v for k, v in tags.items() if v is not None}))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Attach a file to the active run."""
         if self.enabled and path.exists():
             import mlflow
 
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            _store_call(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
     def epoch_callback(self) -> keras.callbacks.Callback:
-        """A Keras callback logging every epoch's metrics to the active run."""
+        """A Keras callback logging every epoch's metrics to the active run, as `epoch_<name>` curves."""
         return _EpochLogger(self)
 
     @contextlib.contextmanager
     def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> Iterator[None]:
         """A nested run for one tuner trial, under the active (parent) run."""
-        with self.run(f"trial-{trial_id}", nested=True, tags={"trial_id": trial_id}):
-            self.log_params(hparams)
+        with self.run(f"trial-{trial_id}", nested=True, tags={"trial_id": trial_id}, params=hparams):
             yield
 
     def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
@@ -220,23 +239,53 @@ class Tracker:
                                      artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
                                      signature=signature, input_example=example,
                                      pip_requirements=_pip_requirements())
-            mlflow.log_artifacts(str(saved), artifact_path="model")
+            _store_call(lambda: mlflow.log_artifacts(str(saved), artifact_path="model"))
         return f"runs:/{mlflow.active_run().info.run_id}/model"
 
-    def register(self, model_uri: str, score: float, target: float, metric: str) -> dict[str, Any]:
-        """Register the model; move the champion alias to it only if it meets target and beats it."""
+    def register(self, model_uri: str, score: float, target: float, metric: str,
+                 data_hash: str | None = None) -> dict[str, Any]:
+        """Register the model; move the champion alias to it only if it meets target and beats it.
+
+        Scores are compared only when both were measured on the same prepared data (same files, same
+        split): a champion scored on other data keeps its alias, and the summary says why.
+        """
         if not self.enabled:
             return {}
+        return _store_call(lambda: self._register(model_uri, score, target, metric, data_hash))
+
+    def _register(self, model_uri: str, score: float, target: float, metric: str,
+                  data_hash: str | None) -> dict[str, Any]:
         import mlflow
 
         client = mlflow.MlflowClient()
         version = mlflow.register_model(model_uri, self.cfg.model_name).version
         client.set_model_version_tag(self.cfg.model_name, version, metric, str(score))
-        current = _champion_score(client, self.cfg.model_name, metric)
-        promote = score >= target and (current is None or score > current)
-        if promote:
+        if data_hash:
+            client.set_model_version_tag(self.cfg.model_name, version, DATA_HASH_TAG, data_hash)
+        current = _champion(client, self.cfg.model_name)
+        decision = champion_decision(score, target, data_hash, metric, current)
+        if decision["champion"]:
             client.set_registered_model_alias(self.cfg.model_name, CHAMPION, version)
-        return {"registered_version": int(version), "champion": promote, "previous_champion_score": current}
+        return {"registered_version": int(version), **decision}
+
+
+def champion_decision(score: float, target: float, data_hash: str | None, metric: str,
+                      current: Mapping[str, str] | None) -> dict[str, Any]:
+    """Whether a new model scoring `score` takes the alias from the current champion (its version tags)."""
+    if score < target:
+        return {"champion": False, "champion_reason": f"{metric} {score:.4f} is below the target {target}"}
+    if current is None:
+        return {"champion": True, "champion_reason": "no champion yet"}
+    theirs = current.get(metric)
+    if not data_hash or current.get(DATA_HASH_TAG) != data_hash or theirs is None:
+        return {"champion": False, "champion_reason": (
+            f"the champion was scored on other data (data hash {current.get(DATA_HASH_TAG)}, this model "
+            f"{data_hash}): scores on different splits are not comparable; move the alias by hand if wanted")}
+    if score > float(theirs):
+        return {"champion": True, "champion_reason": f"{metric} {score:.4f} beats the champion's {float(theirs):.4f}",
+                "previous_champion_score": float(theirs)}
+    return {"champion": False, "champion_reason": f"{metric} {score:.4f} does not beat the champion's "
+            f"{float(theirs):.4f}", "previous_champion_score": float(theirs)}
 
 
 class PixelClassifier(PythonModel):
@@ -284,7 +333,9 @@ class _EpochLogger(keras.callbacks.Callback):
         self.tracker = tracker
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self.tracker.log_metrics(logs or {}, step=epoch)
+        # Prefixed as TensorBoard does: the plain names (val_accuracy) belong to the evaluated model, and
+        # MLflow's runs table shows a key's highest-step value, which would otherwise be the last epoch's.
+        self.tracker.log_metrics({f"epoch_{k}": v for k, v in (logs or {}).items()}, step=epoch)
 
 
 def alias_version(store_uri: str, name: str, alias: str) -> str | None:
@@ -327,6 +378,50 @@ def _set_uri_keeping_env(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+T = TypeVar("T")
+
+
+def _store_call(call: Callable[[], T]) -> T:
+    """Run one MLflow call; a store that fails mid-run becomes a one-line TrackingError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call()
+    except TrackingError:
+        raise
+    except (MlflowException, OSError, ConnectionError) as error:
+        raise TrackingError(f"MLflow store {_current_uri()} failed ({_first_line(error)})") from None
+    except Exception as error:  # requests, SQLAlchemy and others: MLflow does not wrap them all
+        raise TrackingError(f"MLflow store {_current_uri()} failed ({type(error).__name__}: "
+                            f"{_first_line(error)})") from None
+
+
+def _current_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def _end_active_run(status: str) -> None:
+    """End the active run with status; if the store cannot be told, say so and forget the run locally."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except Exception as error:  # the store is gone: the run stays RUNNING there; resuming continues it
+        print(f"note: could not mark the MLflow run {status} ({_first_line(error)})", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            mlflow.tracking.fluent._active_run_stack.get().pop()
+
+
+def _same_params(run_id: str, params: Mapping[str, Any]) -> bool:
+    """Whether every param the run already logged equals the new value (as MLflow stores it, text)."""
+    import mlflow
+
+    logged = _store_call(lambda: mlflow.MlflowClient().get_run(run_id).data.params)
+    return all(logged[key] == str(value) for key, value in params.items() if key in logged)
+
+
 def _close_orphans(parent_id: str) -> None:
     """Mark KILLED the nested runs a killed process left RUNNING under a run we now resume."""
     import mlflow
@@ -359,15 +454,14 @@ def _unfinished_run(resume_file: Path | None) -> str | None:
     return run_id if status != "FINISHED" else None
 
 
-def _champion_score(client: Any, name: str, metric: str) -> float | None:
+def _champion(client: Any, name: str) -> dict[str, str] | None:
+    """The current champion version's tags (its score and data hash), or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
+        return dict(client.get_model_version_by_alias(name, CHAMPION).tags)
     except MlflowException:
         return None
-    value = champion.tags.get(metric)
-    return float(value) if value is not None else None
 
 
 def _pip_requirements() -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import csv
 import json
 import os
 import time
@@ -13,14 +13,18 @@ from typing import Any, ContextManager
 import keras
 import numpy as np
 
-from op_classifier import hparams
+from op_classifier import hparams, state
 from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
-from op_classifier.data import RUN_FILE, Split, load_manifest, load_split
+from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.model import build_model, compile_model, metric_names
 from op_classifier.tracking import Tracker, flatten, git_commit
 
+# The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
+PARAMS = ("seed", "data.image_size", "model", "train")
+RUN_ID_FILE = "mlflow_run_id"  # in paths.checkpoints: the MLflow run a killed training continues
+HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
 
 
 def pick_device(cfg: TrainConfig) -> tuple[ContextManager, str, bool]:
@@ -59,22 +63,54 @@ def _hide_gpus() -> list[Any]:
     return []
 
 
-def callbacks(cfg: Config, tracker: Tracker, resuming: bool) -> list[keras.callbacks.Callback]:
-    """Checkpoint-and-resume, early stopping with best weights, LR decay, the history CSV, tracking."""
-    history = Path(cfg.paths.history)
-    history.parent.mkdir(parents=True, exist_ok=True)
+def callbacks(cfg: Config, tracker: Tracker) -> list[keras.callbacks.Callback]:
+    """Whole history, checkpoint-and-resume, early stopping with best weights, LR decay, tracking."""
     # Keras cannot tell the direction of our custom `accuracy`; losses fall, every other metric rises.
     mode = "min" if cfg.train.monitor.endswith("loss") else "max"
+    checkpoints = Path(cfg.paths.checkpoints)
     return [
-        keras.callbacks.BackupAndRestore(str(Path(cfg.paths.checkpoints) / "backup")),
+        # First: an epoch is in the history before its backup exists, so no resume can lose a row.
+        HistoryLog(checkpoints / HISTORY_FILE, Path(cfg.paths.history)),
+        keras.callbacks.BackupAndRestore(str(checkpoints / "backup")),
         keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience,
                                       restore_best_weights=True, mode=mode),
         # A tuned learning rate that is right for 8 epochs can be too high for 60: decay on plateaus.
         keras.callbacks.ReduceLROnPlateau(monitor=cfg.train.monitor, factor=cfg.train.lr_factor,
                                           patience=cfg.train.lr_patience, min_lr=1e-5, mode=mode),
-        keras.callbacks.CSVLogger(str(history), append=resuming),
         tracker.epoch_callback(),
     ]
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """Per-epoch metrics kept beside the checkpoint (DVC deletes the plots file before a re-run) and
+    copied whole to the plots file after every epoch: one row per epoch, across any number of resumes."""
+
+    def __init__(self, kept: Path, out: Path) -> None:
+        super().__init__()
+        self.kept, self.out = kept, out
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        row.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        self.kept.parent.mkdir(parents=True, exist_ok=True)
+        with self.kept.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        write_history(self.kept, self.out)
+
+
+def write_history(kept: Path, out: Path) -> None:
+    """The plots CSV from the kept log: the last row of each epoch (a resumed epoch replaces its row)."""
+    rows: dict[int, dict[str, float]] = {}
+    if kept.is_file():
+        for line in kept.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows[int(row["epoch"])] = row
+    fields = list(dict.fromkeys(key for row in rows.values() for key in row))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows[epoch] for epoch in sorted(rows))
 
 
 def export(model: keras.Model, out: Path) -> dict[str, str]:
@@ -101,31 +137,35 @@ def export_saved_model(model: keras.Model, path: Path) -> str:
     return str(path)
 
 
-def data_hash(prepared: Path) -> str:
-    """Fingerprint of the prepared data (its manifest names every file and split)."""
-    return hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest()[:16]
-
-
-def fit(cfg: Config, tracker: Tracker, classes: list[str], tuned: dict[str, Any]) -> tuple[keras.Model, dict]:
-    """Build the model from config plus tuned values and train it (resuming a killed run)."""
-    if cfg.train.monitor not in metric_names(classes):
-        raise ConfigError(f"train.monitor: the model does not report '{cfg.train.monitor}'")
+def fit(cfg: Config, model: keras.Model, tracker: Tracker) -> dict:
+    """Train (resuming a killed run whose checkpoint matches this config); summary of the training."""
     prepared = Path(cfg.paths.prepared)
     train, val = load_split(prepared, "train"), load_split(prepared, "val")
+    resuming = (Path(cfg.paths.checkpoints) / "backup").exists()
+    history = model.fit(np.asarray(train.images), train.labels, validation_data=(np.asarray(val.images), val.labels),
+                        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                        callbacks=callbacks(cfg, tracker), verbose=2)
+    return {"epochs_run": len(history.epoch), "resumed": resuming}
+
+
+def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
+    """The compiled model from config plus tuned values, on the configured device; params describing it."""
     scope, device, mixed = pick_device(cfg.train)
     args, learning_rate = hparams.final_args(cfg.model, cfg.train, tuned)
     keras.utils.set_random_seed(cfg.seed)
     with scope:
         model = build_model(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
         compile_model(model, learning_rate, classes)
-    resuming = (Path(cfg.paths.checkpoints) / "backup").exists()
-    tracker.log_params({"device": device, "mixed_precision": mixed, "learning_rate_used": learning_rate,
-                        "classes": json.dumps(classes),
-                        **{f"tuned.{k}": v for k, v in tuned.items()}})
-    history = model.fit(np.asarray(train.images), train.labels, validation_data=(np.asarray(val.images), val.labels),
-                        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                        callbacks=callbacks(cfg, tracker, resuming), verbose=2)
-    return model, {"epochs_run": len(history.epoch), "device": device, "resumed": resuming}
+    return model, {"device": device, "mixed_precision": mixed, "learning_rate_used": learning_rate,
+                   "classes": json.dumps(classes), **{f"tuned.{k}": v for k, v in tuned.items()}}
+
+
+def claim_checkpoints(cfg: Config, tuned: dict[str, Any]) -> dict[str, Any]:
+    """Keep the checkpoint folder only if it was made by this config, data, code and tuned values."""
+    prepared = Path(cfg.paths.prepared)
+    made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(prepared), tuned=tuned)
+    state.claim(Path(cfg.paths.checkpoints), made_by, "training checkpoint", keep=(RUN_ID_FILE,))
+    return made_by
 
 
 def run(cfg: Config) -> dict:
@@ -133,21 +173,27 @@ def run(cfg: Config) -> dict:
     started = time.perf_counter()
     prepared = Path(cfg.paths.prepared)
     classes = load_manifest(prepared)["classes"]
+    if cfg.train.monitor not in metric_names(classes):
+        raise ConfigError(f"train.monitor: the model does not report '{cfg.train.monitor}'")
     best = hparams.read_best(Path(cfg.paths.best_hparams))
+    tuned = best.get("values") or {}
+    made_by = claim_checkpoints(cfg, tuned)
+    model, described = build(cfg, classes, tuned)
     tracker = Tracker(cfg.tracking)
     tags = {"stage": "train", "git_commit": git_commit(), "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
-            "data_hash": data_hash(prepared), "tuning_run_id": best.get("tuning_run_id")}
-    resume = Path(cfg.paths.checkpoints) / "mlflow_run_id"
-    with tracker.run("train", resume_file=resume, tags=tags) as run_id:
-        tracker.log_params(flatten(as_dict(cfg)))
-        model, summary = fit(cfg, tracker, classes, best.get("values") or {})
+            "data_hash": made_by["data"], "tuning_run_id": best.get("tuning_run_id")}
+    params = {**flatten(as_dict(cfg)), **described, "state_fingerprint": made_by["id"]}
+    resume = Path(cfg.paths.checkpoints) / RUN_ID_FILE
+    with tracker.run("train", resume_file=resume, tags=tags, params=params) as run_id:
+        summary = fit(cfg, model, tracker)
         written = export(model, Path(cfg.paths.model))
         example = _example(load_split(prepared, "val"))
         model_uri = tracker.log_model(model, example)
         tracker.log_artifact(Path(cfg.paths.history), "plots")
     record = {"run_id": run_id, "model_uri": model_uri, "classes": classes, "image_size": cfg.data.image_size}
     (Path(cfg.paths.model) / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return {**summary, **written, "run_id": run_id, "seconds": round(time.perf_counter() - started, 1)}
+    return {**summary, "device": described["device"], **written, "run_id": run_id,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _example(split: Split) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,17 @@ from typing import Any
 import keras
 import numpy as np
 
-from op_classifier import hparams
+from op_classifier import hparams, state
 from op_classifier.cli import stage_main
-from op_classifier.config import Config, ConfigError, TunerConfig
-from op_classifier.data import load_manifest, load_split
+from op_classifier.config import Config, ConfigError, TunerConfig, as_dict
+from op_classifier.data import data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.model import HyperModel, metric_names
 from op_classifier.tracking import Tracker, flatten
+
+# The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
+PARAMS = ("seed", "data.image_size", "model", "tuner")
+RUN_ID_FILE = "mlflow_run_id"  # in paths.tuning: the MLflow run an interrupted search continues
 
 
 def check_objective(objective: str, classes: list[str]) -> None:
@@ -118,6 +121,13 @@ def _require_a_result(tuner: Any, rows: list[dict[str, Any]]) -> None:
     raise OpClassifierError(f"no tuning trial finished with a score ({why})")
 
 
+def claim_search(cfg: Config) -> str:
+    """Keep the tuner's folder only if this config, data and code made it; its fingerprint id."""
+    made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)))
+    state.claim(Path(cfg.paths.tuning), made_by, "tuner search", keep=(RUN_ID_FILE,))
+    return made_by["id"]
+
+
 def run(cfg: Config) -> dict:
     """Search, then write best_hparams.yaml and the leaderboard; tuner=none records no values."""
     started = time.perf_counter()
@@ -129,15 +139,18 @@ def run(cfg: Config) -> dict:
         hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None)
         write_leaderboard(Path(cfg.paths.leaderboard), [])
         return {"tuner": "none", "best": {}}
-    resume = Path(cfg.paths.tuning) / "mlflow_run_id"
-    with tracker.run("tune", resume_file=resume, tags={"stage": "tune", "tuner": cfg.tuner.kind}) as run_id:
-        tracker.log_params(flatten({"tuner": dataclasses.asdict(cfg.tuner), "seed": cfg.seed}))
+    folder = Path(cfg.paths.tuning)
+    made_by = claim_search(cfg)
+    params = {**flatten(state.select(as_dict(cfg), PARAMS)), "state_fingerprint": made_by}
+    tags = {"stage": "tune", "tuner": cfg.tuner.kind, "data_hash": data_hash(Path(cfg.paths.prepared))}
+    with tracker.run("tune", resume_file=folder / RUN_ID_FILE, tags=tags, params=params) as run_id:
         tuner = search(cfg, tracker, classes)
         rows = leaderboard(tuner)
         _require_a_result(tuner, rows)
         best = searched_values(tuner.get_best_hyperparameters(1)[0].values, cfg.tuner.search_space)
         score = rows[0]["score"]
         tracker.log_metrics({f"best_{cfg.tuner.objective}": score} if score is not None else {})
+    state.mark_complete(folder)
     hparams.write_best(Path(cfg.paths.best_hparams), best, score, run_id)
     write_leaderboard(Path(cfg.paths.leaderboard), rows)
     return {"tuner": cfg.tuner.kind, "trials": len(rows), "best": best, "score": score,

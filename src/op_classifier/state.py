@@ -1,0 +1,115 @@
+"""State a stage keeps between runs (a tuner search, training checkpoints), tied to what made it.
+
+A folder of state carries a fingerprint of the params its stage declares, the prepared data and the
+package's code. It is resumed only when the fingerprint matches; otherwise it is wiped and the stage
+starts fresh, saying why, so a changed config never silently reuses an old search or checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+FINGERPRINT_FILE = "fingerprint.json"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def code_hash() -> str:
+    """Hash of every source file of the package: changed code means new state."""
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        digest.update(path.relative_to(_PACKAGE).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def select(tree: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The given dotted keys (`seed`, `data.image_size`, `model`) of a nested config, flattened."""
+    picked: dict[str, Any] = {}
+    for key in keys:
+        value: Any = tree
+        for part in key.split("."):
+            value = value[part]
+        picked.update(_flat(value, key))
+    return picked
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return {k: v for name, item in value.items() for k, v in _flat(item, f"{prefix}.{name}").items()}
+    return {prefix: value}
+
+
+def fingerprint(params: Mapping[str, Any], data_hash: str, **extra: Any) -> dict[str, Any]:
+    """What a stage's state depends on: its params, the data, the code and any extra inputs."""
+    record = {"params": dict(params), "data": data_hash, "code": code_hash(), **extra}
+    text = json.dumps(record, sort_keys=True, default=str)
+    return {"id": hashlib.sha256(text.encode()).hexdigest()[:16], **json.loads(text)}
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human names of what changed between two fingerprints: param keys, `data`, `code`, ..."""
+    changed = [key for key in sorted(set(old.get("params", {})) | set(new.get("params", {})))
+               if old.get("params", {}).get(key) != new.get("params", {}).get(key)]
+    others = sorted((set(old) | set(new)) - {"params", "id", "complete"})
+    changed += [key for key in others if old.get(key) != new.get(key)]
+    return changed
+
+
+def claim(folder: Path, new: Mapping[str, Any], what: str, keep: Iterable[str] = ()) -> bool:
+    """Make folder hold state of `new`; True if its existing state matches and may be resumed.
+
+    Otherwise the folder is emptied (except the `keep` files, e.g. the id of a tracking run that the
+    tracker closes itself) and the reason printed. A finished state is never resumed: it starts anew.
+    """
+    recorded = read(folder)
+    if recorded is not None and recorded.get("id") == new["id"] and not recorded.get("complete"):
+        return True
+    if _has_state(folder, keep):
+        if recorded is None:
+            why = "it carries no fingerprint"
+        elif recorded.get("id") == new["id"]:
+            why = "it finished"
+        else:
+            why = f"{', '.join(differences(recorded, new)[:6]) or 'its inputs'} changed"
+        print(f"note: not resuming the {what} in {folder}: {why}; starting fresh", file=sys.stderr, flush=True)
+        _empty(folder, keep)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FINGERPRINT_FILE).write_text(json.dumps(dict(new), indent=2, sort_keys=True), encoding="utf-8")
+    return False
+
+
+def mark_complete(folder: Path) -> None:
+    """Record that the state's work finished: the next run starts anew rather than resuming it."""
+    recorded = read(folder)
+    if recorded is not None:
+        (folder / FINGERPRINT_FILE).write_text(json.dumps({**recorded, "complete": True}, indent=2, sort_keys=True),
+                                               encoding="utf-8")
+
+
+def read(folder: Path) -> dict[str, Any] | None:
+    """The fingerprint recorded in folder, or None (no folder, no file, unreadable)."""
+    try:
+        return json.loads((folder / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _has_state(folder: Path, keep: Iterable[str]) -> bool:
+    kept = set(keep) | {FINGERPRINT_FILE}
+    return folder.is_dir() and any(child.name not in kept for child in folder.iterdir())
+
+
+def _empty(folder: Path, keep: Iterable[str]) -> None:
+    kept = set(keep)
+    for child in folder.iterdir():
+        if child.name in kept:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

@@ -1,0 +1,135 @@
+"""State that cannot lie: stage state bound to a fingerprint, MLflow runs resumed only with equal params,
+champions compared only on the same data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from op_classifier import state, train, tune
+from op_classifier.tracking import Tracker, TrackingError
+from tests.conftest import REPO, compose
+
+
+def _fp(**params: object) -> dict:
+    return state.fingerprint(params, data_hash="d1")
+
+
+def test_matching_state_is_kept_and_other_state_is_wiped_with_a_note(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "search"
+    assert state.claim(folder, _fp(units=64), "tuner search") is False  # nothing to resume yet
+    (folder / "trial_0").mkdir()
+    assert state.claim(folder, _fp(units=64), "tuner search") is True
+    assert (folder / "trial_0").is_dir()
+
+    (folder / "mlflow_run_id").write_text("abc")
+    assert state.claim(folder, _fp(units=128), "tuner search", keep=("mlflow_run_id",)) is False
+    assert "not resuming the tuner search" in capsys.readouterr().err
+    assert not (folder / "trial_0").exists() and (folder / "mlflow_run_id").read_text() == "abc"
+    assert state.read(folder)["params"] == {"units": 128}
+
+
+def test_the_note_names_what_changed(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "ckpt"
+    state.claim(folder, state.fingerprint({"model.dropout": 0.2, "seed": 1}, "d1"), "training checkpoint")
+    (folder / "backup").mkdir()
+    state.claim(folder, state.fingerprint({"model.dropout": 0.5, "seed": 1}, "d2"), "training checkpoint")
+    err = capsys.readouterr().err
+    assert "model.dropout, data changed" in err and "seed" not in err
+
+
+def test_finished_state_is_not_resumed(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "search"
+    state.claim(folder, _fp(units=64), "tuner search")
+    (folder / "oracle.json").write_text("{}")
+    state.mark_complete(folder)
+    assert state.claim(folder, _fp(units=64), "tuner search") is False
+    assert "it finished" in capsys.readouterr().err and not (folder / "oracle.json").exists()
+
+
+def test_state_without_a_fingerprint_is_not_trusted(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    (folder / "backup").mkdir(parents=True)
+    assert state.claim(folder, _fp(units=64), "training checkpoint") is False
+    assert not (folder / "backup").exists()
+
+
+def test_the_code_is_part_of_the_fingerprint() -> None:
+    assert _fp(units=64)["code"] == state.code_hash() and len(state.code_hash()) == 16
+    assert _fp(units=64)["id"] != state.fingerprint({"units": 64}, data_hash="d2")["id"]
+
+
+@pytest.mark.parametrize("module,stage", [(tune, "tune"), (train, "train")])
+def test_fingerprinted_params_are_the_ones_dvc_yaml_declares(module: object, stage: str) -> None:
+    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["params"]
+    assert tuple(declared) == module.PARAMS
+
+
+def _tracker(tmp_path: Path) -> Tracker:
+    cfg = compose(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}").tracking
+    return Tracker(cfg)
+
+
+def _status(tracker: Tracker, run_id: str) -> str:
+    import mlflow
+
+    return mlflow.MlflowClient().get_run(run_id).info.status
+
+
+def test_an_unfinished_run_is_continued_only_with_equal_params(tmp_path: Path) -> None:
+    tracker, resume = _tracker(tmp_path), tmp_path / "ckpt/mlflow_run_id"
+    with pytest.raises(RuntimeError), tracker.run("train", resume_file=resume, params={"model.units": 64}):
+        raise RuntimeError("killed mid-training")
+    crashed = resume.read_text()
+    assert _status(tracker, crashed) == "FAILED"
+
+    with tracker.run("train", resume_file=resume, params={"model.units": 64}) as same:
+        pass
+    assert same == crashed  # same params: the same run goes on
+
+    with pytest.raises(RuntimeError), tracker.run("train", resume_file=resume, params={"model.units": 64}):
+        raise RuntimeError("killed again")
+    crashed = resume.read_text()
+    assert crashed != same  # a finished run is never continued
+    # Changed config after the crash: MLflow would refuse to change a logged param; a new run starts.
+    with tracker.run("train", resume_file=resume, params={"model.units": 128}) as new:
+        pass
+    assert new != crashed and _status(tracker, crashed) == "KILLED" and _status(tracker, new) == "FINISHED"
+
+
+def test_a_store_failing_mid_run_is_one_line_and_the_run_ends_failed(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path)
+    with pytest.raises(TrackingError, match=r"^MLflow store .* failed \(") as caught:
+        with tracker.run("train") as run_id:
+            tracker.log_params({"a": 1})
+            tracker.log_params({"a": 2})  # the store refuses: not a traceback, one line
+    assert "\n" not in str(caught.value)
+    assert _status(tracker, run_id) == "FAILED"
+
+
+def test_the_champion_moves_only_between_scores_on_the_same_data(tmp_path: Path) -> None:
+    import keras
+
+    from op_classifier.model import build_model
+
+    tracker = _tracker(tmp_path)
+    model = build_model(num_classes=2, image_size=16, resize=None, seed=0, filters=[4], units=4)
+    example = keras.ops.convert_to_numpy(keras.random.uniform((1, 16, 16, 3), 0, 255))
+
+    def register(score: float, data: str) -> dict:
+        with tracker.run("train"):
+            uri = tracker.log_model(model, example)
+        return tracker.register(uri, score, target=0.5, metric="val_accuracy", data_hash=data)
+
+    assert register(0.80, "split-a")["champion"]
+    other_split = register(0.95, "split-b")  # a higher score on another split means nothing
+    assert not other_split["champion"] and "other data" in other_split["champion_reason"]
+    assert not register(0.70, "split-a")["champion"]
+    assert register(0.90, "split-a")["champion"]
+
+    import mlflow
+
+    champion = mlflow.MlflowClient().get_model_version_by_alias("op-classifier", "champion")
+    assert str(champion.version) == "4" and champion.tags["data_hash"] == "split-a"
