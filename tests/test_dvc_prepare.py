@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from tests.conftest import run_in
+from tests.test_prepare import distinct_image, save, write_dataset
 
 
 def _manifest(repo: Path) -> dict:
@@ -44,6 +46,17 @@ def test_stage_error_stops_dvc_with_one_line(repo_copy: Path) -> None:
     assert done.returncode != 0
     assert "error:" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_non_utf8_file_name_does_not_stop_dvc(repo_copy: Path) -> None:
+    """DVC cannot hash a name that is not UTF-8: .dvcignore hides it, prepare skips and names it."""
+    raw = repo_copy / "data/raw"
+    write_dataset(raw)
+    save(distinct_image(1), raw / "Nami" / os.fsdecode(b"caf\xe9.png"))  # Latin-1 bytes
+    run_in(repo_copy, "dvc", "repro", "prepare")
+    manifest = _manifest(repo_copy)
+    assert [(entry["path"], entry["kind"]) for entry in manifest["skipped"]] == [("Nami/caf\\xe9.png", "bad_name")]
+    assert sum(manifest["counts"].values()) == 12
 
 
 def test_default_sample_reproduces_the_hash_data_dvc_records(repo_copy: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -213,6 +214,85 @@ def test_gif_and_webp_first_frame(make_cfg, raw: Path) -> None:
     for path in ("Zoro/anim.gif", "Zoro/anim.webp"):
         assert np.abs(pixels_of(cfg, manifest, path).astype(int) - RED).max() <= 2, path
     assert (pixels_of(cfg, manifest, "Zoro/still.webp") == (0, 255, 0)).all()
+
+
+# --- links and file names: nothing outside paths.raw is read -------------------------------------------------
+
+
+def test_link_to_an_image_outside_raw_is_skipped(make_cfg, raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw)
+    secret = save(distinct_image(800), tmp_path / "elsewhere" / "secret.png")
+    (raw / "Luffy" / "secret.png").symlink_to(secret)
+    cfg, summary, manifest = run_prepare(make_cfg)
+    entry = skipped(manifest, "Luffy/secret.png")
+    assert "link points outside paths.raw" in entry["reason"] and entry["kind"] == prepare.LINK_OUT
+    assert "Luffy/secret.png" not in {e["path"] for e in manifest["files"]}
+    assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 1
+    assert "1 links not followed" in prepare.summary_line(manifest, Path("m.json"))
+
+
+def test_link_to_a_folder_outside_raw_is_skipped(make_cfg, raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw, classes=CLASSES[:3])
+    for i in range(3):
+        save(distinct_image(810 + i), tmp_path / "elsewhere" / f"{i}.png")
+    (raw / "Nami" / "more").symlink_to(tmp_path / "elsewhere")  # nested in a class folder
+    (raw / "Zoro").symlink_to(tmp_path / "elsewhere")  # a whole class folder
+    _, summary, manifest = run_prepare(make_cfg)
+    for path in ("Nami/more", "Zoro"):
+        assert "link points outside paths.raw" in skipped(manifest, path)["reason"]
+    assert sum(manifest["counts"].values()) == 9 and summary["skipped"] == 2
+    assert all(e["path"].count("/") == 1 for e in manifest["files"])  # nothing from Nami/more/
+    assert manifest["warnings"]["empty_classes"] == ["Zoro"]  # the class, not the link, is empty
+
+
+def test_links_inside_raw_are_followed(make_cfg, raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw, classes=CLASSES[:3])
+    for i in range(3):
+        save(distinct_image(820 + i), raw / "store" / f"{i}.png")
+    (raw / "labels.csv").write_text("path,labels\n" + "".join(f"store/{i}.png,Nami\n" for i in range(3)))
+    (raw / "Zoro").symlink_to("store")  # the same pictures, also filed under Zoro
+    (raw / "Luffy" / "up").symlink_to("..")  # a loop: reported, not walked forever
+    linked_raw = tmp_path / "raw_link"
+    linked_raw.symlink_to(raw)  # paths.raw itself may be a link
+    _, _, manifest = run_prepare(make_cfg, f"paths.raw={linked_raw}")
+    labels = {e["path"]: e["labels"] for e in manifest["files"]}
+    assert labels["Zoro/0.png"] == ["Nami", "Zoro"]  # store/0.png is its duplicate: labels merged
+    assert {e["path"] for e in manifest["duplicates"]} == {f"store/{i}.png" for i in range(3)}
+    assert "loop" in skipped(manifest, "Luffy/up")["reason"]
+    assert len(manifest["skipped"]) == 1 and sum(manifest["counts"].values()) == 12
+
+
+def test_non_utf8_file_name_is_skipped_and_named(make_cfg, raw: Path) -> None:
+    write_dataset(raw)
+    bad = raw / "Nami" / os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, not UTF-8
+    save(distinct_image(830), bad)
+    save(distinct_image(831), raw / os.fsdecode(b"Zor\xf6") / "0.png")
+    cfg, summary, manifest = run_prepare(make_cfg)
+    for path in ("Nami/caf\\xe9.png", "Zor\\xf6"):
+        entry = skipped(manifest, path)
+        assert "not valid UTF-8" in entry["reason"] and entry["kind"] == prepare.BAD_NAME
+    assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 2
+    text = (Path(cfg.paths.prepared) / prepare.MANIFEST).read_bytes().decode("utf-8")
+    json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
+
+
+def test_labels_file_cannot_reach_outside_raw(make_cfg, raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw)
+    save(distinct_image(840), tmp_path / "outside.png")
+    (raw / "labels.csv").write_text(f"path,labels\n../outside.png,Luffy\n{tmp_path / 'outside.png'},Nami\n")
+    _, _, manifest = run_prepare(make_cfg)
+    refused = [e for e in manifest["skipped"] if e["kind"] == prepare.BAD_LABELS]
+    assert [e["line"] for e in refused] == [2, 3]
+    assert all("must be relative to paths.raw" in e["reason"] for e in refused)
+    assert sum(manifest["counts"].values()) == 12
+
+
+def test_labels_file_linked_from_outside_is_refused(make_cfg, raw: Path, tmp_path: Path) -> None:
+    write_dataset(raw)
+    (tmp_path / "labels.csv").write_text("path,labels\nLuffy/000.png,Luffy|Nami\n")
+    (raw / "labels.csv").symlink_to(tmp_path / "labels.csv")
+    with pytest.raises(DataError, match="links outside paths.raw"):
+        run_prepare(make_cfg)
 
 
 # --- labels ----------------------------------------------------------------------------------------------

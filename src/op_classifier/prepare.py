@@ -3,6 +3,9 @@
 Raw data contract (paths.raw):
 - `<ClassName>/...`: every file anywhere below a top-level class folder (nested folders included)
   is an image of that class. Hidden files and folders (name starting with ".") are ignored.
+- Nothing outside paths.raw is read: links (to files or folders) are followed only while they stay
+  inside it. Links out, folder links that loop, and names that are not UTF-8 are skipped unread and
+  listed in manifest.json with their reason.
 - `<data.labels_file>` (optional CSV, header `path,labels`, labels joined by `|`, path relative to
   paths.raw): an entry replaces the folder label, e.g. `scenes/0001.jpg,Luffy|Zoro`. Files outside
   a class folder (e.g. `scenes/`) must be listed there; unlisted ones are skipped and reported.
@@ -21,6 +24,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -47,6 +51,12 @@ _COPY_ROWS = 256  # rows copied per step from the staging array, so memory stays
 
 # Kinds of skipped files, as the summary line counts them.
 UNREADABLE, UNLABELLED, BAD_LABELS = "unreadable", "unlabelled", "bad_labels"
+LINK_OUT, BAD_NAME = "link_outside_raw", "bad_name"
+
+# Python reads the bytes of a name that is not UTF-8 as surrogates (U+DC80-U+DCFF). DVC cannot hash
+# such a name, so .dvcignore hides it with this same range (its ends are the nearest characters a UTF-8
+# .dvcignore can spell); prepare skips it too, so that DVC and the prepared data agree.
+_NOT_UTF8 = re.compile("[\ud7ff-\ue000]")
 
 
 @dataclass(frozen=True)
@@ -112,9 +122,8 @@ def prepare_into(out: Path, raw: Path, inventory: Inventory, cfg: Config) -> dic
     warnings = {"empty_classes": empty, "merged_duplicate_labels": merged}
     skipped = inventory.skipped + unreadable
     manifest = build_manifest(cfg, inventory.classes, kept, splits, skipped, duplicates, warnings)
-    # backslashreplace: a file name that is not valid UTF-8 still round-trips, as a JSON \u escape.
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
-    (out / MANIFEST).write_text(text, encoding="utf-8", errors="backslashreplace")
+    (out / MANIFEST).write_text(text, encoding="utf-8")  # names that are not UTF-8 never get this far
     return manifest
 
 
@@ -133,13 +142,17 @@ def scan(raw: Path, data: DataConfig) -> Inventory:
     if not raw.is_dir():
         raise DataError(f"paths.raw: {raw} is not a folder")
     labels_path = raw / data.labels_file if data.labels_file else None
-    files = list_files(raw, exclude=labels_path)
+    if labels_path is not None and not _inside(labels_path, raw):
+        raise DataError(f"{labels_path}: links outside paths.raw ({raw}); copy the file there instead")
+    files, aside = list_raw(raw, exclude=labels_path)
     if not files:
-        raise DataError(f"paths.raw: {raw} holds no image files")
-    entries, skipped = read_labels_file(labels_path, set(files))
+        example = f" (set aside: {aside[0]['path']}: {aside[0]['reason']})" if aside else ""
+        raise DataError(f"paths.raw: {raw} holds no image files{example}")
+    # Set-aside names count as known: a labels line naming one is fine, the file is reported once.
+    entries, skipped = read_labels_file(labels_path, set(files) | {entry["path"] for entry in aside})
     classes = list(data.classes) if data.classes is not None else infer_classes(files, entries)
-    inventory = Inventory(classes=classes, paths=[], labels=[], skipped=skipped)
-    used = {_folder_of(path) for path in files}
+    inventory = Inventory(classes=classes, paths=[], labels=[], skipped=aside + skipped)
+    used = {_folder_of(path) for path in files} | {entry["path"] for entry in aside}
     inventory.empty_folders = [folder.name for folder in _top_folders(raw) if folder.name not in used]
     for path in files:
         labels, skip = _labels_of(path, entries, classes)
@@ -161,6 +174,58 @@ def list_files(raw: Path, exclude: Path | None = None) -> list[str]:
             if not name.startswith(".") and path != exclude:
                 found.append(path.relative_to(raw).as_posix())
     return sorted(found)
+
+
+def list_raw(raw: Path, exclude: Path | None = None) -> tuple[list[str], list[dict]]:
+    """The non-hidden files under raw (sorted POSIX paths relative to it) and the entries set aside.
+
+    Links are followed while they stay inside raw; one leading out of it, or a folder link back up
+    (a loop), is set aside unread, as is a name that is not UTF-8.
+    """
+    found, aside = [], []
+    loops = {raw: (Path(os.path.realpath(raw)),)}  # each walked folder's real path and its parents'
+    for folder, subfolders, names in os.walk(raw, followlinks=True):
+        folder = Path(folder)
+        above = loops.pop(folder)
+        subfolders[:] = [name for name in subfolders if _walkable(folder / name, raw, above, loops, aside)]
+        for name in names:
+            path = folder / name
+            if not name.startswith(".") and path != exclude and _usable(path, raw, aside):
+                found.append(path.relative_to(raw).as_posix())
+    return sorted(found), aside
+
+
+def _walkable(path: Path, raw: Path, above: tuple[Path, ...], loops: dict, aside: list[dict]) -> bool:
+    if path.name.startswith(".") or not _usable(path, raw, aside):
+        return False
+    real = Path(os.path.realpath(path))
+    if real in above:
+        aside.append(_skip(_shown(path, raw), "link to a folder that holds it (a loop); not followed", LINK_OUT))
+        return False
+    loops[path] = (*above, real)
+    return True
+
+
+def _usable(path: Path, raw: Path, aside: list[dict]) -> bool:
+    """Whether a file or folder may be read; if not, note why in aside."""
+    shown = _shown(path, raw)
+    if _NOT_UTF8.search(path.name):
+        aside.append(_skip(shown, "name is not valid UTF-8, which DVC cannot track; rename it", BAD_NAME))
+        return False
+    if not _inside(path, raw):
+        target = os.fsencode(os.path.realpath(path)).decode("utf-8", "backslashreplace")
+        aside.append(_skip(shown, f"link points outside paths.raw (to {target}); not read", LINK_OUT))
+        return False
+    return True
+
+
+def _inside(path: Path, raw: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(raw))
+
+
+def _shown(path: Path, raw: Path) -> str:
+    # Bytes that are not UTF-8 as \xff escapes: printable, and valid in the UTF-8 manifest.
+    return os.fsencode(path.relative_to(raw).as_posix()).decode("utf-8", "backslashreplace")
 
 
 def read_labels_file(path: Path | None, files: set[str]) -> tuple[dict[str, LabelEntry], list[dict]]:
@@ -242,7 +307,9 @@ def _folder_of(path: str) -> str | None:
 
 
 def _top_folders(raw: Path) -> list[Path]:
-    return sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A name that is not UTF-8 is reported as skipped (escaped); as an empty class it would break the manifest.
+    folders = (p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folders if not _NOT_UTF8.search(p.name))
 
 
 def _in_class_order(labels: Sequence[str], classes: list[str]) -> tuple[str, ...]:
@@ -505,8 +572,10 @@ def summary_line(manifest: dict, manifest_path: Path) -> str:
         f"{len(manifest['classes'])} classes; skipped {kinds.count(UNREADABLE):,} unreadable, "
         f"{len(manifest['duplicates']):,} duplicates, {kinds.count(UNLABELLED):,} unlabelled"
     )
-    if kinds.count(BAD_LABELS):
-        text += f", {kinds.count(BAD_LABELS):,} bad labels-file lines"
+    others = ((BAD_LABELS, "bad labels-file lines"), (LINK_OUT, "links not followed"), (BAD_NAME, "non-UTF-8 names"))
+    for kind, what in others:
+        if kinds.count(kind):
+            text += f", {kinds.count(kind):,} {what}"
     if manifest["warnings"]["empty_classes"]:
         text += f"; empty: {', '.join(manifest['warnings']['empty_classes'])}"
     return f"{text}: see {manifest_path}"
