@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from op_classifier import evaluate, prepare, sample, train, tune
+from op_classifier import evaluate, hparams, prepare, sample, train, tune
 from op_classifier.config import Config, ConfigError
 from op_classifier.errors import DataError
 from op_classifier.tracking import TrackingError
@@ -204,6 +205,12 @@ def _completed_trials(search: Path) -> dict[str, float]:
     return done
 
 
+def _finished_trial_runs(root: Path) -> int:
+    if not (root / "mlflow.db").is_file():
+        return 0
+    return sum(1 for r in _runs(root) if r.data.tags.get("trial_id") and r.info.status == "FINISHED")
+
+
 def _paths_args(root: Path) -> list[str]:
     defaults = vars(compose().paths)
     return [f"paths.{key}={root / value}" for key, value in defaults.items()] + [
@@ -215,8 +222,11 @@ def test_killed_search_resumes_without_rerunning_finished_trials(project: Path, 
     args = [*TINY, *_paths_args(project), "tuner.max_trials=4", "tuner.epochs=3",
             f"paths.tuning={tmp_path / 'search'}", f"paths.best_hparams={tmp_path / 'best.yaml'}",
             f"paths.leaderboard={tmp_path / 'board.csv'}"]
+    before = _finished_trial_runs(project)
     first = _popen(project, "tune", *args)
-    _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1, first)
+    # Keras Tuner marks a trial COMPLETED a moment before its MLflow run is closed: wait for both.
+    _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1 and _finished_trial_runs(project) > before,
+              first)
     _kill(first)
     finished = _completed_trials(tmp_path / "search")
 
@@ -232,25 +242,138 @@ def test_killed_search_resumes_without_rerunning_finished_trials(project: Path, 
     assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
 
 
-@pytest.mark.slow
-def test_killed_training_resumes_from_its_last_epoch(project: Path, tmp_path: Path) -> None:
-    args = [*TINY, *_paths_args(project), "tuner=none", "train.epochs=12", "train.patience=100",
+def _train_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [*TINY, *_paths_args(root), "tuner=none", "train.epochs=12", "train.patience=100",
             f"paths.best_hparams={tmp_path / 'best.yaml'}", f"paths.leaderboard={tmp_path / 'board.csv'}",
             f"paths.checkpoints={tmp_path / 'ckpt'}", f"paths.model={tmp_path / 'model'}",
-            f"paths.history={tmp_path / 'history.csv'}"]
-    subprocess.run([CLI, "tune", *args], cwd=project, check=True, capture_output=True)
-    history = tmp_path / "history.csv"
-    first = _popen(project, "train", *args)
-    _wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) >= 4, first)
+            f"paths.history={tmp_path / 'history.csv'}", *extra]
+
+
+def _epochs(history: Path) -> list[int]:
+    return [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:] if line[:1].isdigit()]
+
+
+def _train_killed_after_epochs(root: Path, args: list[str], history: Path, epochs: int = 3) -> None:
+    subprocess.run([CLI, "tune", *args], cwd=root, check=True, capture_output=True)
+    first = _popen(root, "train", *args)
+    _wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) > epochs, first)
     _kill(first)
-    epochs_before = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_epoch_with_a_whole_history(project: Path, tmp_path: Path) -> None:
+    args, history = _train_args(project, tmp_path), tmp_path / "history.csv"
+    _train_killed_after_epochs(project, args, history)
+    assert len(_epochs(history)) >= 3
+    history.unlink()  # as DVC does before it re-runs a stage
 
     second = subprocess.run([CLI, "train", *args], cwd=project, capture_output=True, text=True)
     assert second.returncode == 0, second.stdout + second.stderr
     assert '"resumed": true' in second.stdout
-    epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:] if line[0].isdigit()]
-    assert epochs == list(range(12))  # each epoch once: it went on where it stopped
-    assert len(epochs_before) >= 3
+    assert _epochs(history) == list(range(12))  # every epoch once: the history survived the resume
+
+
+@pytest.mark.slow
+def test_killed_training_never_resumes_under_another_config(project: Path, tmp_path: Path) -> None:
+    """Tracking off: the checkpoint alone must not be resumed after seed/batch or architecture changes."""
+    args, history = _train_args(project, tmp_path, "tracking.enabled=false"), tmp_path / "history.csv"
+    _train_killed_after_epochs(project, args, history)
+    for change in (("seed=7", "train.batch_size=64"), ("model.filters=[8,16,32]",)):
+        again = subprocess.run([CLI, "train", *args, *change, "train.epochs=2"], cwd=project,
+                               capture_output=True, text=True)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert '"resumed": false' in again.stdout and "not resuming the training checkpoint" in again.stderr
+        assert _epochs(history) == [0, 1]
+
+
+@pytest.mark.slow
+def test_killed_then_changed_config_never_wedges_tracking(project: Path, tmp_path: Path) -> None:
+    """A kill leaves MLflow runs RUNNING with logged params; a changed config must start new runs."""
+    args, history = _train_args(project, tmp_path), tmp_path / "history.csv"
+    _train_killed_after_epochs(project, args, history)
+    killed = (tmp_path / "ckpt/mlflow_run_id").read_text()
+    again = subprocess.run([CLI, "train", *args, "model.filters=[8,16,32]", "train.epochs=2"], cwd=project,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    status = {r.info.run_id: r.info.status for r in _runs(project)}
+    new = (tmp_path / "ckpt/mlflow_run_id").read_text()
+    assert status[killed] == "KILLED" and status[new] == "FINISHED"
+
+    search = [*args, "tuner=random", "tuner.max_trials=6", f"paths.tuning={tmp_path / 'search'}"]
+    first = _popen(project, "tune", *search)
+    _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1, first)
+    _kill(first)
+    changed = subprocess.run([CLI, "tune", *search, "tuner.max_trials=2"], cwd=project, capture_output=True,
+                             text=True)
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert "not resuming the tuner search" in changed.stderr and '"trials": 2' in changed.stdout
+
+
+def test_an_unreadable_checkpoint_starts_fresh_instead_of_wedging(project: Path, tmp_path: Path, capsys) -> None:
+    cfg = _cfg(project, "tuner=none", "tracking.enabled=false", *_own_outputs(tmp_path))
+    tune.run(cfg)
+    train.claim_checkpoints(cfg, hparams.read_best(Path(cfg.paths.best_hparams))["values"])  # this config's...
+    backup = Path(cfg.paths.checkpoints) / "backup"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 88)  # ...cut short by a kill
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    summary = train.run(cfg)
+    assert "cannot be read" in capsys.readouterr().err
+    assert summary["epochs_run"] == 2 and (Path(cfg.paths.model) / "model.keras").is_file()
+
+
+def _own_outputs(tmp_path: Path) -> list[str]:
+    return [f"paths.{key}={tmp_path / key}" for key in
+            ("tuning", "best_hparams", "leaderboard", "checkpoints", "model", "history", "metrics", "confusion")]
+
+
+@pytest.mark.slow
+def test_a_tracking_server_lost_mid_training_stops_in_one_line_and_keeps_the_checkpoint(
+        project: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    server = _mlflow_server(tmp_path, port)
+    try:
+        args = _train_args(project, tmp_path, f"tracking.uri=http://127.0.0.1:{port}", "train.epochs=40")
+        history = tmp_path / "history.csv"
+        subprocess.run([CLI, "tune", *args], cwd=project, check=True, capture_output=True)
+        training = subprocess.Popen([CLI, "train", *args], cwd=project, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        _wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) > 2, training)
+        _kill(server)
+        out, err = training.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+    assert training.returncode == 1, out + err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: MLflow store http://")
+    assert (tmp_path / "ckpt/backup/latest.weights.h5").is_file()  # the next run resumes from here
+    assert len(_epochs(history)) < 40
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    import urllib.request
+
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    server = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], cwd=root, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def up() -> bool:
+        with contextlib.suppress(OSError):
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+        return False
+
+    _wait_for(up, server, timeout=120)
+    return server
 
 
 def test_unknown_champion_metric_is_a_config_error(project: Path, pipeline: tuple) -> None:

@@ -6,6 +6,8 @@ import contextlib
 import csv
 import json
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, ContextManager
@@ -71,7 +73,7 @@ def callbacks(cfg: Config, tracker: Tracker) -> list[keras.callbacks.Callback]:
     return [
         # First: an epoch is in the history before its backup exists, so no resume can lose a row.
         HistoryLog(checkpoints / HISTORY_FILE, Path(cfg.paths.history)),
-        keras.callbacks.BackupAndRestore(str(checkpoints / "backup")),
+        AtomicBackup(str(checkpoints / "backup")),
         keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience,
                                       restore_best_weights=True, mode=mode),
         # A tuned learning rate that is right for 8 epochs can be too high for 60: decay on plateaus.
@@ -79,6 +81,34 @@ def callbacks(cfg: Config, tracker: Tracker) -> list[keras.callbacks.Callback]:
                                           patience=cfg.train.lr_patience, min_lr=1e-5, mode=mode),
         tracker.epoch_callback(),
     ]
+
+
+class AtomicBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose files are replaced whole: a kill mid-save leaves the previous backup.
+
+    Keras writes latest.weights.h5 in place, so a kill during the write left a truncated file that
+    every later run failed to load. An unreadable backup (from elsewhere) starts fresh, saying so.
+    """
+
+    def _save_model(self) -> None:
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / "partial.weights.h5"  # save_weights insists on the .weights.h5 suffix
+        self.model.save_weights(str(partial), overwrite=True)
+        meta = folder / "partial.json"
+        meta.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}), encoding="utf-8")
+        # Weights before metadata: a kill between them re-runs one epoch from later weights, never breaks.
+        os.replace(partial, self._weights_path)
+        os.replace(meta, self._training_metadata_path)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as error:
+            print(f"note: the checkpoint in {self.backup_dir} cannot be read ({str(error)[:120]}); "
+                  "starting fresh", file=sys.stderr, flush=True)
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            self.model._initial_epoch = 0
 
 
 class HistoryLog(keras.callbacks.Callback):
