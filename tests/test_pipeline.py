@@ -16,6 +16,8 @@ import pytest
 from op_classifier import evaluate, prepare, sample, train, tune
 from op_classifier.config import Config, ConfigError
 from op_classifier.errors import DataError
+from op_classifier.metric_names import metric_names
+from op_classifier.model import metrics
 from op_classifier.tracking import TrackingError
 from tests.conftest import REPO, compose
 
@@ -120,6 +122,12 @@ def test_objective_the_model_does_not_report_fails_before_training(project: Path
     with pytest.raises(ConfigError, match="tuner.objective: the model does not report 'val_f1'"):
         tune.run(cfg)
     assert not (tmp_path / "search").exists()
+
+
+def test_model_reports_the_metric_names_the_config_checks() -> None:
+    classes = ["Luffy", "Nami"]
+    reported = ["loss", *(m.name for m in metrics(classes))]
+    assert metric_names(classes) == reported + [f"val_{name}" for name in reported]
 
 
 def test_search_space_entry_of_unknown_type_or_name_is_a_config_error(project: Path) -> None:

@@ -18,7 +18,8 @@ from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
-from op_classifier.model import build_model, compile_model, metric_names
+from op_classifier.metric_names import is_loss, metric_names
+from op_classifier.model import build_model, compile_model
 from op_classifier.tracking import Tracker, flatten, git_commit
 
 
@@ -64,7 +65,7 @@ def callbacks(cfg: Config, tracker: Tracker, resuming: bool) -> list[keras.callb
     history = Path(cfg.paths.history)
     history.parent.mkdir(parents=True, exist_ok=True)
     # Keras cannot tell the direction of our custom `accuracy`; losses fall, every other metric rises.
-    mode = "min" if cfg.train.monitor.endswith("loss") else "max"
+    mode = "min" if is_loss(cfg.train.monitor) else "max"
     return [
         keras.callbacks.BackupAndRestore(str(Path(cfg.paths.checkpoints) / "backup")),
         keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience,

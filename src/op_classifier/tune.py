@@ -17,7 +17,8 @@ from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError, TunerConfig
 from op_classifier.data import load_manifest, load_split
 from op_classifier.errors import OpClassifierError
-from op_classifier.model import HyperModel, metric_names
+from op_classifier.metric_names import metric_names
+from op_classifier.model import HyperModel
 from op_classifier.tracking import Tracker, flatten
 
 
