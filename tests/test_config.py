@@ -132,6 +132,39 @@ def test_metric_names_without_a_class_list_accept_any_class() -> None:
         compose("train.monitor=val_recall_Usopp")  # not one of data.classes
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.val_fraction=1.5", "data.val_fraction: must be between 0 and 1 (exclusive), got 1.5"),
+        ("data.foo=1", "data.foo: unknown key"),
+        ("tuner=nope", "In 'config': Could not find 'tuner/nope' (available: bayesian, hyperband, none, random)"),
+    ],
+)
+def test_dvc_composition_refuses_a_bad_value_before_writing(tmp_path: Path, override: str, message: str) -> None:
+    """DVC's own composition (what `dvc exp run -S` runs) validates: one line, and no params.yaml."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = tmp_path / "params.yaml"
+    with pytest.raises(ConfigError) as caught:
+        compose_and_dump(out, str(REPO / "conf"), None, "config", str(tmp_path), [override])
+    assert str(caught.value) == message
+    assert not out.exists()
+
+
+def test_the_plugin_leaves_other_hydra_configs_alone(tmp_path: Path) -> None:
+    """Only a config listing SchemaCheck under hydra.callbacks is checked (as conf/config.yaml does)."""
+    from dvc.utils.hydra import compose_and_dump
+    from hydra.errors import ConfigCompositionException
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf/config.yaml").write_text("data:\n  val_fraction: 0.2\n", encoding="utf-8")
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(tmp_path / "conf"), None, "config", str(tmp_path), ["data.val_fraction=1.5"])
+    assert yaml.safe_load(out.read_text())["data"]["val_fraction"] == 1.5
+    with pytest.raises(ConfigCompositionException):
+        compose_and_dump(out, str(tmp_path / "conf"), None, "config", str(tmp_path), ["data.foo=1"])
+
+
 def test_params_yaml_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     raw["train"]["lerning_rate"] = 0.1

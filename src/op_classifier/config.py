@@ -413,7 +413,10 @@ def composition_error(error: Exception) -> str:
 
 
 def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> DictConfig:
-    """Compose conf/ with Hydra overrides, exactly as DVC's Hydra composition does, and validate it."""
+    """Compose conf/ with Hydra overrides, exactly as DVC's Hydra composition does, and validate it.
+
+    DVC's composition (`dvc exp run -S`) validates too: see src/hydra_plugins/op_classifier_compose.py.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -427,7 +430,7 @@ def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> Di
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(composition_error(error)) from None
-    validate(cfg)
+    validate(cfg)  # also where the Hydra plugin is not installed
     return cfg
 
 
