@@ -132,6 +132,16 @@ def test_metric_names_without_a_class_list_accept_any_class() -> None:
         compose("train.monitor=val_recall_Usopp")  # not one of data.classes
 
 
+def test_a_tuner_chosen_on_the_command_line_beats_the_preset() -> None:
+    """`experiment=tiny tuner=none` trains with the configured model: nothing is searched."""
+    cfg = compose("experiment=tiny", "tuner=none", "model.units=64")
+    assert cfg.tuner.kind == "none" and cfg.model.units == 64
+    assert cfg.tuner.max_trials == 2 and cfg.data.image_size == 32  # the rest of the preset holds
+    assert compose("experiment=tiny").tuner.kind == "random"
+    assert compose("experiment=original").tuner.kind == "hyperband"
+    assert compose("experiment=original", "tuner=bayesian").tuner.kind == "bayesian"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

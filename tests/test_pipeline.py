@@ -136,6 +136,13 @@ def test_the_schema_knows_every_tunable_name() -> None:
     assert set(TUNABLE_RULES) == set(hparams.TUNABLE)
 
 
+def test_tuner_none_trains_the_configured_model() -> None:
+    """`experiment=tiny tuner=none model.units=64`: tune records no values, so train builds 64 units."""
+    cfg = compose(*TINY, "tuner=none", "model.units=64")
+    args, learning_rate = hparams.final_args(cfg.model, cfg.train, {})
+    assert cfg.tuner.kind == "none" and args["units"] == 64 and learning_rate == cfg.train.learning_rate
+
+
 def test_search_space_entry_of_unknown_type_or_name_is_a_config_error(project: Path) -> None:
     with pytest.raises(ConfigError, match="tuner.search_space.units.type: 'integer' is not one of"):
         _cfg(project, "tuner.search_space.units.type=integer")
