@@ -65,6 +65,116 @@ def test_bad_override_is_an_error_naming_the_key(override: str, message: str) ->
         compose(override)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # The issue's cases: each ended in a Keras traceback, or only once training started, or never.
+        ("model.dropout=2", "model.dropout: must be at least 0 and below 1, got 2"),
+        ("model.units=0", "model.units: must be at least 1, got 0"),
+        ("train.patience=-3", "train.patience: must be at least 0, got -3"),
+        ("tuner.batch_size=0", "tuner.batch_size: must be at least 1, got 0"),
+        ("model.filters=[]", "model.filters: must be a non-empty list of integers, each at least 1, got []"),
+        ("tracking.champion_target=5", "tracking.champion_target: must be between 0 and 1, got 5"),
+        ("train.monitor=bogus", "train.monitor: the model does not report 'bogus' (it reports loss, accuracy, auc, "
+                                "precision_Luffy,"),
+        # Every other numeric key has its range too.
+        ("seed=-1", "seed: must be between 0 and 4294967295, got -1"),
+        ("data.image_size=4", "data.image_size: must be between 8 and 4096, got 4"),
+        ("data.max_image_pixels=0", "data.max_image_pixels: must be at least 1, got 0"),
+        ("model.filters=[15,0]", "model.filters: must be a non-empty list of integers, each at least 1, got [15, 0]"),
+        ("model.kernel_size=0", "model.kernel_size: must be at least 1, got 0"),
+        ("model.l2=-0.1", "model.l2: must be at least 0, got -0.1"),
+        ("model.resize=4", "model.resize: must be null or between 8 and 4096, got 4"),
+        ("model.augment.rotation=1.5", "model.augment.rotation: must be between 0 and 1, got 1.5"),
+        ("model.augment.zoom=-0.1", "model.augment.zoom: must be between 0 and 1, got -0.1"),
+        ("train.learning_rate=0", "train.learning_rate: must be positive, got 0"),
+        ("train.lr_patience=-1", "train.lr_patience: must be at least 0, got -1"),
+        ("train.lr_factor=0", "train.lr_factor: must be above 0 and at most 1, got 0"),
+        ("tuner.patience=-1", "tuner.patience: must be at least 0, got -1"),
+        ("tuner.learning_rate=0", "tuner.learning_rate: must be positive, got 0"),
+        ("tuner.factor=1", "tuner.factor: must be at least 2, got 1"),
+        ("tuner.objective=val_f1", "tuner.objective: the model does not report 'val_f1'"),
+        ("tuner.objective=val_loss", "tuner.direction: must be min for objective val_loss, got max"),
+        # The model must build: 8 pixels do not survive three conv blocks.
+        ("model.resize=8", "model.filters: 3 conv blocks of kernel_size 3 leave nothing of a 8-pixel input"),
+        # The search space only draws values the model takes.
+        ("tuner.search_space.units.min=-32", "tuner.search_space.units.min: must be at least 1, got -32"),
+        ("tuner.search_space.units.max=16", "tuner.search_space.units: min (32) is above max (16)"),
+        ("tuner.search_space.units.step=0", "tuner.search_space.units.step: must be positive, got 0"),
+        ("+tuner.search_space.l2={type: float, min: 0, max: 0.1, sampling: log}",
+         "tuner.search_space.l2.min: must be positive for sampling log, got 0"),
+        ("tuner.search_space.units.min=32.5", "tuner.search_space.units.min: must be whole for type int, got 32.5"),
+        ("tuner.search_space.units.type=float", "tuner.search_space.units.type: units takes int or choice, not float"),
+        ("tuner.search_space.learning_rate.values=[0.01,0]",
+         "tuner.search_space.learning_rate.values: must be positive, got 0"),
+        ("+tuner.search_space.dropout={type: float, min: 0.1, max: 1.5}",
+         "tuner.search_space.dropout.max: must be at least 0 and below 1, got 1.5"),
+        ("+tuner.search_space.kernel_size={type: int, min: 3, max: 40}",
+         "tuner.search_space.kernel_size: 3 conv blocks of kernel_size 40 leave nothing of a 96-pixel input"),
+        ("+tuner.search_space.momentum={type: float, min: 0.1, max: 0.9}",
+         "tuner.search_space.momentum: not a tunable name"),
+    ],
+)
+def test_out_of_range_value_is_one_line_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        compose(override)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_metric_names_without_a_class_list_accept_any_class() -> None:
+    cfg = compose("data.classes=null", "train.monitor=val_recall_Usopp", "tuner.objective=precision_Chopper")
+    assert cfg.train.monitor == "val_recall_Usopp"
+    with pytest.raises(ConfigError, match=r"train.monitor: the model does not report 'val_f1' \(it reports loss, "
+                                          r"accuracy, auc, precision_<class>, recall_<class>, val_loss"):
+        compose("data.classes=null", "train.monitor=val_f1")
+    with pytest.raises(ConfigError, match="train.monitor: the model does not report 'val_recall_Usopp'"):
+        compose("train.monitor=val_recall_Usopp")  # not one of data.classes
+
+
+def test_a_tuner_chosen_on_the_command_line_beats_the_preset() -> None:
+    """`experiment=tiny tuner=none` trains with the configured model: nothing is searched."""
+    cfg = compose("experiment=tiny", "tuner=none", "model.units=64")
+    assert cfg.tuner.kind == "none" and cfg.model.units == 64
+    assert cfg.tuner.max_trials == 2 and cfg.data.image_size == 32  # the rest of the preset holds
+    assert compose("experiment=tiny").tuner.kind == "random"
+    assert compose("experiment=original").tuner.kind == "hyperband"
+    assert compose("experiment=original", "tuner=bayesian").tuner.kind == "bayesian"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.val_fraction=1.5", "data.val_fraction: must be between 0 and 1 (exclusive), got 1.5"),
+        ("data.foo=1", "data.foo: unknown key"),
+        ("tuner=nope", "In 'config': Could not find 'tuner/nope' (available: bayesian, hyperband, none, random)"),
+    ],
+)
+def test_dvc_composition_refuses_a_bad_value_before_writing(tmp_path: Path, override: str, message: str) -> None:
+    """DVC's own composition (what `dvc exp run -S` runs) validates: one line, and no params.yaml."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = tmp_path / "params.yaml"
+    with pytest.raises(ConfigError) as caught:
+        compose_and_dump(out, str(REPO / "conf"), None, "config", str(tmp_path), [override])
+    assert str(caught.value) == message
+    assert not out.exists()
+
+
+def test_the_plugin_leaves_other_hydra_configs_alone(tmp_path: Path) -> None:
+    """Only a config listing SchemaCheck under hydra.callbacks is checked (as conf/config.yaml does)."""
+    from dvc.utils.hydra import compose_and_dump
+    from hydra.errors import ConfigCompositionException
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf/config.yaml").write_text("data:\n  val_fraction: 0.2\n", encoding="utf-8")
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(tmp_path / "conf"), None, "config", str(tmp_path), ["data.val_fraction=1.5"])
+    assert yaml.safe_load(out.read_text())["data"]["val_fraction"] == 1.5
+    with pytest.raises(ConfigCompositionException):
+        compose_and_dump(out, str(tmp_path / "conf"), None, "config", str(tmp_path), ["data.foo=1"])
+
+
 def test_params_yaml_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     raw["train"]["lerning_rate"] = 0.1

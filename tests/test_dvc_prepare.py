@@ -66,3 +66,16 @@ def test_default_sample_reproduces_the_hash_data_dvc_records(repo_copy: Path) ->
     recorded = (repo_copy / "data.dvc").read_text()
     run_in(repo_copy, "dvc", "commit", "--force", "data.dvc")  # re-hashes data/raw into data.dvc
     assert (repo_copy / "data.dvc").read_text() == recorded
+
+
+def test_dvc_exp_run_refuses_a_bad_override_in_one_line_and_keeps_params(repo_copy: Path) -> None:
+    """The value is refused while DVC composes, before params.yaml is written or any stage runs."""
+    before = (repo_copy / "params.yaml").read_bytes()
+    for override, message in [
+        ("data.val_fraction=1.5", "ERROR: data.val_fraction: must be between 0 and 1 (exclusive), got 1.5"),
+        ("data.foo=1", "ERROR: data.foo: unknown key"),
+    ]:
+        done = run_in(repo_copy, "dvc", "exp", "run", "-S", override, "prepare", check=False)
+        assert done.returncode != 0
+        assert (done.stdout + done.stderr).strip().splitlines() == [message]
+        assert (repo_copy / "params.yaml").read_bytes() == before

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from op_classifier import evaluate, hparams, prepare, sample, train, tune
-from op_classifier.config import Config, ConfigError
+from op_classifier.config import TUNABLE_RULES, Config, ConfigError
 from op_classifier.errors import DataError
+from op_classifier.metric_names import metric_names
+from op_classifier.model import metrics
 from op_classifier.tracking import TrackingError
 from tests.conftest import REPO, compose
 
@@ -155,10 +157,29 @@ def test_missing_prepared_data_names_the_stage(tmp_path: Path) -> None:
 
 
 def test_objective_the_model_does_not_report_fails_before_training(project: Path, tmp_path: Path) -> None:
-    cfg = _cfg(project, "tuner.objective=val_f1", f"paths.tuning={tmp_path / 'search'}")
     with pytest.raises(ConfigError, match="tuner.objective: the model does not report 'val_f1'"):
-        tune.run(cfg)
+        _cfg(project, "tuner.objective=val_f1", f"paths.tuning={tmp_path / 'search'}")  # refused when composed
+    cfg = _cfg(project, "data.classes=null", "tuner.objective=val_recall_Usopp", f"paths.tuning={tmp_path / 'search'}")
+    with pytest.raises(ConfigError, match="tuner.objective: the model does not report 'val_recall_Usopp'"):
+        tune.run(cfg)  # no class list in the config: the prepared data's classes decide, before any search
     assert not (tmp_path / "search").exists()
+
+
+def test_model_reports_the_metric_names_the_config_checks() -> None:
+    classes = ["Luffy", "Nami"]
+    reported = ["loss", *(m.name for m in metrics(classes))]
+    assert metric_names(classes) == reported + [f"val_{name}" for name in reported]
+
+
+def test_the_schema_knows_every_tunable_name() -> None:
+    assert set(TUNABLE_RULES) == set(hparams.TUNABLE)
+
+
+def test_tuner_none_trains_the_configured_model() -> None:
+    """`experiment=tiny tuner=none model.units=64`: tune records no values, so train builds 64 units."""
+    cfg = compose(*TINY, "tuner=none", "model.units=64")
+    args, learning_rate = hparams.final_args(cfg.model, cfg.train, {})
+    assert cfg.tuner.kind == "none" and args["units"] == 64 and learning_rate == cfg.train.learning_rate
 
 
 def test_search_space_entry_of_unknown_type_or_name_is_a_config_error(project: Path) -> None:

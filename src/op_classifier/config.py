@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -11,6 +12,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from op_classifier import metric_names
 from op_classifier.errors import ConfigError
 
 CONF_DIR = "conf"
@@ -20,6 +22,110 @@ PARAMS_FILE = "params.yaml"
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed numbers; an open end excludes its bound, a None end is unbounded."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """`between 0 and 1`, `at least 1`, `positive`, ...: what `must be` is followed by."""
+        low, high = (None if x is None else _number(x) for x in (self.low, self.high))
+        if high is None:
+            return ("positive" if self.low == 0 else f"above {low}") if self.low_open else f"at least {low}"
+        if low is None:
+            return f"below {high}" if self.high_open else f"at most {high}"
+        if self.low_open == self.high_open:
+            return f"between {low} and {high}" + (" (exclusive)" if self.low_open else "")
+        above = f"above {low}" if self.low_open else f"at least {low}"
+        return f"{above} and {f'below {high}' if self.high_open else f'at most {high}'}"
+
+
+def _check_range(key: str, value: float, allowed: Range) -> None:
+    _check(value in allowed, key, f"must be {allowed.describe()}, got {_number(value)}")
+
+
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+POSITIVE = Range(0, low_open=True)
+UNIT = Range(0, 1)  # [0, 1]
+FRACTION = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
+IMAGE_SIDE = Range(8, 4096)
+SEED = Range(0, 2**32 - 1)  # what NumPy and Keras accept as a seed
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one model key (or the learning rate) takes: checked on the config and on every value the
+    search space can give it, so no candidate the tuner draws fails inside Keras."""
+
+    kind: type  # int, float, bool, or list (of ints)
+    allowed: Optional[Range] = None  # the value's range (of each item for a list)
+    nullable: bool = False
+
+    def problem(self, value: Any) -> Optional[str]:
+        """Why `value` is not allowed (the text after `must be`), or None."""
+        if value is None and self.nullable:
+            return None
+        if self.kind is list:
+            items = list(value) if isinstance(value, (list, tuple)) else None
+            ok = bool(items) and all(_is_int(item) and item in self.allowed for item in items)
+            return None if ok else f"must be a non-empty list of integers, each {self.allowed.describe()}, got {value}"
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"must be true or false, got {value}"
+        if not (_is_int(value) if self.kind is int else _is_number(value)):
+            return f"must be {'an integer' if self.kind is int else 'a number'}, got {value}"
+        if self.allowed is not None and value not in self.allowed:
+            return f"must be {'null or ' if self.nullable else ''}{self.allowed.describe()}, got {_number(value)}"
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# build_model's arguments from model config (augment's flat) and the learning rate: every tunable
+# name (hparams.TUNABLE, from build_model's signature; a test keeps the two the same).
+TUNABLE_RULES: Dict[str, Rule] = {
+    "filters": Rule(list, AT_LEAST_1),
+    "kernel_size": Rule(int, AT_LEAST_1),
+    "units": Rule(int, AT_LEAST_1),
+    "dropout": Rule(float, Range(0, 1, high_open=True)),
+    "l2": Rule(float, AT_LEAST_0),
+    "flip": Rule(bool),
+    "rotation": Rule(float, UNIT),
+    "zoom": Rule(float, UNIT),
+    "resize": Rule(int, IMAGE_SIDE, nullable=True),
+    "learning_rate": Rule(float, POSITIVE),
+}
+
+
+def _check_rule(key: str, name: str, value: Any) -> None:
+    problem = TUNABLE_RULES[name].problem(value)
+    _check(problem is None, key, problem or "")
+
+
+def _check_metric(key: str, name: str, classes: Optional[List[str]]) -> None:
+    _check(metric_names.is_reported(name, classes), key,
+           f"the model does not report '{name}' (it reports {metric_names.describe(classes)})")
 
 
 @dataclass
@@ -50,16 +156,15 @@ class DataConfig:
     max_image_pixels: int = MISSING
 
     def __post_init__(self) -> None:
-        _check(8 <= self.image_size <= 4096, "data.image_size", "must be between 8 and 4096")
+        _check_range("data.image_size", self.image_size, IMAGE_SIDE)
         for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            _check(0.0 < value < 1.0, f"data.{name}", f"must be between 0 and 1, got {value}")
+            _check_range(f"data.{name}", getattr(self, name), FRACTION)
         _check(
             self.val_fraction + self.test_fraction < 1.0,
             "data.val_fraction",
             "val_fraction + test_fraction must leave images to train on",
         )
-        _check(self.max_image_pixels > 0, "data.max_image_pixels", "must be positive")
+        _check_range("data.max_image_pixels", self.max_image_pixels, AT_LEAST_1)
         if self.classes is not None:
             _check(len(self.classes) >= 2, "data.classes", "needs at least two classes")
             _check(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
@@ -72,6 +177,10 @@ class AugmentConfig:
     flip: bool = MISSING
     rotation: float = MISSING
     zoom: float = MISSING
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "zoom"):
+            _check_rule(f"model.augment.{name}", name, getattr(self, name))
 
 
 @dataclass
@@ -87,8 +196,13 @@ class ModelConfig:
     resize: Optional[int] = MISSING
     augment: AugmentConfig = MISSING
 
+    def __post_init__(self) -> None:
+        for name in ("filters", "kernel_size", "units", "dropout", "l2", "resize"):
+            _check_rule(f"model.{name}", name, getattr(self, name))
+
 
 SEARCH_TYPES = ("int", "float", "choice", "bool")
+SAMPLINGS = ("linear", "log", "reverse_log")
 TUNER_KINDS = ("hyperband", "random", "bayesian", "none")
 
 
@@ -123,20 +237,52 @@ class TunerConfig:
     def __post_init__(self) -> None:
         _check(self.kind in TUNER_KINDS, "tuner.kind", f"'{self.kind}' is not one of {', '.join(TUNER_KINDS)}")
         _check(self.direction in ("max", "min"), "tuner.direction", "must be max or min")
-        for name in ("max_epochs", "max_trials", "epochs"):
-            _check(getattr(self, name) >= 1, f"tuner.{name}", "must be at least 1")
-        _check(self.factor >= 2, "tuner.factor", "must be at least 2")
+        for name in ("max_epochs", "max_trials", "epochs", "batch_size"):
+            _check_range(f"tuner.{name}", getattr(self, name), AT_LEAST_1)
+        _check_range("tuner.factor", self.factor, Range(2))
+        _check_range("tuner.patience", self.patience, AT_LEAST_0)
+        _check_range("tuner.learning_rate", self.learning_rate, POSITIVE)
         for name, spec in self.search_space.items():
-            _check_search_param(f"tuner.search_space.{name}", spec)
+            _check_search_param(f"tuner.search_space.{name}", name, spec)
 
 
-def _check_search_param(key: str, spec: SearchParam) -> None:
+def _check_search_param(key: str, name: str, spec: SearchParam) -> None:
+    """A known name, a well-formed entry, and every value it can draw allowed for that name."""
     _check(spec.type in SEARCH_TYPES, f"{key}.type", f"'{spec.type}' is not one of {', '.join(SEARCH_TYPES)}")
+    _check(name in TUNABLE_RULES, key, f"not a tunable name (one of {', '.join(TUNABLE_RULES)})")
+    rule = TUNABLE_RULES[name]
+    takes = {int: ("int", "choice"), float: ("int", "float", "choice"), bool: ("bool", "choice")}.get(
+        rule.kind, ("choice",))  # filters: a choice of lists
+    _check(spec.type in takes, f"{key}.type", f"{name} takes {' or '.join(takes)}, not {spec.type}")
     if spec.type in ("int", "float"):
         _check(spec.min is not None and spec.max is not None, key, f"type {spec.type} needs min and max")
-        _check(spec.min <= spec.max, key, "min is above max")
+        for bound in ("min", "max", "step"):
+            value = getattr(spec, bound)
+            if spec.type == "int" and value is not None:
+                _check(float(value).is_integer(), f"{key}.{bound}", f"must be whole for type int, got {value}")
+        _check(spec.min <= spec.max, key, f"min ({_number(spec.min)}) is above max ({_number(spec.max)})")
+        if spec.step is not None:
+            _check_range(f"{key}.step", spec.step, POSITIVE)
+        if spec.sampling is not None:
+            _check(spec.sampling in SAMPLINGS, f"{key}.sampling",
+                   f"'{spec.sampling}' is not one of {', '.join(SAMPLINGS)}")
+            _check(spec.sampling == "linear" or spec.min > 0, f"{key}.min",
+                   f"must be positive for sampling {spec.sampling}, got {_number(spec.min)}")
     if spec.type == "choice":
         _check(bool(spec.values), key, "type choice needs a non-empty values list")
+    for bound, value in _drawable(spec):
+        _check_rule(f"{key}.{bound}", name, value)
+
+
+def _drawable(spec: SearchParam) -> list[tuple[str, Any]]:
+    """(where it is written, value) for the extreme values an entry can draw (ranges are intervals)."""
+    if spec.type == "int":
+        return [("min", int(spec.min)), ("max", int(spec.max))]
+    if spec.type == "float":
+        return [("min", float(spec.min)), ("max", float(spec.max))]
+    if spec.type == "choice":
+        return [("values", value) for value in spec.values]
+    return [("values", True), ("values", False)]
 
 
 @dataclass
@@ -154,10 +300,12 @@ class TrainConfig:
     mixed_precision: str = MISSING
 
     def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, "train.learning_rate", "must be positive")
-        _check(self.batch_size >= 1, "train.batch_size", "must be at least 1")
-        _check(self.epochs >= 1, "train.epochs", "must be at least 1")
-        _check(0.0 < self.lr_factor <= 1.0, "train.lr_factor", "must be in (0, 1]")
+        _check_range("train.learning_rate", self.learning_rate, POSITIVE)
+        for name in ("batch_size", "epochs"):
+            _check_range(f"train.{name}", getattr(self, name), AT_LEAST_1)
+        for name in ("patience", "lr_patience"):
+            _check_range(f"train.{name}", getattr(self, name), AT_LEAST_0)
+        _check_range("train.lr_factor", self.lr_factor, Range(0, 1, low_open=True))
         _check(self.device in ("auto", "cpu", "gpu"), "train.device", "must be auto, cpu or gpu")
         _check(self.mixed_precision in ("auto", "on", "off"), "train.mixed_precision", "must be auto, on or off")
 
@@ -173,6 +321,9 @@ class TrackingConfig:
     champion_metric: str = MISSING
     champion_target: float = MISSING
 
+    def __post_init__(self) -> None:
+        _check_range("tracking.champion_target", self.champion_target, UNIT)
+
 
 @dataclass
 class Config:
@@ -185,6 +336,37 @@ class Config:
     tuner: TunerConfig = MISSING
     train: TrainConfig = MISSING
     tracking: TrackingConfig = MISSING
+
+    def __post_init__(self) -> None:
+        _check_range("seed", self.seed, SEED)
+        classes = self.data.classes
+        _check_metric("train.monitor", self.train.monitor, classes)
+        _check_metric("tuner.objective", self.tuner.objective, classes)
+        wanted = "min" if metric_names.is_loss(self.tuner.objective) else "max"
+        _check(self.tuner.direction == wanted, "tuner.direction",
+               f"must be {wanted} for objective {self.tuner.objective}, got {self.tuner.direction}")
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Each conv block (valid convolution, 2x2 pooling) must leave a pixel: for the configured model,
+        and for every extreme the search space can draw (the side shrinks monotonically in each)."""
+        names = ("filters", "kernel_size", "resize")
+        configured = [getattr(self.model, name) for name in names]
+        self._check_shape("model.filters", *configured)
+        space = self.tuner.search_space if self.tuner.kind != "none" else {}
+        searched = [name for name in names if name in space]
+        if searched:
+            pools = [[value for _, value in _drawable(space[name])] if name in space else [value]
+                     for name, value in zip(names, configured)]
+            for candidate in itertools.product(*pools):
+                self._check_shape(f"tuner.search_space.{searched[0]}", *candidate)
+
+    def _check_shape(self, key: str, filters: List[int], kernel_size: int, resize: Optional[int]) -> None:
+        side = left = resize or self.data.image_size
+        for _ in filters:
+            left = (left - kernel_size + 1) // 2
+        _check(left >= 1, key, f"{len(filters)} conv blocks of kernel_size {kernel_size} leave nothing of a "
+               f"{side}-pixel input (use fewer filters, a smaller kernel_size or a larger model.resize)")
 
 
 def _first_line(error: Exception) -> str:
@@ -222,8 +404,19 @@ def validate(raw: Any) -> Config:
         raise ConfigError(_first_line(error)) from None
 
 
+def composition_error(error: Exception) -> str:
+    """One line naming the key for an error Hydra or OmegaConf raised while composing."""
+    for candidate in (error.__cause__, error):
+        if isinstance(candidate, OmegaConfBaseException) and getattr(candidate, "full_key", None):
+            return _describe(candidate)
+    return _hydra_message(str(error))
+
+
 def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> DictConfig:
-    """Compose conf/ with Hydra overrides, exactly as DVC's Hydra composition does."""
+    """Compose conf/ with Hydra overrides, exactly as DVC's Hydra composition does, and validate it.
+
+    DVC's composition (`dvc exp run -S`) validates too: see src/hydra_plugins/op_classifier_compose.py.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -236,10 +429,8 @@ def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> Di
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as error:
-        cause = error.__cause__
-        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-            raise ConfigError(_describe(cause)) from None
-        raise ConfigError(_hydra_message(str(error))) from None
+        raise ConfigError(composition_error(error)) from None
+    validate(cfg)  # also where the Hydra plugin is not installed
     return cfg
 
 

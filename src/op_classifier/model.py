@@ -7,12 +7,14 @@ from typing import Any, Callable, Sequence
 import keras
 from keras import layers, ops
 
+from op_classifier.metric_names import ACCURACY, AUC, PER_CLASS, per_class
+
 
 @keras.saving.register_keras_serializable(package="op_classifier")
 class TopOneAccuracy(keras.metrics.Metric):
     """Top-1 accuracy on single-label rows (the original's metric); multi-label rows are ignored."""
 
-    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
+    def __init__(self, name: str = ACCURACY, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.correct = self.add_weight(name="correct", initializer="zeros")
         self.count = self.add_weight(name="count", initializer="zeros")
@@ -73,12 +75,14 @@ def build_model(
 
 
 def metrics(class_names: Sequence[str]) -> list[keras.metrics.Metric]:
-    """Top-1 accuracy, multi-label AUC, and per-class precision and recall at threshold 0.5."""
-    per_class: list[keras.metrics.Metric] = []
-    for i, name in enumerate(class_names):
-        per_class.append(keras.metrics.Precision(class_id=i, name=f"precision_{name}"))
-        per_class.append(keras.metrics.Recall(class_id=i, name=f"recall_{name}"))
-    return [TopOneAccuracy(), keras.metrics.AUC(multi_label=True, name="auc"), *per_class]
+    """Top-1 accuracy, multi-label AUC, and per-class precision and recall at threshold 0.5.
+
+    Named as metric_names.py says (config.py checks train.monitor and tuner.objective against it).
+    """
+    kinds = {"precision": keras.metrics.Precision, "recall": keras.metrics.Recall}
+    by_class = [kinds[metric](class_id=i, name=per_class(metric, name))
+                for i, name in enumerate(class_names) for metric in PER_CLASS]
+    return [TopOneAccuracy(), keras.metrics.AUC(multi_label=True, name=AUC), *by_class]
 
 
 def compile_model(model: keras.Model, learning_rate: float, class_names: Sequence[str]) -> keras.Model:
@@ -89,12 +93,6 @@ def compile_model(model: keras.Model, learning_rate: float, class_names: Sequenc
         metrics=metrics(class_names),
     )
     return model
-
-
-def metric_names(class_names: Sequence[str]) -> list[str]:
-    """Every name fit() reports for training, the val_ ones included."""
-    names = ["loss"] + [m.name for m in metrics(class_names)]
-    return names + [f"val_{name}" for name in names]
 
 
 class HyperModel:

@@ -20,7 +20,8 @@ from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
-from op_classifier.model import build_model, compile_model, metric_names
+from op_classifier.metric_names import is_loss, metric_names
+from op_classifier.model import build_model, compile_model
 from op_classifier.tracking import Tracker, flatten, git_commit
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
@@ -68,7 +69,7 @@ def _hide_gpus() -> list[Any]:
 def callbacks(cfg: Config, tracker: Tracker) -> list[keras.callbacks.Callback]:
     """Whole history, checkpoint-and-resume, early stopping with best weights, LR decay, tracking."""
     # Keras cannot tell the direction of our custom `accuracy`; losses fall, every other metric rises.
-    mode = "min" if cfg.train.monitor.endswith("loss") else "max"
+    mode = "min" if is_loss(cfg.train.monitor) else "max"
     checkpoints = Path(cfg.paths.checkpoints)
     return [
         # First: an epoch is in the history before its backup exists, so no resume can lose a row.

@@ -16,7 +16,8 @@ from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError, TunerConfig, as_dict
 from op_classifier.data import data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
-from op_classifier.model import HyperModel, metric_names
+from op_classifier.metric_names import metric_names
+from op_classifier.model import HyperModel
 from op_classifier.tracking import Tracker, flatten
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.

@@ -1,0 +1,93 @@
+"""op-classifier's Hydra plugin: every composition of conf/ is checked against the schema.
+
+`dvc exp run -S key=value` composes conf/ into params.yaml itself (dvc/utils/hydra.py,
+compose_and_dump) and then runs the stages, which would be the first to see a bad value, after
+params.yaml was rewritten with it. DVC scans Hydra's plugins before it composes, and Hydra imports
+every module of the `hydra_plugins` namespace package when it scans, so importing this module is the
+hook: it makes Hydra's composition run the `on_compose_config` callback, which Hydra 1.3 (the
+version the lock pins) never calls from its compose API. conf/config.yaml opts in by naming
+SchemaCheck under `hydra.callbacks`; no other config's composition is touched. A bad value or a
+composition error then ends the composition with one line naming the key, before DVC writes
+params.yaml (DVC resets the workspace when composing fails).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, List, Optional
+
+from hydra._internal.hydra import Hydra
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from op_classifier import config as schema
+from op_classifier.errors import ConfigError
+
+
+class SchemaCheck(Callback):
+    """Validates the composed config (the `hydra` node aside) against op_classifier.config.Config."""
+
+    def on_compose_config(self, config: DictConfig, config_name: Optional[str], overrides: List[str]) -> None:
+        body = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        try:
+            schema.validate(body)
+        except ConfigError as error:
+            raise config_error(str(error)) from None
+
+
+TARGET = f"{__name__}.{SchemaCheck.__name__}"
+
+
+@functools.lru_cache(maxsize=None)
+def _dvc_error_class(dvc_exception: type) -> type:
+    return type("DvcConfigError", (ConfigError, dvc_exception), {"__module__": __name__})
+
+
+def config_error(message: str) -> ConfigError:
+    """A ConfigError; inside DVC also a DvcException, which DVC prints as one `ERROR: <message>` line
+    (any other exception gets DVC's "unexpected error" report and its support footer)."""
+    dvc_exceptions = sys.modules.get("dvc.exceptions")
+    if dvc_exceptions is None:
+        return ConfigError(message)
+    return _dvc_error_class(dvc_exceptions.DvcException)(message)
+
+
+def checks(cfg: DictConfig) -> list[SchemaCheck]:
+    """The SchemaCheck callbacks a composed config lists under hydra.callbacks."""
+    callbacks = OmegaConf.select(cfg, "hydra.callbacks", default=None) or {}
+    targets = [spec.get("_target_") for spec in callbacks.values() if isinstance(spec, DictConfig)]
+    return [SchemaCheck() for target in targets if target == TARGET]
+
+
+def _with_checks(compose_config: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    @functools.wraps(compose_config)
+    def wrapper(self: Hydra, config_name: Optional[str], overrides: List[str], run_mode: Any,
+                *args: Any, **kwargs: Any) -> DictConfig:
+        try:
+            cfg = compose_config(self, config_name, overrides, run_mode, *args, **kwargs)
+        except (HydraException, OmegaConfBaseException) as error:
+            if not _opted_in(self, config_name, run_mode):
+                raise
+            raise config_error(schema.composition_error(error)) from None
+        for check in checks(cfg):
+            check.on_compose_config(config=cfg, config_name=config_name, overrides=list(overrides))
+        return cfg
+
+    def _opted_in(self: Hydra, config_name: Optional[str], run_mode: Any) -> bool:
+        """Whether the config, composed without the overrides that broke it, lists SchemaCheck."""
+        try:
+            return bool(checks(compose_config(self, config_name, [], run_mode)))
+        except Exception:  # noqa: BLE001 - conf/ itself is broken: Hydra's own error says more
+            return False
+
+    wrapper.op_classifier_checks = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+# Hydra re-runs a module it scans, so wrap only once. (A Hydra that runs on_compose_config itself, as
+# 1.4 is to, runs the check twice: harmless.)
+if not getattr(Hydra.compose_config, "op_classifier_checks", False):
+    Hydra.compose_config = _with_checks(Hydra.compose_config)  # type: ignore[method-assign]
