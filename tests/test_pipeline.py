@@ -371,6 +371,27 @@ def test_a_tracking_server_lost_mid_training_stops_in_one_line_and_keeps_the_che
     assert len(_epochs(history)) < 40
 
 
+@pytest.mark.slow
+def test_a_tracking_server_lost_mid_search_stops_in_one_line(project: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    server = _mlflow_server(tmp_path, port)
+    try:
+        args = [*TINY, *_paths_args(project), f"tracking.uri=http://127.0.0.1:{port}", "tuner.max_trials=8",
+                "tuner.epochs=4", f"paths.tuning={tmp_path / 'search'}", f"paths.best_hparams={tmp_path / 'b.yaml'}",
+                f"paths.leaderboard={tmp_path / 'board.csv'}"]
+        search = subprocess.Popen([CLI, "tune", *args], cwd=project, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1, search)
+        _kill(server)
+        out, err = search.communicate(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+    assert search.returncode == 1, out + err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: MLflow store http://")
+    assert len(_completed_trials(tmp_path / "search")) < 8  # it stopped, not tried every trial
+
+
 def _free_port() -> int:
     import socket
 

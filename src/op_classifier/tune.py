@@ -18,7 +18,7 @@ from op_classifier.data import data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
 from op_classifier.model import HyperModel
-from op_classifier.tracking import Tracker, flatten
+from op_classifier.tracking import Tracker, TrackingError, flatten
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "tuner")
@@ -85,8 +85,24 @@ def search(cfg: Config, tracker: Tracker, classes: list[str]) -> Any:
                                          patience=cfg.tuner.patience)
     tuner.search(np.asarray(train.images), train.labels, validation_data=(np.asarray(val.images), val.labels),
                  epochs=cfg.tuner.epochs, batch_size=cfg.tuner.batch_size,
-                 callbacks=[stop, tracker.epoch_callback()], verbose=2)
+                 callbacks=[stop, _FatalStoreErrors(tracker.epoch_callback())], verbose=2)
     return tuner
+
+
+class _FatalStoreErrors(keras.callbacks.Callback):
+    """Keras Tuner retries a failing trial and ends in a traceback; a lost store must end the search."""
+
+    def __init__(self, inner: keras.callbacks.Callback) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import keras_tuner as kt
+
+        try:
+            self.inner.on_epoch_end(epoch, logs)
+        except TrackingError as error:
+            raise type("StoreLost", (kt.errors.FatalError, TrackingError), {})(str(error)) from None
 
 
 def searched_values(values: dict[str, Any], space: dict) -> dict[str, Any]:
