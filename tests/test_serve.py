@@ -333,3 +333,19 @@ def test_max_body_mb_must_be_a_positive_number(value: str, capsys: pytest.Captur
 
 def test_max_body_mb_defaults_to_16() -> None:
     assert cli.build_parser().parse_args(["serve"]).max_body_mb == 16
+
+
+@pytest.mark.parametrize(("body", "depth", "has_bool"), [
+    (b'{"instances": [[1, 2]]}', 3, False),
+    (b'{"note": "[[[[ true", "instances": [false]}', 2, True),  # strings skipped
+    (b'{"note": "a \\" [[[[ true", "instances": [1]}', 2, False),  # an escaped quote does not end a string
+    (b'{"note": "a \\\\", "instances": [[true]]}', 3, True),  # an escaped backslash does not escape the quote
+    (b'[Infinity, -Infinity, NaN, 1e5, null]', 1, False),  # letters that are not true/false
+    (b"", 0, False),
+    (b"[" * 100_000, 100_000, False),
+])
+def test_the_json_scan_counts_nesting_and_finds_booleans_outside_strings(body: bytes, depth: int,
+                                                                         has_bool: bool) -> None:
+    from op_classifier.serve import scan_json
+
+    assert scan_json(body) == (depth, has_bool)
