@@ -40,7 +40,7 @@ HOST = "127.0.0.1"
 PORT = 8501  # TensorFlow Serving's REST port, as the original served on
 # 16 MiB: about 30 images of 180x180 as JSON integers (0.49 MiB each), which json.loads turns into
 # about 6 times as many bytes of Python objects (8 for floats): a request peaks near 100-130 MiB of
-# memory. TensorFlow Serving and MLflow set no limit; raise it with --max-body-mb for larger batches.
+# memory. MLflow's scoring server had no limit; raise this one with --max-body-mb for larger batches.
 MAX_BODY_MB = 16
 MESSAGE_MAX = 200  # characters of an error message, at most
 INPUT_KEYS = ("instances", "inputs")  # TensorFlow Serving's row and columnar bodies: one input, the same here
