@@ -37,7 +37,7 @@ sample: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port $(or $(PORT),5000)
 
-# The registered champion behind MLflow's scoring server; TensorFlow Serving's {"instances": ...} body.
+# The registered champion over REST (op-classifier serve); TensorFlow Serving's {"instances": ...} body.
 serve: $(STAMP)
 	$(BIN)/op-classifier serve --port $(or $(PORT),8501)$(if $(MODEL), --model $(MODEL))
 

@@ -80,11 +80,11 @@ def load_served(store: str, uri: str) -> tuple[Any, keras.Model]:
 
 
 def parse_and_predict(pyfunc: Any) -> Callable[[bytes], object]:
-    """What the server does with a request body, minus HTTP: MLflow's own JSON parsing, then predict."""
-    from mlflow.pyfunc import scoring_server
+    """What the server does with a request body, minus HTTP: its checks and JSON parsing, then predict."""
+    from op_classifier import serve, tracking
 
-    schema = pyfunc.metadata.get_input_schema()
-    return lambda body: scoring_server.invocations(body, "application/json", pyfunc, schema)
+    served = tracking.ServedModel(pyfunc, (SIZE, SIZE, 3))
+    return lambda body: served.predict(serve.read_instances(body, served.shape))
 
 
 def start_server(root: Path, port: int, model: str | None, log: Path) -> subprocess.Popen:
@@ -153,7 +153,7 @@ def main() -> None:
         show("model.predict_on_batch(x), in-process", timed(lambda: model.predict_on_batch(image), n, w, s))
         show("pyfunc.predict(x), in-process", timed(lambda: pyfunc.predict(image), n, w, s))
         serve_body = parse_and_predict(pyfunc)
-        show("MLflow JSON parsing + predict, in-process", timed(lambda: serve_body(body), n, w, s))
+        show("checks + JSON + predict, in-process", timed(lambda: serve_body(body), n, w, s))
 
         port = free_port()
         server = start_server(root, port, args.model, work / "serve.log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from op_classifier import cli
+from op_classifier import cli, tracking
 from op_classifier.model import build_model, compile_model
 from op_classifier.tracking import Tracker
 from tests.conftest import REPO, compose
@@ -27,6 +28,10 @@ CLI = str(Path(sys.executable).parent / "op-classifier")
 CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
 SIZE = 32
 START_TIMEOUT = 90  # seconds for the server to load TensorFlow and the model
+LIMIT_MB = 2  # the test server's --max-body-mb: small, so that crossing it costs little
+LIMIT = LIMIT_MB * 2**20
+MESSAGE_MAX = 200  # characters of an error message, at most
+ANSWER_MAX = 400  # bytes of a whole error answer, at most: a request is never echoed
 
 
 def _free_port() -> int:
@@ -72,8 +77,8 @@ def server(champion: tuple) -> Iterator[str]:
     root = champion[0]
     port = _free_port()
     log = (root / "serve.log").open("w")
-    process = subprocess.Popen([CLI, "serve", "--port", str(port)], cwd=root, env=_env(), stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen([CLI, "serve", "--port", str(port), "--max-body-mb", str(LIMIT_MB)], cwd=root,
+                               env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(url, process, root / "serve.log")
@@ -117,8 +122,53 @@ def _post(url: str, body: bytes) -> tuple[int, Any]:
         return error.code, json.loads(error.read())
 
 
+def _request(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """POST body to /invocations with these headers (default: a JSON Content-Type): (status, raw answer)."""
+    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"} if headers is None else headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _short_error(status: int, raw: bytes, expected: int) -> str:
+    """The message of an error answer, after checking it is small JSON and of the expected status."""
+    assert status == expected, (status, raw[:300])
+    assert len(raw) <= ANSWER_MAX, f"{len(raw)}-byte answer: {raw[:300]!r}"
+    message = json.loads(raw)["message"]
+    assert 0 < len(message) <= MESSAGE_MAX, message
+    return message
+
+
+def _serves(url: str, images: np.ndarray) -> None:
+    status, answer = _post(url, _instances(images))
+    assert status == 200, answer
+
+
 def _instances(images: Any) -> bytes:
     return json.dumps({"instances": np.asarray(images).tolist()}).encode()
+
+
+def _raw_answer(url: str, chunks: Iterator[bytes]) -> http.client.HTTPResponse:
+    """Send bytes as they come on one connection, then read the answer (10 s at most)."""
+    host, port = url.rsplit("/", 1)[1].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    for chunk in chunks:
+        sock.sendall(chunk)
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    answer.body = answer.read()  # type: ignore[attr-defined]
+    sock.close()
+    return answer
+
+
+def _pixels_with(value: Any) -> list:
+    """One SIZE x SIZE image of zeros whose first channel value is replaced by value."""
+    image = np.zeros((1, SIZE, SIZE, 3), dtype=int).tolist()
+    image[0][0][0][0] = value
+    return image
 
 
 def test_instances_get_the_keras_models_probabilities(server: str, champion: tuple) -> None:
@@ -139,15 +189,108 @@ BAD_BODIES = {
     "pixels above 255": _instances(np.full((1, SIZE, SIZE, 3), 300.0)),
     "malformed JSON": b'{"instances": [[1, 2',
     "no instances key": json.dumps({"images": [[1, 2, 3]]}).encode(),
+    # Each of these failed before the server guarded its input (issue 10):
+    "pixels above 255, among many": _instances(np.full((4, SIZE, SIZE, 3), 300.0)),  # message dumped the array
+    "NaN": json.dumps({"instances": _pixels_with(float("nan"))}).encode(),
+    "infinity": json.dumps({"instances": _pixels_with(float("inf"))}).encode(),
+    "booleans": json.dumps({"instances": [[[[True, False, True]] * SIZE] * SIZE]}).encode(),  # answered 200
+    "a boolean among numbers": json.dumps({"instances": _pixels_with(True)}).encode(),  # answered 200
+    "numbers as strings": json.dumps({"instances": _pixels_with("7")}).encode(),
+    "ragged": json.dumps({"instances": [[[[1, 2, 3]] * SIZE] * (SIZE - 1) + [[[1, 2]] * SIZE]]}).encode(),
+    "100,000-deep array": b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # answered 500
+    "deeper than images": _instances(np.zeros((1, 1, SIZE, SIZE, 3))),
+    "a list, not an object": _instances(np.zeros((1, SIZE, SIZE, 3)))[len(b'{"instances": '):-1],
+    "not UTF-8": b'{"instances": "\xff\xfe"}',
+    # Under the limit, and echoed whole in the 400 before:
+    "large malformed JSON": b'{"instances": [' + b"[[1, 2, 3]] " * ((LIMIT - 100) // 12) + b"}",
 }
 
 
 @pytest.mark.parametrize("name", list(BAD_BODIES))
-def test_bad_request_is_a_4xx_with_a_message_and_the_server_stays_up(server: str, champion: tuple, name: str) -> None:
-    status, answer = _post(server, BAD_BODIES[name])
-    assert 400 <= status < 500 and answer.get("message"), (status, answer)
-    status, _ = _post(server, _instances(champion[1]))
+def test_bad_request_is_a_400_with_a_short_message_and_the_server_stays_up(server: str, champion: tuple,
+                                                                          name: str) -> None:
+    status, raw = _request(server, BAD_BODIES[name])
+    message = _short_error(status, raw, 400)
+    assert "[[" not in message and "0, 0" not in message, message  # says what is wrong, quotes no data
+    _serves(server, champion[1])
+
+
+def test_the_messages_say_what_is_wrong(server: str) -> None:
+    expected = {"NaN": "NaN", "booleans": "true/false", "a boolean among numbers": "true/false",
+                "100,000-deep array": "deep", "pixels above 255, among many": "300", "ragged": "regular",
+                "large malformed JSON": "JSON", "not UTF-8": "UTF-8", "no instances key": "instances"}
+    for name, words in expected.items():
+        message = json.loads(_request(server, BAD_BODIES[name])[1])["message"]
+        assert words in message, (name, message)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Content-Type": "text/plain"}, {"Content-Type": "text/csv"},
+                                     {"Content-Type": "application/json; charset=latin-1"}],
+                         ids=["missing", "text/plain", "csv", "latin-1"])
+def test_a_body_that_is_not_json_is_415(server: str, champion: tuple, headers: dict[str, str]) -> None:
+    status, raw = _request(server, _instances(champion[1]), headers)  # missing answered 500 before
+    assert "application/json" in _short_error(status, raw, 415)
+    _serves(server, champion[1])
+    # The media type is case-insensitive and may name UTF-8, as JSON always is on the wire.
+    status, _ = _request(server, _instances(champion[1]), {"Content-Type": "Application/JSON; charset=UTF-8"})
     assert status == 200
+
+
+def test_a_body_over_the_limit_is_413_and_not_echoed(server: str, champion: tuple) -> None:
+    body = b'{"instances": [' + b"x" * (50 * 2**20)  # 50 MB of malformed JSON: a 400 echoed it whole before
+    message = _short_error(*_request(server, body), 413)
+    assert f"{LIMIT_MB} MiB" in message and "xxx" not in message, message
+    _serves(server, champion[1])
+
+
+def test_a_body_at_the_limit_is_read(server: str, champion: tuple) -> None:
+    body = _instances(champion[1])
+    status, _ = _request(server, body + b" " * (LIMIT - len(body)))  # JSON allows trailing blanks
+    assert status == 200
+    _short_error(*_request(server, body + b" " * (LIMIT + 1 - len(body))), 413)
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_sent(server: str, champion: tuple) -> None:
+    head = (f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {50 * 2**20}\r\n").encode()
+    answer = _raw_answer(server, iter([head + b"\r\n", b'{"instances": [']))  # waited for all 50 MB before
+    _short_error(answer.status, answer.body, 413)  # type: ignore[attr-defined]
+    # A client that asks first (curl does, for large bodies) is refused without sending a byte of it.
+    answer = _raw_answer(server, iter([head + b"Expect: 100-continue\r\n\r\n"]))
+    _short_error(answer.status, answer.body, 413)  # type: ignore[attr-defined]
+    _serves(server, champion[1])
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(server: str, champion: tuple) -> None:
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    piece = b"[" + b"1, " * 21_000 + b"1]"  # about 64 KB
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        for _ in range(LIMIT // len(piece) + 2):  # past the limit, and no last chunk: it never ends
+            yield b"%x\r\n%s\r\n" % (len(piece), piece)
+
+    answer = _raw_answer(server, chunks())
+    _short_error(answer.status, answer.body, 413)  # type: ignore[attr-defined]
+    _serves(server, champion[1])
+
+
+def test_any_other_error_is_short_json_too(server: str) -> None:
+    for method, path in (("GET", "/invocations"), ("GET", "/nope"), ("POST", "/ping")):
+        request = urllib.request.Request(f"{server}{path}", data=b"{}" if method == "POST" else None, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(request, timeout=30)
+        assert failed.value.code in (404, 405)
+        raw = failed.value.read()
+        assert len(raw) <= ANSWER_MAX and json.loads(raw)["message"], raw
+
+
+def test_the_server_is_still_up_after_every_refusal(server: str, champion: tuple) -> None:
+    with urllib.request.urlopen(f"{server}/ping", timeout=5) as answer:
+        assert answer.status == 200
+    _serves(server, champion[1])
 
 
 def test_no_champion_is_a_one_line_error(tmp_path: Path) -> None:
@@ -163,10 +306,10 @@ def test_no_champion_is_a_one_line_error(tmp_path: Path) -> None:
 def test_taken_port_or_unknown_alias_is_a_one_line_error(server: str, champion: tuple,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:
-    def no_exec(*args: object) -> None:  # a passing check must not turn this test process into a server
+    def no_load(*args: object) -> None:  # a passing check must not turn this test process into a server
         raise AssertionError("serve got past its checks")
 
-    monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.setattr(tracking, "served_model", no_load)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(champion[0])
     port = server.rsplit(":", 1)[1]
@@ -177,3 +320,32 @@ def test_taken_port_or_unknown_alias_is_a_one_line_error(server: str, champion: 
         assert exited.value.code == 1
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_max_body_mb_must_be_a_positive_number(value: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--max-body-mb", value])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-body-mb must be a positive number") and err.count("\n") == 1, err
+
+
+def test_max_body_mb_defaults_to_16() -> None:
+    assert cli.build_parser().parse_args(["serve"]).max_body_mb == 16
+
+
+@pytest.mark.parametrize(("body", "depth", "has_bool"), [
+    (b'{"instances": [[1, 2]]}', 3, False),
+    (b'{"note": "[[[[ true", "instances": [false]}', 2, True),  # strings skipped
+    (b'{"note": "a \\" [[[[ true", "instances": [1]}', 2, False),  # an escaped quote does not end a string
+    (b'{"note": "a \\\\", "instances": [[true]]}', 3, True),  # an escaped backslash does not escape the quote
+    (b'[Infinity, -Infinity, NaN, 1e5, null]', 1, False),  # letters that are not true/false
+    (b"", 0, False),
+    (b"[" * 100_000, 100_000, False),
+])
+def test_the_json_scan_counts_nesting_and_finds_booleans_outside_strings(body: bytes, depth: int,
+                                                                         has_bool: bool) -> None:
+    from op_classifier.serve import scan_json
+
+    assert scan_json(body) == (depth, has_bool)

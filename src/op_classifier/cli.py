@@ -73,7 +73,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from op_classifier import serve
 
-    serve.run(args.model, host=args.host, port=args.port, overrides=args.overrides)
+    serve.run(args.model, host=args.host, port=args.port, max_body_mb=args.max_body_mb, overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,10 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
 
     # serve: the champion model over REST (src/op_classifier/serve.py)
-    srv = sub.add_parser("serve", help="serve the registered champion model over REST (MLflow scoring server)")
+    srv = sub.add_parser("serve", help="serve the registered champion model over REST (TensorFlow Serving's body)")
     srv.add_argument("--model", help="MLflow model URI (default: models:/<tracking.model_name>@champion)")
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8501, help="port (default: 8501, TensorFlow Serving's REST port)")
+    srv.add_argument("--max-body-mb", type=float, default=16, metavar="MIB",
+                     help="refuse request bodies over this many MiB with HTTP 413 "
+                     "(default: 16, about 30 images of 180x180 as JSON)")  # = serve.MAX_BODY_MB
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
     for name in STAGES:

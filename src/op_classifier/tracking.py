@@ -309,18 +309,28 @@ class PixelClassifier(PythonModel):
 
 
 def _checked_pixels(data: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """data as float32 (batch, *shape) raw pixels, or an INVALID_PARAMETER_VALUE error saying what is wrong."""
+    """data as float32 (batch, *shape) raw pixels, or an INVALID_PARAMETER_VALUE error saying what is wrong.
+
+    Every message is short and quotes no data: a server sends it back to its client.
+    """
     from mlflow.exceptions import MlflowException
 
     expected = f"(batch, {', '.join(map(str, shape))}) raw RGB pixel values 0..255"
     try:
-        images = np.asarray(data, dtype="float32")
-    except (TypeError, ValueError):
-        raise MlflowException.invalid_parameter_value(f"instances must be numbers: {expected}") from None
-    if images.ndim != len(shape) + 1 or images.shape[1:] != shape or len(images) == 0:
-        raise MlflowException.invalid_parameter_value(f"instances have shape {images.shape}, expected {expected}")
-    if not np.isfinite(images).all():  # JSON null becomes NaN on the way in
-        raise MlflowException.invalid_parameter_value(f"instances contain null, NaN or infinite values: {expected}")
+        found = np.asarray(data)  # its own dtype first: float32 would take "7", None and True as numbers
+    except (TypeError, ValueError):  # numpy refuses ragged nested lists
+        raise MlflowException.invalid_parameter_value(f"instances must be a regular array: {expected}") from None
+    if found.dtype == bool:
+        raise MlflowException.invalid_parameter_value(f"instances contain true/false, not pixels: {expected}")
+    if found.dtype.kind not in "iuf":  # strings, JSON null (object), ragged lists of lists (object)
+        raise MlflowException.invalid_parameter_value(
+            f"instances must be a regular array of numbers (no strings or null): {expected}")
+    if found.ndim != len(shape) + 1 or found.shape[1:] != shape or len(found) == 0:
+        got = str(found.shape) if found.ndim <= len(shape) + 2 else f"{found.ndim} axes"
+        raise MlflowException.invalid_parameter_value(f"instances have shape {got}, expected {expected}")
+    images = found.astype("float32", copy=False)
+    if not np.isfinite(images).all():  # JSON NaN and Infinity (Python's json reads them); huge numbers overflow
+        raise MlflowException.invalid_parameter_value(f"instances contain NaN or infinite values: {expected}")
     low, high = float(images.min()), float(images.max())
     if low < 0 or high > 255:
         raise MlflowException.invalid_parameter_value(f"instances range {low:g}..{high:g}, expected {expected}")
@@ -479,3 +489,53 @@ def _is_number(value: Any) -> bool:
         return np.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+class ServedModel:
+    """A logged pyfunc image model as `op-classifier serve` calls it: the pixels checked first."""
+
+    def __init__(self, model: Any, shape: tuple[int, ...]) -> None:
+        self.model = model
+        self.shape = shape  # of one image, (S, S, 3)
+
+    def predict(self, instances: Any) -> np.ndarray:
+        """(batch, classes) probabilities of (batch, *shape) raw 0..255 pixels, nested lists or an array.
+
+        A bad input raises DataError with _checked_pixels' short message.
+        """
+        from mlflow.exceptions import MlflowException
+
+        from op_classifier.errors import DataError
+
+        try:
+            images = _checked_pixels(instances, self.shape)
+        except MlflowException as error:
+            raise DataError(error.message) from None
+        return np.asarray(self.model.predict(images))
+
+
+def served_model(model_uri: str, store: str) -> ServedModel:
+    """The pyfunc model that model_uri (models:/, runs:/, a path) names in store, loaded to serve."""
+    import tempfile
+
+    # As in Tracker._connect: fail in seconds against a dead server, no telemetry (no internet here);
+    # and no download progress bar in the server's log.
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+        os.environ.setdefault(key, value)
+    import mlflow
+
+    try:
+        # Downloaded with the store named, not the process-wide one. The Keras model is in memory once
+        # loaded, so the files go.
+        with tempfile.TemporaryDirectory(prefix="op-classifier-serve-") as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=store,
+                                                        registry_uri=store)
+            model = mlflow.pyfunc.load_model(local)
+    except Exception as error:  # MLflow raises many types for a missing or broken model
+        raise TrackingError(f"cannot load {model_uri} from {store}: {_first_line(error)}") from None
+    schema = model.metadata.get_input_schema()
+    spec = schema.inputs[0] if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1 else None
+    if spec is None or len(spec.shape) != 4 or any(size <= 0 for size in spec.shape[1:]):
+        raise TrackingError(f"{model_uri} does not take one (batch, S, S, 3) image tensor: not a model to serve")
+    return ServedModel(model, tuple(int(size) for size in spec.shape[1:]))
