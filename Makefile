@@ -34,8 +34,9 @@ run: $(STAMP)
 sample: $(STAMP)
 	$(BIN)/op-classifier sample --out data/raw
 
+# Prints the link to the runs table with the columns that matter, then runs MLflow's UI.
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port $(or $(PORT),5000)
+	$(BIN)/op-classifier ui --port $(or $(PORT),5000)
 
 # The registered champion over REST (op-classifier serve); TensorFlow Serving's {"instances": ...} body.
 serve: $(STAMP)

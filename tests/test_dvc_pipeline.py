@@ -50,3 +50,37 @@ def test_repro_nothing_to_do_and_an_override_rerunning_only_train(repo_copy: Pat
 
     table = json.loads(run_in(repo_copy, "dvc", "exp", "show", "--json").stdout)
     assert '"epochs": 3' in json.dumps(table) and "test_accuracy" in json.dumps(table)
+
+
+def _experiment_rows(table: list) -> list[dict]:
+    """The experiment rows of `dvc exp show --json` (not the workspace, not the baseline commit)."""
+    return [exp for row in table for run in (row.get("experiments") or []) for exp in run.get("revs", [])]
+
+
+def test_every_experiment_shows_its_own_metrics_and_plots(repo_copy: Path) -> None:
+    run_in(repo_copy, "op-classifier", "sample", "--out", "data/raw", "--per-class", "8", "--scenes", "4")
+    run_in(repo_copy, "op-classifier", "compose", "experiment=tiny")
+    run_in(repo_copy, "dvc", "repro")
+    run_in(repo_copy, "git", "add", "-A")
+    run_in(repo_copy, "git", "commit", "-qm", "baseline")
+    for rate in ("3e-4", "3e-3"):
+        run_in(repo_copy, "dvc", "exp", "run", "-S", "experiment=tiny", "-S", f"train.learning_rate={rate}")
+
+    rows = _experiment_rows(json.loads(run_in(repo_copy, "dvc", "exp", "show", "--json").stdout))
+    assert len(rows) == 2
+    for row in rows:
+        data = row["data"]
+        metrics = data["metrics"]["experiments/metrics.json"]["data"]
+        assert 0.0 <= metrics["val_accuracy"] <= 1.0 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    rates = {row["data"]["params"]["params.yaml"]["data"]["train"]["learning_rate"] for row in rows}
+    assert rates == {3e-4, 3e-3}
+
+    names = [row["name"] for row in rows]
+    shown = run_in(repo_copy, "dvc", "plots", "diff", *names, "--json").stdout
+    (repo_copy.parent / "plots.json").write_text(shown)
+    plots = json.loads(shown)["data"]
+    for suffix in ("history.csv", "confusion.csv"):
+        (key,) = [k for k in plots if k.endswith(suffix)]
+        revisions = {rev for item in plots[key] for rev in item["revisions"]}
+        assert set(names) <= revisions, (key, revisions)  # each experiment's own plot data
+        assert "errors" not in json.loads(shown) or not json.loads(shown)["errors"]

@@ -91,8 +91,18 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     assert training.data.params["train.epochs"] == "2" and "tuned.units" in training.data.params
     assert training.data.tags["tuning_run_id"] == parent.info.run_id and training.data.tags["data_hash"]
     assert {"val_accuracy", "test_accuracy", "epoch_loss", "epoch_val_loss"} <= set(training.data.metrics)
-    artifacts = {a.path for a in _client(project).list_artifacts(training.info.run_id, "model")}
-    assert "model/MLmodel" in artifacts and "model/input_example.json" in artifacts
+    (output,) = training.outputs.model_outputs  # the runs table's Models column
+    logged = _client(project).get_logged_model(output.model_id)
+    assert logged.source_run_id == training.info.run_id and logged.name == "model"
+    (dataset,) = training.inputs.dataset_inputs  # the runs table's Dataset column
+    assert dataset.dataset.digest == training.data.tags["data_hash"] and dataset.dataset.name == "raw"
+    assert {t.key: t.value for t in dataset.tags}["train_images"] == "23"
+    figures = {a.path for a in _client(project).list_artifacts(training.info.run_id, "figures")}
+    assert figures == {f"figures/{name}.png" for name in
+                       ("learning_curves", "confusion_matrix", "per_class_scores", "worst_val_images")}
+    assert training.info.run_name.startswith("train data.image_size=32")  # what differs from conf/
+    experiment = _client(project).get_experiment(training.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens on runs
     version = _client(project).get_model_version("op-classifier", "1")
     assert version.run_id == training.info.run_id
 

@@ -76,6 +76,24 @@ def _serve(args: argparse.Namespace) -> None:
     serve.run(args.model, host=args.host, port=args.port, max_body_mb=args.max_body_mb, overrides=args.overrides)
 
 
+def _ui(args: argparse.Namespace) -> None:
+    import os
+
+    from op_classifier import tracking
+
+    cfg = config.validate(config.compose(tuple(args.overrides)))
+    store = tracking.tracking_uri(cfg.tracking)
+    print(f"runs of {store}, compared: {tracking.runs_table_link(cfg.tracking, f'http://{args.host}:{args.port}')}",
+          flush=True)
+    argv = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store,
+            "--host", args.host, "--port", str(args.port)]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    try:
+        os.execve(argv[0], argv, env)  # the UI is MLflow's own server: nothing of ours stays in between
+    except OSError as error:
+        raise OpClassifierError(f"cannot start {argv[0]}: {error.strerror or error}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="op-classifier", description=__doc__)
@@ -101,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
 
     # serve: the champion model over REST (src/op_classifier/serve.py)
+    ui = sub.add_parser("ui", help="the MLflow UI over this project's store; prints the link to the runs table")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    ui.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
+
     srv = sub.add_parser("serve", help="serve the registered champion model over REST (TensorFlow Serving's body)")
     srv.add_argument("--model", help="MLflow model URI (default: models:/<tracking.model_name>@champion)")
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
@@ -125,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _sample(args))
     elif args.command == "serve":
         code = guarded(lambda: _serve(args))
+    elif args.command == "ui":
+        code = guarded(lambda: _ui(args))
     elif args.command == "predict":
         code = guarded(lambda: _predict(args))
     else:

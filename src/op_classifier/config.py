@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -455,3 +456,28 @@ def load_params(path: Path = Path(PARAMS_FILE)) -> Config:
 def as_dict(cfg: Config) -> dict[str, Any]:
     """The config as nested plain dicts (for logging and hashing)."""
     return dataclasses.asdict(cfg)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for name, item in tree.items() for k, v in _flat(item, f"{prefix}{name}.").items()}
+    return {prefix[:-1]: tree}
+
+
+RUN_NAME_MAX = 240  # MLflow stores run names up to 250 characters
+
+
+def run_name(stage: str, cfg: Config) -> str:
+    """What a run was: the DVC experiment's name, else the settings that differ from conf/'s defaults."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        return f"{stage} {experiment}"
+    try:
+        defaults = _flat(as_dict(validate(compose())))
+    except ConfigError:  # no conf/ here (params.yaml alone): the stage's name says enough
+        return stage
+    ours = _flat(as_dict(cfg))
+    changed = [f"{key}={ours[key]}" for key in ours
+               if not key.startswith(("paths.", "tracking.")) and ours[key] != defaults.get(key)]
+    name = f"{stage} {' '.join(changed) or 'defaults'}"
+    return name if len(name) <= RUN_NAME_MAX else name[: RUN_NAME_MAX - 1] + "…"

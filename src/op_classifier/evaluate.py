@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,9 @@ def write_confusion(path: Path, labels: np.ndarray, probs: np.ndarray, classes: 
             writer.writerow([classes[truth], classes[guess]])
 
 
-def evaluate(model: keras.Model, prepared: Path, classes: list[str]) -> tuple[dict[str, Any], Split, np.ndarray]:
-    """All metrics on val and test; also the test split and its predictions."""
+def evaluate(model: keras.Model, prepared: Path, classes: list[str]) -> tuple[dict[str, Any], dict[str, Split],
+                                                                            dict[str, np.ndarray]]:
+    """All metrics on val and test; also both splits and their predictions."""
     val, test = load_split(prepared, "val"), load_split(prepared, "test")
     val_probs, test_probs = predict(model, val), predict(model, test)
     both = np.concatenate([val.labels, test.labels]), np.concatenate([val_probs, test_probs])
@@ -81,7 +83,22 @@ def evaluate(model: keras.Model, prepared: Path, classes: list[str]) -> tuple[di
         "test_per_class": per_class(test.labels, test_probs, classes),
         "scenes": scenes(*both, classes),
     }
-    return metrics, test, test_probs
+    return metrics, {"val": val, "test": test}, {"val": val_probs, "test": test_probs}
+
+
+def draw_figures(folder: Path, metrics: dict[str, Any], splits: dict[str, Split], probs: dict[str, np.ndarray],
+                 classes: list[str], history: Path) -> list[Path]:
+    """The PNGs attached to the run: learning curves, confusion matrix, per-class scores, worst images."""
+    from op_classifier import figures
+
+    test, val = splits["test"], splits["val"]
+    drawn = [
+        figures.learning_curves(history, folder / "learning_curves.png"),
+        figures.confusion_matrix(test.labels, probs["test"], classes, folder / "confusion_matrix.png"),
+        figures.per_class_scores(metrics["test_per_class"], folder / "per_class_scores.png"),
+        figures.worst_classified(val.images, val.labels, probs["val"], classes, folder / "worst_val_images.png"),
+    ]
+    return [path for path in drawn if path is not None]
 
 
 def run(cfg: Config) -> dict:
@@ -93,7 +110,8 @@ def run(cfg: Config) -> dict:
     record = json.loads((model_dir / RUN_FILE).read_text(encoding="utf-8"))
     classes = load_manifest(prepared)["classes"]
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)
-    metrics, test, test_probs = evaluate(model, prepared, classes)
+    metrics, splits, probs = evaluate(model, prepared, classes)
+    test, test_probs = splits["test"], probs["test"]
     metrics_path = Path(cfg.paths.metrics)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -106,6 +124,9 @@ def run(cfg: Config) -> dict:
         tracker.log_metrics(flat)
         for path in (metrics_path, Path(cfg.paths.confusion)):
             tracker.log_artifact(path, "evaluation")
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in draw_figures(Path(tmp), metrics, splits, probs, classes, Path(cfg.paths.history)):
+                tracker.log_artifact(path, "figures")
         if record.get("model_uri"):
             registry = tracker.register(record["model_uri"], score, cfg.tracking.champion_target,
                                         cfg.tracking.champion_metric, data_hash=data_hash(prepared))

@@ -18,6 +18,17 @@ from op_classifier.config import TrackingConfig
 from op_classifier.errors import OpClassifierError
 
 CHAMPION = "champion"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# The MLflow UI reads a runs-table view (sort, columns) from this experiment tag when a link names
+# its key (?viewStateShareKey=...): the link `make ui` prints opens on the columns that matter.
+SHARED_VIEW_PREFIX, SHARED_VIEW_KEY = "mlflow.sharedViewState.", "op-classifier"
+SHARED_VIEW = json.dumps({
+    "orderByKey": "metrics.`val_accuracy`", "orderByAsc": False, "searchFilter": "",
+    "selectedColumns": [f"{kind}.`{name}`" for kind, name in (
+        ("metrics", "val_accuracy"), ("metrics", "test_accuracy"), ("params", "model.name"),
+        ("params", "learning_rate_used"), ("params", "tuned.units"), ("params", "model.units"),
+        ("params", "tuned.learning_rate"))],
+})
 DATA_HASH_TAG = "data_hash"  # on model versions: the prepared data their score was measured on
 # The user's setting, read once: mlflow.set_tracking_uri() writes this variable too, and must not
 # make one run's store the next run's in the same process.
@@ -130,6 +141,12 @@ class Tracker:
                 self.experiment_id = client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
             else:
                 self.experiment_id = found.experiment_id
+            tags = {} if found is None else found.tags
+            # Without the kind MLflow 3's UI opens the experiment on its GenAI overview (traces, tokens);
+            # the shared view is the runs table with the columns that matter (runs_table_link).
+            for key, value in (EXPERIMENT_KIND, (f"{SHARED_VIEW_PREFIX}{SHARED_VIEW_KEY}", SHARED_VIEW)):
+                if tags.get(key) != value:
+                    client.set_experiment_tag(self.experiment_id, key, value)
         except Exception as error:  # MLflow raises many types for a store it cannot reach
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TrackingError(
@@ -141,7 +158,7 @@ class Tracker:
     @contextlib.contextmanager
     def run(self, name: str, resume_file: Path | None = None, nested: bool = False,
             tags: Mapping[str, Any] | None = None, run_id: str | None = None,
-            params: Mapping[str, Any] | None = None) -> Iterator[str | None]:
+            params: Mapping[str, Any] | None = None, system_metrics: bool = False) -> Iterator[str | None]:
         """Start a run (logging params), or continue run_id, or resume_file's unfinished run; yield its id.
 
         The unfinished run is continued only when its params match `params`; otherwise it is closed as
@@ -160,8 +177,10 @@ class Tracker:
             _store_call(lambda: mlflow.MlflowClient().set_terminated(resumed, status="KILLED"))
             resumed = None
         run_id = run_id or resumed
+        if system_metrics:  # CPU, memory, disk (and GPU with pynvml) every 5 s, beside the curves
+            mlflow.set_system_metrics_sampling_interval(5)
         active = _store_call(lambda: mlflow.start_run(run_id=run_id, run_name=None if run_id else name,
-                                                      nested=nested))
+                                                      nested=nested, log_system_metrics=system_metrics or None))
         try:
             if resumed:
                 _close_orphans(resumed)
@@ -229,18 +248,26 @@ class Tracker:
         from mlflow.models import infer_signature
 
         signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-        # Saved into a folder we made, then logged: mlflow's log_model fails when given an input
-        # example (mlflow issue #16183: it writes the example before creating the folder).
         with tempfile.TemporaryDirectory() as tmp:
             keras_file = Path(tmp) / "model.keras"
             model.save(keras_file)
-            saved = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(str(saved), python_model=PixelClassifier(),
-                                     artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
-                                     signature=signature, input_example=example,
-                                     pip_requirements=_pip_requirements())
-            _store_call(lambda: mlflow.log_artifacts(str(saved), artifact_path="model"))
+            # A LoggedModel (MLflow 3): linked to the run, listed in the runs table's Models column.
+            _store_call(lambda: mlflow.pyfunc.log_model(
+                name="model", python_model=PixelClassifier(), artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
+                signature=signature, input_example=example, pip_requirements=_pip_requirements()))
         return f"runs:/{mlflow.active_run().info.run_id}/model"
+
+    def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int]) -> None:
+        """Record the prepared data as the run's input (the runs table's Dataset column)."""
+        if not self.enabled:
+            return
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        dataset = MetaDataset(resolve_dataset_source(str(source.resolve())), name=name, digest=digest)
+        tags = {f"{split}_images": str(count) for split, count in sizes.items()}
+        _store_call(lambda: mlflow.log_input(dataset, context="training", tags=tags))
 
     def register(self, model_uri: str, score: float, target: float, metric: str,
                  data_hash: str | None = None) -> dict[str, Any]:
@@ -369,6 +396,20 @@ def alias_version(store_uri: str, name: str, alias: str) -> str | None:
         raise TrackingError(f"MLflow store {store_uri} cannot be read ({_first_line(error)})") from None
     except Exception as error:  # MLflow raises many types for a store it cannot reach
         raise TrackingError(f"MLflow store {store_uri} is unreachable ({_first_line(error)})") from None
+
+
+def runs_table_link(cfg: TrackingConfig, base_url: str) -> str:
+    """The MLflow UI page comparing this project's runs (val/test accuracy, model, learning rate, units)."""
+    store = tracking_uri(cfg)
+    experiment = None
+    if not store.startswith("sqlite:///") or Path(store[len("sqlite:///"):]).is_file():
+        import mlflow
+
+        with contextlib.suppress(Exception):  # no store or no run yet: the UI's home page still helps
+            experiment = mlflow.MlflowClient(store).get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        return f"{base_url}/#/experiments"
+    return f"{base_url}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
 
 
 def _first_line(error: Exception) -> str:

@@ -15,7 +15,7 @@ from typing import Any, ContextManager
 import keras
 import numpy as np
 
-from op_classifier import hparams, state
+from op_classifier import config, hparams, state
 from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
@@ -215,7 +215,10 @@ def run(cfg: Config) -> dict:
             "data_hash": made_by["data"], "tuning_run_id": best.get("tuning_run_id")}
     params = {**flatten(as_dict(cfg)), **described, "state_fingerprint": made_by["id"]}
     resume = Path(cfg.paths.checkpoints) / RUN_ID_FILE
-    with tracker.run("train", resume_file=resume, tags=tags, params=params) as run_id:
+    with tracker.run(config.run_name("train", cfg), resume_file=resume, tags=tags, params=params,
+                     system_metrics=True) as run_id:
+        manifest = load_manifest(prepared)
+        tracker.log_dataset(Path(cfg.paths.raw).name, made_by["data"], prepared, manifest["counts"])
         summary = fit(cfg, model, tracker)
         written = export(model, Path(cfg.paths.model))
         example = _example(load_split(prepared, "val"))

@@ -13,7 +13,7 @@ import numpy as np
 
 from op_classifier import hparams, state
 from op_classifier.cli import stage_main
-from op_classifier.config import Config, ConfigError, TunerConfig, as_dict
+from op_classifier.config import Config, ConfigError, TunerConfig, as_dict, run_name
 from op_classifier.data import data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
@@ -160,7 +160,7 @@ def run(cfg: Config) -> dict:
     made_by = claim_search(cfg)
     params = {**flatten(state.select(as_dict(cfg), PARAMS)), "state_fingerprint": made_by}
     tags = {"stage": "tune", "tuner": cfg.tuner.kind, "data_hash": data_hash(Path(cfg.paths.prepared))}
-    with tracker.run("tune", resume_file=folder / RUN_ID_FILE, tags=tags, params=params) as run_id:
+    with tracker.run(run_name("tune", cfg), resume_file=folder / RUN_ID_FILE, tags=tags, params=params) as run_id:
         tuner = search(cfg, tracker, classes)
         rows = leaderboard(tuner)
         _require_a_result(tuner, rows)

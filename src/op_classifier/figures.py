@@ -1,0 +1,109 @@
+"""Pictures of a trained model's behaviour, as PNG files a person looks at (attached to its MLflow run).
+
+Pure matplotlib on arrays and CSVs the stages already wrote: no tracking, no model, no config.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(history_csv: Path, out: Path) -> Path | None:
+    """Loss and accuracy per epoch, training beside validation; None without a history."""
+    if not history_csv.is_file():
+        return None
+    with history_csv.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return None
+    plt = _pyplot()
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for name, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if name in rows[0]:
+                ax.plot(epochs, [float(row[name]) for row in rows], style, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(fig, plt, out)
+
+
+def confusion_matrix(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out: Path,
+                     title: str = "test") -> Path:
+    """Counts of actual (rows) against top-1 predicted (columns) on single-label images."""
+    plt = _pyplot()
+    single = labels.sum(axis=1) == 1
+    counts = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(counts, (labels[single].argmax(1), probs[single].argmax(1)), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax.imshow(counts, cmap="Blues")
+    for (row, col), value in np.ndenumerate(counts):
+        ax.text(col, row, str(value), ha="center", va="center",
+                color="white" if value > counts.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"confusion matrix ({title}, {int(single.sum())} images)")
+    return _save(fig, plt, out)
+
+
+def per_class_scores(scores: dict[str, dict[str, float]], out: Path) -> Path:
+    """Precision, recall and F1 of each class as grouped bars."""
+    plt = _pyplot()
+    names = list(scores)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names) + 2), 4))
+    for i, metric in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (i - 1) * 0.27, [scores[n][metric] for n in names], 0.27, label=metric)
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("per-class scores (test)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, plt, out)
+
+
+def worst_classified(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                     out: Path, count: int = 16) -> Path | None:
+    """The single-label images whose true class got the lowest probability, with what the model said."""
+    rows = np.flatnonzero(labels.sum(axis=1) == 1)
+    if len(rows) == 0:
+        return None
+    truth = labels[rows].argmax(1)
+    worst = rows[np.argsort(probs[rows, truth])[:count]]
+    plt = _pyplot()
+    side = int(np.ceil(np.sqrt(len(worst))))
+    fig, axes = plt.subplots(side, side, figsize=(2.4 * side, 2.6 * side), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, worst):
+        actual, said = int(labels[row].argmax()), int(probs[row].argmax())
+        ax.imshow(np.asarray(images[row]))
+        ax.set_title(f"{classes[actual]} → {classes[said]}\np({classes[actual]})={probs[row, actual]:.2f}",
+                     fontsize=8, color="black" if actual == said else "firebrick")
+    fig.suptitle("worst-classified validation images (actual → predicted)")
+    return _save(fig, plt, out)
+
+
+def _save(fig: Any, plt: Any, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
