@@ -19,10 +19,14 @@ through a filter that drops those known start-up lines and forwards every other 
 Outside that window nothing is filtered: errors and warnings of ours, Keras's and TensorFlow's
 own errors all stay.
 
+Also off: MLflow's INFO lines (MLFLOW_LOGGING_LEVEL=WARNING; its warnings stay) and, when stderr
+is no terminal, MLflow's artifact download bar (our bars, like prepare's, draw only on a terminal).
+
 `configure()` runs when the package is imported (op_classifier/__init__.py): the DVC stages
 (`python -m op_classifier.train`) import TensorFlow at the top of their modules, before any
-main() could run. It only sets defaults (a variable the user set wins) and arms the filter for
-the first `import tensorflow`; `op-classifier --verbose` undoes both before TensorFlow is loaded.
+main() could run. It only sets defaults (a variable the user set wins; the ones it set are named
+in OP_CLASSIFIER_QUIET_SET for child processes) and arms the filter for the first
+`import tensorflow`; `op-classifier --verbose` undoes both before TensorFlow is loaded.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ QUIET_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ logs: errors only
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO lines ("Creating initial MLflow database tables...")
 }
+# Into a log, MLflow's download bar is a wall of lines; ours and prepare's draw only on a terminal.
+NOT_A_TERMINAL_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # Lines TensorFlow and its CUDA stubs print while loading and probing devices (with or without a GPU).
 STARTUP_NOISE = re.compile(
     "|".join((
@@ -55,8 +61,9 @@ STARTUP_NOISE = re.compile(
         r"TF-TRT Warning: Could not find TensorRT",
     ))
 )
+# The names of QUIET_ENV that configure() set, for child processes: their --verbose takes them away too.
+SET_MARK = "OP_CLASSIFIER_QUIET_SET"
 _TRUE = {"1", "true", "yes", "on"}
-_set_by_us: dict[str, str] = {}
 
 
 def verbose_requested() -> bool:
@@ -68,19 +75,32 @@ def configure(verbose: bool | None = None) -> None:
     """Quiet (the default) or verbose start-up; None: as OP_CLASSIFIER_VERBOSE says. Before TensorFlow loads."""
     if verbose is None:
         verbose = verbose_requested()
+    ours = {name for name in os.environ.get(SET_MARK, "").split(",") if name}
     if verbose:
         os.environ[VERBOSE_ENV] = "1"  # child processes (a DVC stage started from here) show it too
-        for name, value in list(_set_by_us.items()):
-            if os.environ.get(name) == value:
+        defaults = {**QUIET_ENV, **NOT_A_TERMINAL_ENV}
+        for name in ours:
+            if name in defaults and os.environ.get(name) == defaults[name]:
                 del os.environ[name]
-            del _set_by_us[name]
+        os.environ.pop(SET_MARK, None)
         _disarm()
         return
-    for name, value in QUIET_ENV.items():
+    defaults = dict(QUIET_ENV) if _stderr_is_terminal() else {**QUIET_ENV, **NOT_A_TERMINAL_ENV}
+    for name, value in defaults.items():
         if name not in os.environ:
-            os.environ[name] = _set_by_us[name] = value
+            os.environ[name] = value
+            ours.add(name)
+    if ours:
+        os.environ[SET_MARK] = ",".join(sorted(ours))
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlow())
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def is_noise(line: str) -> bool:
