@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -70,18 +71,24 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """good/ holds only images; mixed/ holds the same images, four bad files and a hidden one."""
+    """good/ holds only images; mixed/ the same images, four bad files and a hidden one; annotated/ the
+    images, one named in capitals, beside files that are no images by name (labels.csv, notes.txt)."""
     root = tmp_path_factory.mktemp("images")
     write_good(root / "good")
     write_good(root / "mixed")
     write_bad(root / "mixed")
     (root / "mixed" / ".hidden.jpg").write_bytes(b"not seen")
+    write_good(root / "annotated")
+    (root / "annotated" / "photo.jpg").rename(root / "annotated" / "PHOTO.JPG")
+    (root / "annotated" / "labels.csv").write_text("path,labels\nPHOTO.JPG,Luffy\n", encoding="utf-8")
+    (root / "annotated" / "notes.txt").write_text("just some notes\n", encoding="utf-8")
     return root
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`op-classifier predict ARGS` as a user runs it."""
-    return subprocess.run([CLI, "predict", *args], capture_output=True, text=True)
+    """`op-classifier predict ARGS` as a user runs it (no verbosity or TensorFlow log level of the caller's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OP_CLASSIFIER_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    return subprocess.run([CLI, "predict", *args], capture_output=True, text=True, env=env)
 
 
 def main_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -106,8 +113,8 @@ def test_bad_files_get_their_own_error_lines_and_exit_1(model_dir: Path, images:
     score = r"\d+\.\d%"
     good = re.compile(rf"^.+: Luffy {score} \| Nami {score} \| Sanji {score} \| Zoro {score}  -> .+$")
     assert sum(bool(good.match(line)) for line in lines) == len(GOOD)
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "error: 5 of 8 inputs could not be predicted (see their lines)"
+    # Nothing but our own line: TensorFlow's start-up lines (absl, cudart_stub, cuInit, ...) are off by default.
+    assert done.stderr.strip().splitlines() == ["error: 5 of 8 inputs could not be predicted (see their lines)"]
 
 
 def test_all_good_with_a_glob_exits_0(model_dir: Path, images: Path, capsys: pytest.CaptureFixture) -> None:
@@ -117,6 +124,58 @@ def test_all_good_with_a_glob_exits_0(model_dir: Path, images: Path, capsys: pyt
     paths = [line.split(": ", 1)[0] for line in out.splitlines()]
     assert paths == [str(images / "good" / n) for n in ("gray.png", "tom&jerry.png")] + [
         str(images / "good" / "photo.jpg"), str(images / "mixed" / "photo.jpg")]
+
+
+def test_a_folder_or_pattern_skips_files_not_named_as_images(model_dir: Path, images: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    folder = images / "annotated"
+    code, out, err = main_in_process(capsys, str(folder), str(folder / "*"), "--model", str(model_dir))
+    assert code == 0, err
+    assert [line.split(": ", 1)[0] for line in out.splitlines()] == [
+        str(folder / name) for name in ("PHOTO.JPG", "gray.png", "tom&jerry.png")]
+    assert "error" not in out + err
+    assert err.strip().splitlines() == [
+        f"note: skipped 2 non-image files by name ({folder / 'labels.csv'}, {folder / 'notes.txt'})"]
+
+
+def test_a_file_named_on_its_own_is_tried_whatever_its_name(model_dir: Path, images: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    folder = images / "annotated"
+    code, out, err = main_in_process(capsys, str(folder), str(folder / "notes.txt"), "--model", str(model_dir))
+    assert code == 1
+    assert out.splitlines()[-1] == f"{folder / 'notes.txt'}: error: not an image (a text file)"
+    assert err.strip().splitlines() == [
+        f"note: skipped 1 non-image file by name ({folder / 'labels.csv'})",
+        "error: 1 of 4 inputs could not be predicted (see their lines)"]
+
+
+def test_a_folder_or_pattern_with_no_image_names_is_an_error_line(model_dir: Path, images: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    pattern = str(images / "annotated" / "*.csv")
+    code, out, _ = main_in_process(capsys, pattern, str(images / "good"), "--model", str(model_dir))
+    assert code == 1
+    assert f"{pattern}: error: no image file matches this pattern (1 skipped: not named as image)" in out.splitlines()
+
+
+def test_image_suffixes_cover_every_format_predict_decodes() -> None:
+    from PIL import Image
+
+    from op_classifier import images as image_module
+    from op_classifier.predict import IMAGE_SUFFIXES
+
+    Image.init()
+    decoded = set(image_module._formats())
+    assert {ext for ext, fmt in Image.registered_extensions().items() if fmt in decoded} <= IMAGE_SUFFIXES
+    assert {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"} <= IMAGE_SUFFIXES
+
+
+def test_verbose_shows_tensorflows_start_up_lines(model_dir: Path, images: Path) -> None:
+    """The quiet default is checked by every other run_cli test; --verbose brings the lines back."""
+    done = run_cli(str(images / "good" / "photo.jpg"), "--model", str(model_dir), "--verbose")
+    assert done.returncode == 0, done.stderr
+    # Measured without a GPU: absl's pre-init warning, cudart_stub, cpu_feature_guard, cuInit; a GPU
+    # machine prints other lines, but absl's warning comes before the first of them in every case.
+    assert "WARNING: All log messages before absl::InitializeLog() is called" in done.stderr, done.stderr
 
 
 def test_json_schema_and_threshold(model_dir: Path, images: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from op_classifier import config
+from op_classifier import config, quiet
 from op_classifier.errors import OpClassifierError
 
 # Stage name -> module with `run(cfg) -> dict`; imported only when asked for (TensorFlow is slow).
@@ -19,6 +19,10 @@ STAGES = {
     "train": "op_classifier.train",
     "evaluate": "op_classifier.evaluate",
 }
+
+
+VERBOSE_HELP = (f"show TensorFlow's start-up log lines, hidden by default "
+                f"(DVC stages: set {quiet.VERBOSE_ENV}=1)")
 
 
 def guarded(action: Callable[[], object]) -> int:
@@ -97,19 +101,23 @@ def _ui(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="op-classifier", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    # Also after the command (`op-classifier predict x.jpg --verbose`); SUPPRESS keeps a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    compose = sub.add_parser("compose", help="compose conf/ (+ overrides) into params.yaml")
+    compose = sub.add_parser("compose", parents=[common], help="compose conf/ (+ overrides) into params.yaml")
     compose.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.val_fraction=0.25")
 
-    smp = sub.add_parser("sample", help="render the built-in synthetic Straw Hat image set")
+    smp = sub.add_parser("sample", parents=[common], help="render the built-in synthetic Straw Hat image set")
     smp.add_argument("--out", default="data/raw", help="output folder (default: data/raw)")
     smp.add_argument("--per-class", type=int, help="single-character images per class (default: the built-in size)")
     smp.add_argument("--scenes", type=int, help="multi-character scenes (default: per-class / 2)")
     smp.add_argument("--seed", type=int, help="random seed (default: the one data.dvc was made with)")
 
     # predict: class probabilities of image files (src/op_classifier/predict.py)
-    pred = sub.add_parser("predict", help="class probabilities of images: files, folders, quoted globs")
+    pred = sub.add_parser("predict", parents=[common], help="class probabilities of images: files, folders, quoted globs")
     pred.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     pred.add_argument("--model", help="model folder, or an MLflow URI such as models:/op-classifier@champion "
                       "(default: paths.model of params.yaml, experiments/model)")
@@ -119,12 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
 
     # serve: the champion model over REST (src/op_classifier/serve.py)
-    ui = sub.add_parser("ui", help="the MLflow UI over this project's store; prints the link to the runs table")
+    ui = sub.add_parser("ui", parents=[common],
+                        help="the MLflow UI over this project's store; prints the link to the runs table")
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     ui.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
-    srv = sub.add_parser("serve", help="serve the registered champion model over REST (TensorFlow Serving's body)")
+    srv = sub.add_parser("serve", parents=[common], help="serve the registered champion model over REST (TensorFlow Serving's body)")
     srv.add_argument("--model", help="MLflow model URI (default: models:/<tracking.model_name>@champion)")
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8501, help="port (default: 8501, TensorFlow Serving's REST port)")
@@ -134,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
     for name in STAGES:
-        stage = sub.add_parser(name, help=f"run the {name} stage with conf/ + overrides (outside DVC)")
+        stage = sub.add_parser(name, parents=[common], help=f"run the {name} stage with conf/ + overrides (outside DVC)")
         stage.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
     return parser
 
@@ -142,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command line and run the command."""
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        quiet.configure(verbose=True)  # before any command loads TensorFlow
     if args.command == "compose":
         code = guarded(lambda: _compose(args.overrides))
     elif args.command == "sample":

@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from op_classifier import progress
 from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
@@ -21,9 +22,12 @@ from op_classifier.tracking import Tracker, flatten
 THRESHOLD = 0.5
 
 
-def predict(model: keras.Model, split: Split, batch_size: int = 64) -> np.ndarray:
-    """Per-class probabilities for every image of a split."""
-    return np.asarray(model.predict(np.asarray(split.images), batch_size=batch_size, verbose=0))
+def predict(model: keras.Model, split: Split, batch_size: int = 64, desc: str = "evaluate") -> np.ndarray:
+    """Per-class probabilities for every image of a split (a bar on a terminal)."""
+    images = np.asarray(split.images)
+    with progress.bar(len(images), desc) as bar:
+        callback = progress.keras_callback(bar, batch_size)
+        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0, callbacks=[callback]))
 
 
 def top1(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -75,7 +79,7 @@ def evaluate(model: keras.Model, prepared: Path, classes: list[str]) -> tuple[di
                                                                             dict[str, np.ndarray]]:
     """All metrics on val and test; also both splits and their predictions."""
     val, test = load_split(prepared, "val"), load_split(prepared, "test")
-    val_probs, test_probs = predict(model, val), predict(model, test)
+    val_probs, test_probs = predict(model, val, desc="evaluate val"), predict(model, test, desc="evaluate test")
     both = np.concatenate([val.labels, test.labels]), np.concatenate([val_probs, test_probs])
     metrics = {
         "val_accuracy": top1(val.labels, val_probs),

@@ -3,10 +3,13 @@
     op-classifier predict PATH... [--model DIR|URI] [--threshold 0.5] [--json] [--report FILE] [--batch-size 64]
 
 PATH: image files, folders (recursive, sorted, hidden files skipped) and glob patterns (expanded
-here, so quoted globs work, `**` included). Every file is decoded by its content with the same
-code as the prepare stage (`images.load_image`), so any format, EXIF orientation and mode works
-and decompression bombs are refused. A file that cannot be predicted is reported on its own and the
-others go on; the exit code is then 1.
+here, so quoted globs work, `**` included). A folder or a pattern brings only the files named as
+images (IMAGE_SUFFIXES: .jpg, .jpeg, .png, .gif, .webp, .bmp, .tif, .tiff, ... in any case); the
+others (labels.csv, notes.txt) are skipped with one `note:` line on stderr. A file named on its
+own is always tried. Every file is decoded by its content with the same code as the prepare stage
+(`images.load_image`), so any format, EXIF orientation and mode works and decompression bombs are
+refused. A file that cannot be predicted is reported on its own and the others go on; the exit
+code is then 1.
 
 --model: a model folder as the train stage writes it (`model.keras` + `run.json`; default
 `paths.model` of params.yaml, else `experiments/model`), or an MLflow model URI
@@ -57,6 +60,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageOps
 
+from op_classifier import progress
 from op_classifier.config import PARAMS_FILE, ConfigError
 from op_classifier.errors import DataError
 from op_classifier.images import ImageError, load_image, to_rgb
@@ -66,6 +70,12 @@ from op_classifier.prepare import cpu_count, list_files
 FALLBACK_MODEL = "experiments/model"
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image_pixels' default
 MLFLOW_SCHEMES = ("models:/", "runs:/")
+# The names Pillow gives the files of the formats images.load_image decodes (images._FORMATS):
+# a folder or a pattern brings only these, so labels.csv or notes.txt beside the pictures are no errors.
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
+    ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".ico", ".avif", ".avifs",
+})
 TRAIN_HINT = "train a model first (`dvc repro train`, or `make run` for the whole pipeline)"
 
 
@@ -100,19 +110,36 @@ class Result:
 # --- inputs --------------------------------------------------------------------------------------------
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Result | str]:
-    """Every file the inputs name, in order and once each; an input naming nothing as a failed Result."""
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[Result | str], list[str]]:
+    """Every file the inputs name, in order and once each; and the files set aside as not images by name.
+
+    A folder or a pattern brings only files named as images (IMAGE_SUFFIXES); a file named as
+    such is always tried. An input that brings no file becomes a failed Result.
+    """
     seen: set[str] = set()
     items: list[Result | str] = []
+    skipped: dict[str, None] = {}  # ordered set
     for text in inputs:
         found = _files_of(text)
-        if not found:
-            items.append(Result(text, error=_why_nothing(text)))
+        named = Path(text).exists() and not Path(text).is_dir()
+        images = set(found if named else filter(is_image_name, found))
+        if not images:
+            items.append(Result(text, error=_why_nothing(text, len(found))))
         for path in found:
-            if path not in seen:
+            if path in seen:
+                continue
+            if path in images:
                 seen.add(path)
+                skipped.pop(path, None)
                 items.append(path)
-    return items
+            else:
+                skipped[path] = None
+    return items, list(skipped)
+
+
+def is_image_name(path: str) -> bool:
+    """The file's name ends like an image file's (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _files_of(text: str) -> list[str]:
@@ -127,10 +154,19 @@ def _files_of(text: str) -> list[str]:
     return [file for match in matches for file in _files_of(match)]
 
 
-def _why_nothing(text: str) -> str:
+def _why_nothing(text: str, others: int) -> str:
+    skipped = f" ({others} skipped: not named as image{'s' if others != 1 else ''})" if others else ""
     if Path(text).is_dir():
-        return "no (non-hidden) files in this folder"
-    return "no such file or folder" if glob.escape(text) == text else "no file matches this pattern"
+        return f"no image files in this folder{skipped}" if others else "no (non-hidden) files in this folder"
+    if glob.escape(text) == text:
+        return "no such file or folder"
+    return f"no image file matches this pattern{skipped}" if others else "no file matches this pattern"
+
+
+def skipped_note(skipped: Sequence[str], shown: int = 3) -> str:
+    """One line: how many files were set aside as not images by name, and the first few of them."""
+    names = ", ".join(skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+    return f"note: skipped {len(skipped)} non-image file{'s' if len(skipped) != 1 else ''} by name ({names})"
 
 
 # --- the model -----------------------------------------------------------------------------------------
@@ -292,20 +328,32 @@ def run(
     """Predict every file the paths name; print lines or JSON, write the report; DataError if any failed."""
     out = out or sys.stdout
     _check_args(threshold, batch_size)
-    items = expand_inputs(paths)  # before loading the model: a typo fails in a second, not after Keras
+    items, skipped = expand_inputs(paths)  # before loading the model: a typo fails in a second, not after Keras
     classifier = load_classifier(model or default_model())
     results = []
-    for result in predict_items(classifier, items, batch_size):
-        results.append(result)
-        if not as_json:
-            print(format_line(result, threshold), file=out, flush=True)
+    # The lines on a terminal are progress enough; into a file or as JSON a bar on stderr shows it.
+    with progress.bar(len(items), "predict", shown=as_json or not _isatty(out)) as bar:
+        for result in predict_items(classifier, items, batch_size):
+            results.append(result)
+            bar.update()
+            if not as_json:
+                print(format_line(result, threshold), file=out, flush=True)
     if as_json:
         json.dump(to_json(classifier.source, threshold, classifier.classes, results), out, indent=2)
         out.write("\n")
     if report:
         write_report(Path(report), classifier.source, threshold, classifier.classes, results)
+    if skipped:
+        print(skipped_note(skipped), file=sys.stderr)
     _raise_on_failures(results)
     return results
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _check_args(threshold: float, batch_size: int) -> None:

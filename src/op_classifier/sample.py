@@ -629,7 +629,8 @@ def _results(jobs: list[Job], workers: int) -> Iterator[tuple[str, bytes, tuple[
 
 def _write(tmp: Path, jobs: list[Job], workers: int) -> None:
     rows = []
-    bar = tqdm(_results(jobs, workers), total=len(jobs), desc="sample", unit="img", file=sys.stderr)
+    # disable=None: a bar on a terminal, none in logs and CI (as prepare's).
+    bar = tqdm(_results(jobs, workers), total=len(jobs), desc="sample", unit="img", file=sys.stderr, disable=None)
     for rel, data, labels in bar:
         (tmp / rel).write_bytes(data)
         if rel.startswith(SCENES_DIR):

@@ -15,7 +15,7 @@ from typing import Any, ContextManager
 import keras
 import numpy as np
 
-from op_classifier import config, hparams, state
+from op_classifier import config, hparams, progress, state
 from op_classifier.cli import stage_main
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
@@ -220,9 +220,13 @@ def run(cfg: Config) -> dict:
         manifest = load_manifest(prepared)
         tracker.log_dataset(Path(cfg.paths.raw).name, made_by["data"], prepared, manifest["counts"])
         summary = fit(cfg, model, tracker)
-        written = export(model, Path(cfg.paths.model))
-        example = _example(load_split(prepared, "val"))
-        model_uri = tracker.log_model(model, example)
+        with progress.bar(2, "export", unit="step") as bar:  # seconds each: tracing, saving, MLflow's checks
+            bar.set_postfix_str("model.keras, SavedModel")
+            written = export(model, Path(cfg.paths.model))
+            bar.update()
+            bar.set_postfix_str("MLflow model")
+            model_uri = tracker.log_model(model, _example(load_split(prepared, "val")))
+            bar.update()
         tracker.log_artifact(Path(cfg.paths.history), "plots")
     record = {"run_id": run_id, "model_uri": model_uri, "classes": classes, "image_size": cfg.data.image_size}
     (Path(cfg.paths.model) / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -1,0 +1,72 @@
+"""Progress bars of the long steps, all alike: on stderr, and only on a terminal (as prepare's)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Any, Iterator, TextIO
+
+from tqdm import tqdm
+
+
+@contextlib.contextmanager
+def bar(total: int, desc: str, unit: str = "img", shown: bool = True) -> Iterator[tqdm]:
+    """A bar on stderr that clears itself when done; none when stderr is no terminal (logs, CI).
+
+    While it is drawn, log records (MLflow's warnings) are printed above it, not into it.
+    """
+    # disable=None: tqdm draws only on a terminal; in a log a bar would be a wall of lines.
+    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
+              disable=None if shown else True) as progress:
+        if progress.disable:
+            yield progress
+        else:
+            with _logs_above_bars():
+                yield progress
+
+
+def keras_callback(progress: tqdm, batch_size: int) -> Any:
+    """A Keras callback that moves the bar by the images of each predicted batch (for model.predict)."""
+    import keras
+
+    class _PredictProgress(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            progress.update(max(0, min(batch_size, progress.total - progress.n)))
+
+    return _PredictProgress()
+
+
+class _AboveBars:
+    """A stream that clears the bars on stderr while it writes, so a log line never lands inside one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        with tqdm.external_write_mode(file=sys.stderr):
+            written = self.stream.write(text)
+            self.stream.flush()
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _logs_above_bars() -> Iterator[None]:
+    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    swapped = []
+    for logger in loggers:
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _AboveBars):
+                swapped.append((handler, handler.setStream(_AboveBars(handler.stream))))
+    try:
+        yield
+    finally:
+        for handler, stream in reversed(swapped):
+            handler.setStream(stream)

@@ -1,0 +1,72 @@
+"""TensorFlow's start-up lines off by default, back with OP_CLASSIFIER_VERBOSE=1 / --verbose; our lines always."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from op_classifier import quiet
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+NOISE = [  # as TensorFlow 2.21 printed them on a machine without a GPU driver
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1795531172.646420   17679 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+    "GPU will not be used.",
+    "I0000 00:00:1795531172.754689   17679 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use "
+    "available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate "
+    "compiler flags.",
+    "E0000 00:00:1795531185.813551   17791 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+    "Failed call to cuInit: UNKNOWN ERROR (303)",
+]
+OURS = ["error: something of ours", "W0000 00:00:1.0   1 some_kernel.cc:12] a real TensorFlow warning", "Traceback"]
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in (quiet.VERBOSE_ENV, quiet.SET_MARK, *quiet.QUIET_ENV, *quiet.NOT_A_TERMINAL_ENV)}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env})
+
+
+def test_the_filter_drops_only_known_start_up_lines_of_what_cpp_writes_to_fd_2() -> None:
+    lines = [line for pair in zip(NOISE, OURS + OURS) for line in pair]
+    code = (f"import os, sys\nfrom op_classifier.quiet import filtered_stderr\nlines = {lines!r}\n"
+            "with filtered_stderr():\n"
+            "    for line in lines: os.write(2, (line + '\\n').encode())\n"  # as C++ writes: straight to fd 2
+            "    print('python, inside', file=sys.stderr)\n"
+            "print('python, after', file=sys.stderr)\n")
+    done = _python(code)
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [line for line in lines if line in OURS] + ["python, inside", "python, after"]
+
+
+def test_quiet_defaults_are_set_and_verbose_takes_them_away_in_children_too() -> None:
+    code = ("import os, sys\nimport op_classifier\nfrom op_classifier import quiet\n"
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), any(type(f).__name__ == '_QuietTensorFlow' "
+            "for f in sys.meta_path))\n"
+            "quiet.configure(verbose=True)\n"
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), any(type(f).__name__ == '_QuietTensorFlow' "
+            "for f in sys.meta_path), os.environ.get('OP_CLASSIFIER_VERBOSE'))\n")
+    assert _python(code).stdout.splitlines() == ["2 True", "None False 1"]
+    assert _python(code, TF_CPP_MIN_LOG_LEVEL="0").stdout.splitlines() == ["0 True", "0 False 1"]  # the user's
+    # A child of a quiet process inherits TF_CPP_MIN_LOG_LEVEL=2, and its --verbose still takes it away.
+    child = _python(code, TF_CPP_MIN_LOG_LEVEL="2", OP_CLASSIFIER_QUIET_SET="TF_CPP_MIN_LOG_LEVEL")
+    assert child.stdout.splitlines() == ["2 True", "None False 1"]
+    assert _python(code, OP_CLASSIFIER_VERBOSE="1").stdout.splitlines() == ["None False", "None False 1"]
+
+
+def test_a_dvc_stage_says_only_its_own_line_unless_op_classifier_verbose(tmp_path: Path) -> None:
+    """`python -m op_classifier.evaluate` imports TensorFlow at its top; here it then stops: no params.yaml."""
+    command = [sys.executable, "-m", "op_classifier.evaluate"]
+    env = {k: v for k, v in os.environ.items() if k not in (quiet.VERBOSE_ENV, quiet.SET_MARK, *quiet.QUIET_ENV)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: params.yaml not found: run `op-classifier compose` in the project root"]
+    loud = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env={**env, quiet.VERBOSE_ENV: "1"})
+    assert loud.returncode == 2
+    assert "WARNING: All log messages before absl::InitializeLog() is called" in loud.stderr, loud.stderr
+    assert loud.stderr.splitlines()[-1].startswith("error: params.yaml not found")
