@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import json
 import os
 import shutil
@@ -18,8 +20,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from op_classifier import cli, tracking
+from op_classifier.images import load_image
 from op_classifier.model import build_model, compile_model
 from op_classifier.tracking import Tracker
 from tests.conftest import REPO, compose
@@ -31,6 +35,8 @@ START_TIMEOUT = 90  # seconds for the server to load TensorFlow and the model
 LIMIT_MB = 2  # the test server's --max-body-mb: small, so that crossing it costs little
 LIMIT = LIMIT_MB * 2**20
 MESSAGE_MAX = 200  # characters of an error message, at most
+MAX_PIXELS = 89_478_485  # data.max_image_pixels in conf/
+NAME = "op-classifier"  # tracking.model_name in conf/
 ANSWER_MAX = 400  # bytes of a whole error answer, at most: a request is never echoed
 
 
@@ -52,8 +58,8 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
-    """A project whose mlflow.db holds a tiny model as champion: (root, images, the model's probabilities)."""
+def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.ndarray, np.ndarray, Any]]:
+    """A project whose mlflow.db holds a tiny model as champion: (root, images, the model's probabilities, it)."""
     root = _project(tmp_path_factory.mktemp("serve") / "project")
     cfg = compose(f"tracking.uri=sqlite:///{root / 'mlflow.db'}")
     model = compile_model(build_model(num_classes=4, image_size=SIZE, resize=None, seed=0), 1e-3, CLASSES)
@@ -63,7 +69,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, n
     with tracker.run("serve-test"):
         uri = tracker.log_model(model, images[:1])
     assert tracker.register(uri, score=1.0, target=0.0, metric="val_accuracy")["champion"]
-    yield root, images, np.asarray(model(images, training=False))
+    yield root, images, np.asarray(model(images, training=False)), model
     # mlflow.set_tracking_uri() exported our store; later tests' subprocesses must not inherit it.
     if before is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -112,8 +118,8 @@ def _stop(process: subprocess.Popen) -> None:
         pass
 
 
-def _post(url: str, body: bytes) -> tuple[int, Any]:
-    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
+def _post(url: str, body: bytes, path: str = "/invocations") -> tuple[int, Any]:
+    request = urllib.request.Request(f"{url}{path}", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -122,9 +128,10 @@ def _post(url: str, body: bytes) -> tuple[int, Any]:
         return error.code, json.loads(error.read())
 
 
-def _request(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """POST body to /invocations with these headers (default: a JSON Content-Type): (status, raw answer)."""
-    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
+def _request(url: str, body: bytes, headers: dict[str, str] | None = None,
+             path: str = "/invocations") -> tuple[int, bytes]:
+    """POST body to path with these headers (default: a JSON Content-Type): (status, raw answer)."""
+    request = urllib.request.Request(f"{url}{path}", data=body, method="POST",
                                      headers={"Content-Type": "application/json"} if headers is None else headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
@@ -172,13 +179,125 @@ def _pixels_with(value: Any) -> list:
 
 
 def test_instances_get_the_keras_models_probabilities(server: str, champion: tuple) -> None:
-    _, images, expected = champion
+    _, images, expected, _ = champion
     status, answer = _post(server, _instances(images))
     assert status == 200, answer
     np.testing.assert_allclose(np.array(answer["predictions"]), expected, atol=1e-5)
     # Integer pixels, as a client reading an image file sends them, are the same request.
     status, answer = _post(server, _instances(images.astype(int)))
     assert status == 200 and np.allclose(answer["predictions"], expected, atol=1e-5)
+
+
+def _encoded(kind: str) -> bytes:
+    """An image file's bytes, made so that decoding matters: not S x S, and each a different path to RGB."""
+    pixels = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    if kind == "jpeg, EXIF-rotated":  # decoded upright: 70 x 50 turned a quarter
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(pixels).save(out, "JPEG", quality=90, exif=exif.tobytes())
+    elif kind == "png with alpha":  # composited over white
+        alpha = np.random.default_rng(2).integers(0, 256, (50, 70, 1), dtype=np.uint8)
+        Image.fromarray(np.concatenate([pixels, alpha], axis=2), "RGBA").save(out, "PNG")
+    elif kind == "16-bit grey png":  # scaled to 8 bits
+        Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(out, "PNG")
+    else:
+        Image.fromarray(pixels).save(out, "JPEG" if kind == "jpeg" else "PNG")
+    return out.getvalue()
+
+
+ENCODED = ["jpeg", "png", "jpeg, EXIF-rotated", "png with alpha", "16-bit grey png"]
+
+
+def _b64(*files: bytes, encode: Any = base64.b64encode) -> bytes:
+    return json.dumps({"instances": [{"b64": encode(data).decode()} for data in files]}).encode()
+
+
+def test_b64_images_get_the_probabilities_of_the_same_files_decoded_as_prepare_does(
+        server: str, champion: tuple, tmp_path: Path) -> None:
+    model = champion[3]
+    files = [_encoded(kind) for kind in ENCODED]
+    decoded = []
+    for index, data in enumerate(files):
+        path = tmp_path / f"image-{index}"
+        path.write_bytes(data)
+        decoded.append(load_image(path, SIZE, MAX_PIXELS))  # what prepare and predict make of the file
+    expected = np.asarray(model(np.stack(decoded).astype("float32"), training=False))
+    for path in ("/invocations", f"/v1/models/{NAME}:predict"):
+        status, answer = _post(server, _b64(*files), path)
+        assert status == 200, answer
+        np.testing.assert_allclose(np.array(answer["predictions"]), expected, atol=1e-5)
+    # One image a request is the same; and the URL-safe alphabet without padding is taken too.
+    status, answer = _post(server, _b64(files[0]))
+    assert status == 200 and np.allclose(answer["predictions"], expected[:1], atol=1e-5), answer
+    status, answer = _post(server, _b64(*files, encode=lambda data: base64.urlsafe_b64encode(data).rstrip(b"=")))
+    assert status == 200 and np.allclose(answer["predictions"], expected, atol=1e-5), answer
+
+
+def _b64_text(*values: Any) -> bytes:
+    return json.dumps({"instances": [{"b64": value} for value in values]}).encode()
+
+
+_JPEG = base64.b64encode(_encoded("jpeg")).decode()
+BAD_B64 = {
+    # body: the words its message must hold
+    "not base64": (_b64_text(_JPEG, "not*base64!"), "instance 1: the b64 value is not base64"),
+    "not an image": (_b64_text(base64.b64encode(b"hello, this is text").decode()), "instance 0: not an image"),
+    "truncated image": (_b64_text(base64.b64encode(_encoded("jpeg")[:300]).decode()), "instance 0"),
+    "empty": (_b64_text(""), "instance 0: the b64 value is empty"),
+    "not a string": (_b64_text(12), 'instance 0 is not {"b64"'),
+    "other keys": (json.dumps({"instances": [{"b64": _JPEG, "x": 1}]}).encode(), 'instance 0 is not {"b64"'),
+    "mixed with pixels": (json.dumps({"instances": [{"b64": _JPEG}, np.zeros((SIZE, SIZE, 3), int).tolist()]})
+                          .encode(), "mix"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_B64))
+def test_a_bad_b64_instance_is_a_400_naming_it(server: str, champion: tuple, name: str) -> None:
+    body, words = BAD_B64[name]
+    message = _short_error(*_request(server, body), 400)
+    assert words in message and _JPEG[:20] not in message, message
+    _serves(server, champion[1])
+
+
+def test_more_b64_images_than_the_server_decodes_is_413(server: str, champion: tuple) -> None:
+    most = 8 * LIMIT // (SIZE * SIZE * 3)  # serve.max_images: 8 times the body limit as decoded pixels
+    message = _short_error(*_request(server, _b64_text(*["AAAA"] * (most + 1))), 413)
+    assert f"at most {most}" in message, message
+    _serves(server, champion[1])
+
+
+def test_tensorflow_servings_rest_path_answers_as_invocations(server: str, champion: tuple) -> None:
+    _, images, expected, _ = champion
+    for path in (f"/v1/models/{NAME}:predict", f"/v1/models/{NAME}/versions/1:predict"):
+        status, answer = _post(server, _instances(images), path)
+        assert status == 200 and np.allclose(answer["predictions"], expected, atol=1e-5), (path, answer)
+    # TensorFlow Serving's columnar body: "inputs" in, "outputs" out (/invocations answers "predictions").
+    status, answer = _post(server, json.dumps({"inputs": images.tolist()}).encode(), f"/v1/models/{NAME}:predict")
+    assert status == 200 and np.allclose(answer["outputs"], expected, atol=1e-5), answer
+    # The guard stands in front of it too.
+    assert "application/json" in _short_error(*_request(server, _instances(images), {},
+                                                        f"/v1/models/{NAME}:predict"), 415)
+    assert "NaN" in _short_error(*_request(server, BAD_BODIES["NaN"], path=f"/v1/models/{NAME}:predict"), 400)
+
+
+@pytest.mark.parametrize("path", ["/v1/models/other:predict", f"/v1/models/{NAME}/versions/2:predict",
+                                  f"/v1/models/{NAME}x:predict"])
+def test_another_model_name_or_version_is_a_404(server: str, champion: tuple, path: str) -> None:
+    message = _short_error(*_request(server, _instances(champion[1]), path=path), 404)
+    assert f"serves the model {NAME}, version 1" in message, message
+
+
+def test_tensorflow_servings_model_status(server: str) -> None:
+    for path in (f"/v1/models/{NAME}", f"/v1/models/{NAME}/versions/1"):
+        with urllib.request.urlopen(f"{server}{path}", timeout=10) as answer:
+            assert answer.status == 200
+            status = json.loads(answer.read())
+        assert status == {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                                    "status": {"error_code": "OK", "error_message": ""}}]}
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(f"{server}/v1/models/other", timeout=10)
+    assert failed.value.code == 404 and len(failed.value.read()) <= ANSWER_MAX
 
 
 BAD_BODIES = {
