@@ -6,6 +6,7 @@ import base64
 import http.client
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -310,6 +311,9 @@ BAD_BODIES = {
     "no instances key": json.dumps({"images": [[1, 2, 3]]}).encode(),
     # Each of these failed before the server guarded its input (issue 10):
     "pixels above 255, among many": _instances(np.full((4, SIZE, SIZE, 3), 300.0)),  # message dumped the array
+    "integers above 255": _instances(np.full((1, SIZE, SIZE, 3), 300)),  # read by serve.pixel_array
+    "integers of 4 digits": _instances(_pixels_with(1000)),  # left by pixel_array to the general path
+    "blanks inside a number": _instances(np.ones((1, SIZE, SIZE, 3), int)).replace(b"1, 1", b"1 1, 1", 1),
     "NaN": json.dumps({"instances": _pixels_with(float("nan"))}).encode(),
     "infinity": json.dumps({"instances": _pixels_with(float("inf"))}).encode(),
     "booleans": json.dumps({"instances": [[[[True, False, True]] * SIZE] * SIZE]}).encode(),  # answered 200
@@ -337,7 +341,8 @@ def test_bad_request_is_a_400_with_a_short_message_and_the_server_stays_up(serve
 def test_the_messages_say_what_is_wrong(server: str) -> None:
     expected = {"NaN": "NaN", "booleans": "true/false", "a boolean among numbers": "true/false",
                 "100,000-deep array": "deep", "pixels above 255, among many": "300", "ragged": "regular",
-                "large malformed JSON": "JSON", "not UTF-8": "UTF-8", "no instances key": "instances"}
+                "large malformed JSON": "JSON", "not UTF-8": "UTF-8", "no instances key": "instances",
+                "integers above 255": "300", "integers of 4 digits": "1000"}
     for name, words in expected.items():
         message = json.loads(_request(server, BAD_BODIES[name])[1])["message"]
         assert words in message, (name, message)
@@ -468,3 +473,62 @@ def test_the_json_scan_counts_nesting_and_finds_booleans_outside_strings(body: b
     from op_classifier.serve import scan_json
 
     assert scan_json(body) == (depth, has_bool)
+
+
+def _pixel_body(images: np.ndarray, key: str = "instances", **dumps: Any) -> bytes:
+    return json.dumps({key: images.tolist()}, **dumps).encode()
+
+
+@pytest.mark.parametrize("dumps", [{}, {"separators": (",", ":")}, {"indent": 2}], ids=["default", "compact", "indented"])
+@pytest.mark.parametrize("shape", [(2, SIZE, SIZE, 3), (1, 1, 1, 1), (3, 2, 5, 3)], ids=["two images", "one pixel", "3x2x5"])
+def test_the_fast_pixel_reader_reads_what_json_and_numpy_read(shape: tuple[int, ...], dumps: dict) -> None:
+    from op_classifier.serve import pixel_array
+
+    images = np.random.default_rng(0).integers(0, 256, shape)
+    images.flat[: min(images.size, 6)] = [0, 9, 10, 99, 100, 255][: min(images.size, 6)]
+    for key in ("instances", "inputs"):
+        body = b" \n" + _pixel_body(images, key, **dumps) + b"\n "
+        read = pixel_array(body, shape[1:])
+        assert read is not None and read[0] == key
+        np.testing.assert_array_equal(read[1], np.asarray(json.loads(body)[key]))
+
+
+GOOD = json.dumps({"instances": np.ones((1, 2, 2, 3), int).tolist()})
+
+
+@pytest.mark.parametrize("body", [
+    GOOD.replace("1", "1.0", 1), GOOD.replace("1", "-1", 1), GOOD.replace("1", "1e2", 1),  # floats, signs
+    GOOD.replace("1", "07", 1), GOOD.replace("1", "1000", 1),  # no JSON; more than 3 digits
+    GOOD.replace("1, 1", "1 1", 1), GOOD.replace("1, 1", "1,, 1", 1), GOOD.replace("1, 1", "1, [1]", 1),
+    GOOD.replace("]]]]", "]]]", 1), GOOD[:-1], GOOD + "x", GOOD.replace("}", "}}"),
+    GOOD.replace("[1, 1, 1], ", "[1, 1, 1]1, ", 1),  # a number outside its place, one missing from its own
+    GOOD.replace("[1, 1, 1]", "[1, 1, 1, 1]", 1), GOOD.replace("{", '{"a": 1, ', 1), GOOD.replace("1", "true", 1),
+    GOOD.replace("1", '"1"', 1), json.dumps({"instances": np.ones((1, 2, 2, 2), int).tolist()}),
+    '{"instances": []}', '{"instances": [1]}', '{"instances": }', "", "{", "[1, 2, 3]",
+])
+def test_the_fast_pixel_reader_leaves_anything_else_to_the_general_path(body: str) -> None:
+    from op_classifier.serve import pixel_array
+
+    assert pixel_array(GOOD.encode(), (2, 2, 3)) is not None
+    assert pixel_array(body.encode(), (2, 2, 3)) is None
+
+
+def test_the_fast_pixel_reader_never_reads_what_json_would_not() -> None:
+    """Random edits of small bodies: pixel_array reads exactly json.loads' array, or nothing."""
+    import random
+
+    from op_classifier.serve import pixel_array
+
+    rng, alphabet = random.Random(0), b'0123456789[], \n-.e"{}:'
+    for _ in range(3000):
+        shape = rng.choice([(2, 2, 3), (1, 1, 1), (2, 1, 2)])
+        images = np.array(rng.choices([0, 7, 10, 99, 255, 999], k=2 * math.prod(shape))).reshape(2, *shape)
+        body = bytearray(_pixel_body(images[: rng.randint(1, 2)], rng.choice(["instances", "inputs"])))
+        for _ in range(rng.randint(1, 3)):
+            at, byte = rng.randrange(len(body)), alphabet[rng.randrange(len(alphabet))]
+            body[at : at + rng.randint(0, 1)] = bytes([byte]) if rng.random() < 0.7 else b""
+        read = pixel_array(bytes(body), shape)
+        if read is not None:
+            document = json.loads(body)
+            assert list(document) == [read[0]], body
+            np.testing.assert_array_equal(read[1], np.asarray(document[read[0]]))
