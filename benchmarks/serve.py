@@ -125,11 +125,12 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
     b64 = orjson.loads(b64_body)["instances"][0]["b64"]
     image = decode_image(jpeg, SIZE, serve.MAX_PIXELS)[None]
     return [
-        ("pixels: serve.scan_json (depth, booleans)", lambda: serve.scan_json(pixels_body)),
-        ("pixels: orjson.loads (the server's)", lambda: orjson.loads(pixels_body)),
-        ("pixels: json.loads (before)", lambda: json.loads(pixels_body.decode())),
-        ("pixels: np.asarray(nested lists)", lambda: np.asarray(nested)),
+        ("pixels: serve.pixel_array (the server's)", lambda: serve.pixel_array(pixels_body, served.shape)),
         ("pixels: checks (dtype, NaN, range)", lambda: tracking._checked_pixels(array, served.shape)),
+        ("pixels, general path: serve.scan_json", lambda: serve.scan_json(pixels_body)),
+        ("pixels, general path: orjson.loads", lambda: orjson.loads(pixels_body)),
+        ("pixels, general path: np.asarray(lists)", lambda: np.asarray(nested)),
+        ("pixels, before: json.loads", lambda: json.loads(pixels_body.decode())),
         ("b64: read_instances (scan + orjson)", lambda: serve.read_instances(b64_body, served.shape)),
         ("b64: base64 decode", lambda: base64.b64decode(b64, validate=True)),
         ("b64: images.decode_image (as prepare)", lambda: decode_image(jpeg, SIZE, serve.MAX_PIXELS)),

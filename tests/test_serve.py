@@ -532,3 +532,26 @@ def test_the_fast_pixel_reader_never_reads_what_json_would_not() -> None:
             document = json.loads(body)
             assert list(document) == [read[0]], body
             np.testing.assert_array_equal(read[1], np.asarray(document[read[0]]))
+
+
+def test_the_serving_function_is_the_keras_model_chunk_by_chunk(champion: tuple) -> None:
+    _, images, expected, model = champion
+    batch = np.concatenate([images] * 3).astype(np.uint8)  # 6 images in chunks of 4: two calls
+    forward = tracking.serving_function(model, (SIZE, SIZE, 3), chunk=4)
+    out = forward(batch)
+    assert out.dtype == np.float32 and out.shape == (6, 4)
+    np.testing.assert_allclose(out, np.concatenate([expected] * 3), atol=1e-5)
+
+
+def test_a_pyfunc_of_another_kind_is_served_through_its_own_predict() -> None:
+    class Other:  # not an op-classifier PixelClassifier: no Keras model to trace
+        def unwrap_python_model(self) -> None:
+            raise ValueError("not a python model")
+
+        def predict(self, images: np.ndarray) -> np.ndarray:
+            assert images.dtype == np.float32
+            return images.mean(axis=(1, 2, 3))[:, None]
+
+    served = tracking.ServedModel(Other(), (2, 2, 3))
+    np.testing.assert_allclose(served.predict_images(np.full((2, 2, 2, 3), 6, np.uint8)), [[6.0], [6.0]])
+    np.testing.assert_allclose(served.predict(np.full((1, 2, 2, 3), 3).tolist()), [[3.0]])

@@ -503,7 +503,7 @@ class ServedModel:
         self.shape = shape  # of one image, (S, S, 3)
         keras_model = _keras_model_of(model)
         self.forward = (serving_function(keras_model, shape, PixelClassifier.CHUNK) if keras_model is not None
-                        else lambda images: np.asarray(model.predict(images)))
+                        else lambda images: np.asarray(model.predict(images.astype(np.float32, copy=False))))
 
     def predict(self, instances: Any) -> np.ndarray:
         """(batch, classes) probabilities of (batch, *shape) raw 0..255 pixels, nested lists or an array.
