@@ -131,7 +131,7 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
         ("pixels, general path: orjson.loads", lambda: orjson.loads(pixels_body)),
         ("pixels, general path: np.asarray(lists)", lambda: np.asarray(nested)),
         ("pixels, before: json.loads", lambda: json.loads(pixels_body.decode())),
-        ("b64: read_instances (scan + orjson)", lambda: serve.read_instances(b64_body, served.shape)),
+        ("b64: serve.read_request (orjson)", lambda: serve.read_request(b64_body, served.shape)),
         ("b64: base64 decode", lambda: base64.b64decode(b64, validate=True)),
         ("b64: images.decode_image (as prepare)", lambda: decode_image(jpeg, SIZE, serve.MAX_PIXELS)),
         ("the model: ServedModel.predict_images", lambda: served.predict_images(image)),

@@ -248,6 +248,8 @@ BAD_B64 = {
     "empty": (_b64_text(""), "instance 0: the b64 value is empty"),
     "not a string": (_b64_text(12), 'instance 0 is not {"b64"'),
     "other keys": (json.dumps({"instances": [{"b64": _JPEG, "x": 1}]}).encode(), 'instance 0 is not {"b64"'),
+    "nested deep": (b'{"instances": [{"b64": "' + _JPEG.encode() + b'"}, {"b64": ' + b"[" * 900 + b"]" * 900 + b"}]}",
+                    'instance 1 is not {"b64"'),
     "mixed with pixels": (json.dumps({"instances": [{"b64": _JPEG}, np.zeros((SIZE, SIZE, 3), int).tolist()]})
                           .encode(), "mix"),
 }
