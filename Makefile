@@ -17,7 +17,7 @@ help:
 	@echo "make test       the fast tests;  make test-slow: all of them"
 	@echo "make sample     (re)generate the built-in sample in data/raw"
 	@echo "make ui         the MLflow UI over this project's runs, on http://127.0.0.1:5000"
-	@echo "make serve      the champion model over REST on http://127.0.0.1:8501/invocations (PORT=, MODEL=)"
+	@echo "make serve      the champion model over REST on http://127.0.0.1:8501 (/invocations, /v1/models/op-classifier:predict; PORT=, MODEL=)"
 	@echo "make bench      the pipeline benchmark: stage times and accuracy in a fresh copy"
 
 install: $(STAMP)

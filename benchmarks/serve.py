@@ -1,16 +1,23 @@
 """What serving costs over the bare model: one-image requests to `op-classifier serve`, sequentially.
 
-Usage: python benchmarks/serve.py [--model models:/op-classifier@champion] [--requests 100] [--warmup 10]
+Usage: python benchmarks/serve.py [--model models:/op-classifier@champion] [--photo 640x480] [--requests 200]
 By default it registers an untrained build_model(4, 180, resize=96) as champion in a temporary store
 and serves that; with --model it serves that URI from the project's store (MLFLOW_TRACKING_URI, else
 mlflow.db at the root), as `make serve` does.
-Prints requests/s and median latency over HTTP beside the same model called in this process.
+Two request bodies, one image each: a --photo JPEG as TensorFlow Serving's {"instances": [{"b64": ...}]},
+and the 180x180 pixel array a client makes of it. Prints requests/s and median latency over HTTP (one
+keep-alive connection, as requests.Session or a TensorFlow Serving client keeps; and urllib's new
+connection a request) beside the same work in this process, then where the time of a request goes.
 Everything stays on 127.0.0.1; every loop stops after --requests calls or --seconds seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import gc
+import http.client
+import io
 import json
 import os
 import shutil
@@ -26,11 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from PIL import Image
 
 if TYPE_CHECKING:  # imported late at run time: TensorFlow is slow to load
     import keras
 
 REPO = Path(__file__).resolve().parents[1]
+NAME = "op-classifier"  # tracking.model_name
 CLI = str(Path(sys.executable).parent / "op-classifier")
 SIZE = 180
 
@@ -51,7 +60,7 @@ def timed(call: Callable[[], object], count: int, warmup: int, seconds: float) -
 def show(label: str, times: list[float]) -> None:
     """One line: calls/s, median and 90th-percentile latency."""
     p90 = sorted(times)[int(0.9 * (len(times) - 1))]
-    print(f"  {label:40s} {len(times) / sum(times):8.1f}/s   median {statistics.median(times) * 1e3:7.2f} ms"
+    print(f"  {label:44s} {len(times) / sum(times):8.1f}/s   median {statistics.median(times) * 1e3:7.2f} ms"
           f"   p90 {p90 * 1e3:7.2f} ms   (n={len(times)})")
 
 
@@ -79,12 +88,54 @@ def load_served(store: str, uri: str) -> tuple[Any, keras.Model]:
     return pyfunc, pyfunc.unwrap_python_model().model
 
 
-def parse_and_predict(pyfunc: Any) -> Callable[[bytes], object]:
-    """What the server does with a request body, minus HTTP: its checks and JSON parsing, then predict."""
+def photo_jpeg(size: tuple[int, int]) -> bytes:
+    """A JPEG of size (w, h): smooth random colour fields plus grain, about the bytes of a real photo."""
+    rng = np.random.default_rng(0)
+    field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    grain = rng.normal(0, 8, (size[1], size[0], 3))
+    out = io.BytesIO()
+    Image.fromarray(np.clip(np.asarray(field, dtype=np.float64) + grain, 0, 255).astype(np.uint8)).save(
+        out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def server_work(pyfunc: Any) -> tuple[Any, Callable[[bytes], object]]:
+    """The served model as the server holds it, and what the server does with a request body minus HTTP."""
     from op_classifier import serve, tracking
 
     served = tracking.ServedModel(pyfunc, (SIZE, SIZE, 3))
-    return lambda body: served.predict(serve.read_instances(body, served.shape))
+
+    def work(body: bytes) -> object:
+        status, answer = serve.score(served, body)
+        assert status == 200, answer
+        return answer
+
+    return served, work
+
+
+def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> list[tuple[str, Callable[[], object]]]:
+    """The steps of a request, each alone."""
+    import orjson
+
+    from op_classifier import serve, tracking
+    from op_classifier.images import decode_image
+
+    nested = orjson.loads(pixels_body)["instances"]
+    array = np.asarray(nested)
+    b64 = orjson.loads(b64_body)["instances"][0]["b64"]
+    image = decode_image(jpeg, SIZE, serve.MAX_PIXELS)[None]
+    return [
+        ("pixels: serve.pixel_array (the server's)", lambda: serve.pixel_array(pixels_body, served.shape)),
+        ("pixels: checks (dtype, NaN, range)", lambda: tracking._checked_pixels(array, served.shape)),
+        ("pixels, general path: serve.scan_json", lambda: serve.scan_json(pixels_body)),
+        ("pixels, general path: orjson.loads", lambda: orjson.loads(pixels_body)),
+        ("pixels, general path: np.asarray(lists)", lambda: np.asarray(nested)),
+        ("pixels, before: json.loads", lambda: json.loads(pixels_body.decode())),
+        ("b64: serve.read_request (orjson)", lambda: serve.read_request(b64_body, served.shape)),
+        ("b64: base64 decode", lambda: base64.b64decode(b64, validate=True)),
+        ("b64: images.decode_image (as prepare)", lambda: decode_image(jpeg, SIZE, serve.MAX_PIXELS)),
+        ("the model: ServedModel.predict_images", lambda: served.predict_images(image)),
+    ]
 
 
 def start_server(root: Path, port: int, model: str | None, log: Path) -> subprocess.Popen:
@@ -126,12 +177,13 @@ def free_port() -> int:
 
 
 def main() -> None:
-    """Model in-process, then the same one-image request over HTTP."""
+    """Model and server work in-process, then the same one-image requests over HTTP, then the stages."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="serve this MLflow URI from the project's store instead")
-    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--photo", default="640x480", help="size of the generated JPEG, WxH")
+    parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=60, help="time budget of each measured loop")
+    parser.add_argument("--seconds", type=float, default=30, help="time budget of each measured loop")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="op-serve-bench-"))
@@ -143,33 +195,89 @@ def main() -> None:
             shutil.copytree(REPO / "conf", work / "conf")
             register_untrained(work)
             store = f"sqlite:///{work / 'mlflow.db'}"
-        pyfunc, model = load_served(store, args.model or "models:/op-classifier@champion")
-        image = np.random.default_rng(0).integers(0, 256, (1, SIZE, SIZE, 3)).astype("float32")
-        body = json.dumps({"instances": image.astype(int).tolist()}).encode()
-        print(f"one {SIZE}x{SIZE}x3 image per call ({len(body) / 1024:.0f} KiB of JSON), sequential, "
-              f"{os.cpu_count()} CPU cores, model {args.model or 'untrained build_model(4, 180, resize=96)'}:")
+        pyfunc, model = load_served(store, args.model or f"models:/{NAME}@champion")
+        served, server_side = server_work(pyfunc)
+
+        from op_classifier.images import decode_image
+
+        width, height = (int(side) for side in args.photo.lower().split("x"))
+        jpeg = photo_jpeg((width, height))
+        image = decode_image(jpeg, SIZE, 89_478_485)[None]  # the pixels a client makes of the photo
+        ready = image.astype("float32")
+        b64_body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).encode()
+        pixels_body = json.dumps({"instances": image.astype(int).tolist()}).encode()
+        print(f"one image per request, sequential; {os.cpu_count()} CPU cores, load average "
+              f"{os.getloadavg()[0]:.2f} at start; model {args.model or 'untrained build_model(4, 180, resize=96)'}")
+        print(f"  b64 body: a {width}x{height} JPEG ({len(jpeg) / 1024:.0f} KiB, {len(b64_body) / 1024:.0f} KiB "
+              f"of JSON); pixels body: {SIZE}x{SIZE}x3 integers ({len(pixels_body) / 1024:.0f} KiB of JSON)")
         n, w, s = args.requests, args.warmup, args.seconds
-        show("model(x, training=False), in-process", timed(lambda: model(image, training=False), n, w, s))
-        show("model.predict_on_batch(x), in-process", timed(lambda: model.predict_on_batch(image), n, w, s))
-        show("pyfunc.predict(x), in-process", timed(lambda: pyfunc.predict(image), n, w, s))
-        serve_body = parse_and_predict(pyfunc)
-        show("checks + JSON + predict, in-process", timed(lambda: serve_body(body), n, w, s))
+        print("in-process:")
+        show("model(x, training=False)", timed(lambda: model(ready, training=False), n, w, s))
+        show("model.predict_on_batch(x)", timed(lambda: model.predict_on_batch(ready), n, w, s))
+        show("pyfunc.predict(x)", timed(lambda: pyfunc.predict(ready), n, w, s))
+        show("ServedModel.predict_images (the server's)", timed(lambda: served.predict_images(image), n, w, s))
+        show("b64 JPEG body: JSON + decode + predict", timed(lambda: server_side(b64_body), n, w, s))
+        show("pixels body: JSON + checks + predict", timed(lambda: server_side(pixels_body), n, w, s))
 
         port = free_port()
         server = start_server(root, port, args.model, work / "serve.log")
         try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, method="POST",
-                                             headers={"Content-Type": "application/json"})
-
-            def post() -> None:
-                with urllib.request.urlopen(request, timeout=30) as answer:
-                    assert len(json.loads(answer.read())["predictions"][0]) == 4
-
-            show("POST /invocations {instances}, HTTP", timed(post, n, w, s))
+            print("over HTTP:")
+            for label, path, body in ((f"b64 JPEG, /v1/models/{NAME}:predict", f"/v1/models/{NAME}:predict", b64_body),
+                                      ("b64 JPEG, /invocations", "/invocations", b64_body),
+                                      ("pixels, /invocations", "/invocations", pixels_body),
+                                      (f"pixels, /v1/models/{NAME}:predict", f"/v1/models/{NAME}:predict", pixels_body)):
+                show(label, timed(keep_alive_post(port, path, body), n, w, s))
+            for label, body in (("b64 JPEG, urllib (a connection each)", b64_body),
+                                ("pixels, urllib (a connection each)", pixels_body)):
+                show(label, timed(urllib_post(port, "/invocations", body), n, w, s))
+            show("GET /ping (HTTP alone)", timed(keep_alive_get(port, "/ping"), n, w, s))
         finally:
             stop(server)
+        print("where the time goes, in-process (the garbage collector paused, as the server pauses it):")
+        gc.disable()
+        for label, step in stages(pixels_body, b64_body, jpeg, served):
+            show(label, timed(step, n, w, s))
+        gc.enable()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def keep_alive_post(port: int, path: str, body: bytes) -> Callable[[], None]:
+    """POST body to path on one kept-alive connection; checks the answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+
+    def post() -> None:
+        connection.request("POST", path, body, headers)
+        answer = connection.getresponse()
+        assert answer.status == 200 and len(json.loads(answer.read())["predictions"][0]) == 4
+
+    return post
+
+
+def keep_alive_get(port: int, path: str) -> Callable[[], None]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def get() -> None:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        assert answer.status == 200
+        answer.read()
+
+    return get
+
+
+def urllib_post(port: int, path: str, body: bytes) -> Callable[[], None]:
+    """POST body to path with urllib, which opens a connection for every request."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+
+    def post() -> None:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert len(json.loads(answer.read())["predictions"][0]) == 4
+
+    return post
 
 
 if __name__ == "__main__":

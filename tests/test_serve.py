@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -18,8 +21,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from op_classifier import cli, tracking
+from op_classifier.images import load_image
 from op_classifier.model import build_model, compile_model
 from op_classifier.tracking import Tracker
 from tests.conftest import REPO, compose
@@ -31,6 +36,8 @@ START_TIMEOUT = 90  # seconds for the server to load TensorFlow and the model
 LIMIT_MB = 2  # the test server's --max-body-mb: small, so that crossing it costs little
 LIMIT = LIMIT_MB * 2**20
 MESSAGE_MAX = 200  # characters of an error message, at most
+MAX_PIXELS = 89_478_485  # data.max_image_pixels in conf/
+NAME = "op-classifier"  # tracking.model_name in conf/
 ANSWER_MAX = 400  # bytes of a whole error answer, at most: a request is never echoed
 
 
@@ -52,8 +59,8 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
-    """A project whose mlflow.db holds a tiny model as champion: (root, images, the model's probabilities)."""
+def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.ndarray, np.ndarray, Any]]:
+    """A project whose mlflow.db holds a tiny model as champion: (root, images, the model's probabilities, it)."""
     root = _project(tmp_path_factory.mktemp("serve") / "project")
     cfg = compose(f"tracking.uri=sqlite:///{root / 'mlflow.db'}")
     model = compile_model(build_model(num_classes=4, image_size=SIZE, resize=None, seed=0), 1e-3, CLASSES)
@@ -63,7 +70,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, n
     with tracker.run("serve-test"):
         uri = tracker.log_model(model, images[:1])
     assert tracker.register(uri, score=1.0, target=0.0, metric="val_accuracy")["champion"]
-    yield root, images, np.asarray(model(images, training=False))
+    yield root, images, np.asarray(model(images, training=False)), model
     # mlflow.set_tracking_uri() exported our store; later tests' subprocesses must not inherit it.
     if before is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -112,8 +119,8 @@ def _stop(process: subprocess.Popen) -> None:
         pass
 
 
-def _post(url: str, body: bytes) -> tuple[int, Any]:
-    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
+def _post(url: str, body: bytes, path: str = "/invocations") -> tuple[int, Any]:
+    request = urllib.request.Request(f"{url}{path}", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -122,9 +129,10 @@ def _post(url: str, body: bytes) -> tuple[int, Any]:
         return error.code, json.loads(error.read())
 
 
-def _request(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """POST body to /invocations with these headers (default: a JSON Content-Type): (status, raw answer)."""
-    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
+def _request(url: str, body: bytes, headers: dict[str, str] | None = None,
+             path: str = "/invocations") -> tuple[int, bytes]:
+    """POST body to path with these headers (default: a JSON Content-Type): (status, raw answer)."""
+    request = urllib.request.Request(f"{url}{path}", data=body, method="POST",
                                      headers={"Content-Type": "application/json"} if headers is None else headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
@@ -172,13 +180,127 @@ def _pixels_with(value: Any) -> list:
 
 
 def test_instances_get_the_keras_models_probabilities(server: str, champion: tuple) -> None:
-    _, images, expected = champion
+    _, images, expected, _ = champion
     status, answer = _post(server, _instances(images))
     assert status == 200, answer
     np.testing.assert_allclose(np.array(answer["predictions"]), expected, atol=1e-5)
     # Integer pixels, as a client reading an image file sends them, are the same request.
     status, answer = _post(server, _instances(images.astype(int)))
     assert status == 200 and np.allclose(answer["predictions"], expected, atol=1e-5)
+
+
+def _encoded(kind: str) -> bytes:
+    """An image file's bytes, made so that decoding matters: not S x S, and each a different path to RGB."""
+    pixels = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    if kind == "jpeg, EXIF-rotated":  # decoded upright: 70 x 50 turned a quarter
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(pixels).save(out, "JPEG", quality=90, exif=exif.tobytes())
+    elif kind == "png with alpha":  # composited over white
+        alpha = np.random.default_rng(2).integers(0, 256, (50, 70, 1), dtype=np.uint8)
+        Image.fromarray(np.concatenate([pixels, alpha], axis=2), "RGBA").save(out, "PNG")
+    elif kind == "16-bit grey png":  # scaled to 8 bits
+        Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(out, "PNG")
+    else:
+        Image.fromarray(pixels).save(out, "JPEG" if kind == "jpeg" else "PNG")
+    return out.getvalue()
+
+
+ENCODED = ["jpeg", "png", "jpeg, EXIF-rotated", "png with alpha", "16-bit grey png"]
+
+
+def _b64(*files: bytes, encode: Any = base64.b64encode) -> bytes:
+    return json.dumps({"instances": [{"b64": encode(data).decode()} for data in files]}).encode()
+
+
+def test_b64_images_get_the_probabilities_of_the_same_files_decoded_as_prepare_does(
+        server: str, champion: tuple, tmp_path: Path) -> None:
+    model = champion[3]
+    files = [_encoded(kind) for kind in ENCODED]
+    decoded = []
+    for index, data in enumerate(files):
+        path = tmp_path / f"image-{index}"
+        path.write_bytes(data)
+        decoded.append(load_image(path, SIZE, MAX_PIXELS))  # what prepare and predict make of the file
+    expected = np.asarray(model(np.stack(decoded).astype("float32"), training=False))
+    for path in ("/invocations", f"/v1/models/{NAME}:predict"):
+        status, answer = _post(server, _b64(*files), path)
+        assert status == 200, answer
+        np.testing.assert_allclose(np.array(answer["predictions"]), expected, atol=1e-5)
+    # One image a request is the same; and the URL-safe alphabet without padding is taken too.
+    status, answer = _post(server, _b64(files[0]))
+    assert status == 200 and np.allclose(answer["predictions"], expected[:1], atol=1e-5), answer
+    status, answer = _post(server, _b64(*files, encode=lambda data: base64.urlsafe_b64encode(data).rstrip(b"=")))
+    assert status == 200 and np.allclose(answer["predictions"], expected, atol=1e-5), answer
+
+
+def _b64_text(*values: Any) -> bytes:
+    return json.dumps({"instances": [{"b64": value} for value in values]}).encode()
+
+
+_JPEG = base64.b64encode(_encoded("jpeg")).decode()
+BAD_B64 = {
+    # body: the words its message must hold
+    "not base64": (_b64_text(_JPEG, "not*base64!"), "instance 1: the b64 value is not base64"),
+    "not an image": (_b64_text(base64.b64encode(b"hello, this is text").decode()), "instance 0: not an image"),
+    "truncated image": (_b64_text(base64.b64encode(_encoded("jpeg")[:300]).decode()), "instance 0"),
+    "empty": (_b64_text(""), "instance 0: the b64 value is empty"),
+    "not a string": (_b64_text(12), 'instance 0 is not {"b64"'),
+    "other keys": (json.dumps({"instances": [{"b64": _JPEG, "x": 1}]}).encode(), 'instance 0 is not {"b64"'),
+    "nested deep": (b'{"instances": [{"b64": "' + _JPEG.encode() + b'"}, {"b64": ' + b"[" * 900 + b"]" * 900 + b"}]}",
+                    'instance 1 is not {"b64"'),
+    "mixed with pixels": (json.dumps({"instances": [{"b64": _JPEG}, np.zeros((SIZE, SIZE, 3), int).tolist()]})
+                          .encode(), "mix"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_B64))
+def test_a_bad_b64_instance_is_a_400_naming_it(server: str, champion: tuple, name: str) -> None:
+    body, words = BAD_B64[name]
+    message = _short_error(*_request(server, body), 400)
+    assert words in message and _JPEG[:20] not in message, message
+    _serves(server, champion[1])
+
+
+def test_more_b64_images_than_the_server_decodes_is_413(server: str, champion: tuple) -> None:
+    most = 8 * LIMIT // (SIZE * SIZE * 3)  # serve.max_images: 8 times the body limit as decoded pixels
+    message = _short_error(*_request(server, _b64_text(*["AAAA"] * (most + 1))), 413)
+    assert f"at most {most}" in message, message
+    _serves(server, champion[1])
+
+
+def test_tensorflow_servings_rest_path_answers_as_invocations(server: str, champion: tuple) -> None:
+    _, images, expected, _ = champion
+    for path in (f"/v1/models/{NAME}:predict", f"/v1/models/{NAME}/versions/1:predict"):
+        status, answer = _post(server, _instances(images), path)
+        assert status == 200 and np.allclose(answer["predictions"], expected, atol=1e-5), (path, answer)
+    # TensorFlow Serving's columnar body: "inputs" in, "outputs" out (/invocations answers "predictions").
+    status, answer = _post(server, json.dumps({"inputs": images.tolist()}).encode(), f"/v1/models/{NAME}:predict")
+    assert status == 200 and np.allclose(answer["outputs"], expected, atol=1e-5), answer
+    # The guard stands in front of it too.
+    assert "application/json" in _short_error(*_request(server, _instances(images), {},
+                                                        f"/v1/models/{NAME}:predict"), 415)
+    assert "NaN" in _short_error(*_request(server, BAD_BODIES["NaN"], path=f"/v1/models/{NAME}:predict"), 400)
+
+
+@pytest.mark.parametrize("path", ["/v1/models/other:predict", f"/v1/models/{NAME}/versions/2:predict",
+                                  f"/v1/models/{NAME}x:predict"])
+def test_another_model_name_or_version_is_a_404(server: str, champion: tuple, path: str) -> None:
+    message = _short_error(*_request(server, _instances(champion[1]), path=path), 404)
+    assert f"serves the model {NAME}, version 1" in message, message
+
+
+def test_tensorflow_servings_model_status(server: str) -> None:
+    for path in (f"/v1/models/{NAME}", f"/v1/models/{NAME}/versions/1"):
+        with urllib.request.urlopen(f"{server}{path}", timeout=10) as answer:
+            assert answer.status == 200
+            status = json.loads(answer.read())
+        assert status == {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                                    "status": {"error_code": "OK", "error_message": ""}}]}
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(f"{server}/v1/models/other", timeout=10)
+    assert failed.value.code == 404 and len(failed.value.read()) <= ANSWER_MAX
 
 
 BAD_BODIES = {
@@ -191,6 +313,9 @@ BAD_BODIES = {
     "no instances key": json.dumps({"images": [[1, 2, 3]]}).encode(),
     # Each of these failed before the server guarded its input (issue 10):
     "pixels above 255, among many": _instances(np.full((4, SIZE, SIZE, 3), 300.0)),  # message dumped the array
+    "integers above 255": _instances(np.full((1, SIZE, SIZE, 3), 300)),  # read by serve.pixel_array
+    "integers of 4 digits": _instances(_pixels_with(1000)),  # left by pixel_array to the general path
+    "blanks inside a number": _instances(np.ones((1, SIZE, SIZE, 3), int)).replace(b"1, 1", b"1 1, 1", 1),
     "NaN": json.dumps({"instances": _pixels_with(float("nan"))}).encode(),
     "infinity": json.dumps({"instances": _pixels_with(float("inf"))}).encode(),
     "booleans": json.dumps({"instances": [[[[True, False, True]] * SIZE] * SIZE]}).encode(),  # answered 200
@@ -218,7 +343,8 @@ def test_bad_request_is_a_400_with_a_short_message_and_the_server_stays_up(serve
 def test_the_messages_say_what_is_wrong(server: str) -> None:
     expected = {"NaN": "NaN", "booleans": "true/false", "a boolean among numbers": "true/false",
                 "100,000-deep array": "deep", "pixels above 255, among many": "300", "ragged": "regular",
-                "large malformed JSON": "JSON", "not UTF-8": "UTF-8", "no instances key": "instances"}
+                "large malformed JSON": "JSON", "not UTF-8": "UTF-8", "no instances key": "instances",
+                "integers above 255": "300", "integers of 4 digits": "1000"}
     for name, words in expected.items():
         message = json.loads(_request(server, BAD_BODIES[name])[1])["message"]
         assert words in message, (name, message)
@@ -349,3 +475,85 @@ def test_the_json_scan_counts_nesting_and_finds_booleans_outside_strings(body: b
     from op_classifier.serve import scan_json
 
     assert scan_json(body) == (depth, has_bool)
+
+
+def _pixel_body(images: np.ndarray, key: str = "instances", **dumps: Any) -> bytes:
+    return json.dumps({key: images.tolist()}, **dumps).encode()
+
+
+@pytest.mark.parametrize("dumps", [{}, {"separators": (",", ":")}, {"indent": 2}], ids=["default", "compact", "indented"])
+@pytest.mark.parametrize("shape", [(2, SIZE, SIZE, 3), (1, 1, 1, 1), (3, 2, 5, 3)], ids=["two images", "one pixel", "3x2x5"])
+def test_the_fast_pixel_reader_reads_what_json_and_numpy_read(shape: tuple[int, ...], dumps: dict) -> None:
+    from op_classifier.serve import pixel_array
+
+    images = np.random.default_rng(0).integers(0, 256, shape)
+    images.flat[: min(images.size, 6)] = [0, 9, 10, 99, 100, 255][: min(images.size, 6)]
+    for key in ("instances", "inputs"):
+        body = b" \n" + _pixel_body(images, key, **dumps) + b"\n "
+        read = pixel_array(body, shape[1:])
+        assert read is not None and read[0] == key
+        np.testing.assert_array_equal(read[1], np.asarray(json.loads(body)[key]))
+
+
+GOOD = json.dumps({"instances": np.ones((1, 2, 2, 3), int).tolist()})
+
+
+@pytest.mark.parametrize("body", [
+    GOOD.replace("1", "1.0", 1), GOOD.replace("1", "-1", 1), GOOD.replace("1", "1e2", 1),  # floats, signs
+    GOOD.replace("1", "07", 1), GOOD.replace("1", "1000", 1),  # no JSON; more than 3 digits
+    GOOD.replace("1, 1", "1 1", 1), GOOD.replace("1, 1", "1,, 1", 1), GOOD.replace("1, 1", "1, [1]", 1),
+    GOOD.replace("]]]]", "]]]", 1), GOOD[:-1], GOOD + "x", GOOD.replace("}", "}}"),
+    GOOD.replace("[1, 1, 1], ", "[1, 1, 1]1, ", 1),  # a number outside its place, one missing from its own
+    GOOD.replace("[1, 1, 1]", "[1, 1, 1, 1]", 1), GOOD.replace("{", '{"a": 1, ', 1), GOOD.replace("1", "true", 1),
+    GOOD.replace("1", '"1"', 1), json.dumps({"instances": np.ones((1, 2, 2, 2), int).tolist()}),
+    '{"instances": []}', '{"instances": [1]}', '{"instances": }', "", "{", "[1, 2, 3]",
+])
+def test_the_fast_pixel_reader_leaves_anything_else_to_the_general_path(body: str) -> None:
+    from op_classifier.serve import pixel_array
+
+    assert pixel_array(GOOD.encode(), (2, 2, 3)) is not None
+    assert pixel_array(body.encode(), (2, 2, 3)) is None
+
+
+def test_the_fast_pixel_reader_never_reads_what_json_would_not() -> None:
+    """Random edits of small bodies: pixel_array reads exactly json.loads' array, or nothing."""
+    import random
+
+    from op_classifier.serve import pixel_array
+
+    rng, alphabet = random.Random(0), b'0123456789[], \n-.e"{}:'
+    for _ in range(3000):
+        shape = rng.choice([(2, 2, 3), (1, 1, 1), (2, 1, 2)])
+        images = np.array(rng.choices([0, 7, 10, 99, 255, 999], k=2 * math.prod(shape))).reshape(2, *shape)
+        body = bytearray(_pixel_body(images[: rng.randint(1, 2)], rng.choice(["instances", "inputs"])))
+        for _ in range(rng.randint(1, 3)):
+            at, byte = rng.randrange(len(body)), alphabet[rng.randrange(len(alphabet))]
+            body[at : at + rng.randint(0, 1)] = bytes([byte]) if rng.random() < 0.7 else b""
+        read = pixel_array(bytes(body), shape)
+        if read is not None:
+            document = json.loads(body)
+            assert list(document) == [read[0]], body
+            np.testing.assert_array_equal(read[1], np.asarray(document[read[0]]))
+
+
+def test_the_serving_function_is_the_keras_model_chunk_by_chunk(champion: tuple) -> None:
+    _, images, expected, model = champion
+    batch = np.concatenate([images] * 3).astype(np.uint8)  # 6 images in chunks of 4: two calls
+    forward = tracking.serving_function(model, (SIZE, SIZE, 3), chunk=4)
+    out = forward(batch)
+    assert out.dtype == np.float32 and out.shape == (6, 4)
+    np.testing.assert_allclose(out, np.concatenate([expected] * 3), atol=1e-5)
+
+
+def test_a_pyfunc_of_another_kind_is_served_through_its_own_predict() -> None:
+    class Other:  # not an op-classifier PixelClassifier: no Keras model to trace
+        def unwrap_python_model(self) -> None:
+            raise ValueError("not a python model")
+
+        def predict(self, images: np.ndarray) -> np.ndarray:
+            assert images.dtype == np.float32
+            return images.mean(axis=(1, 2, 3))[:, None]
+
+    served = tracking.ServedModel(Other(), (2, 2, 3))
+    np.testing.assert_allclose(served.predict_images(np.full((2, 2, 2, 3), 6, np.uint8)), [[6.0], [6.0]])
+    np.testing.assert_allclose(served.predict(np.full((1, 2, 2, 3), 3).tolist()), [[3.0]])
