@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from op_classifier import config, quiet
 from op_classifier.errors import OpClassifierError
+from op_classifier.runner import guarded, report
 
 # Stage name -> module with `run(cfg) -> dict`; imported only when asked for (TensorFlow is slow).
 STAGES = {
@@ -25,28 +25,6 @@ VERBOSE_HELP = (f"show TensorFlow's start-up log lines, hidden by default "
                 f"(DVC stages: set {quiet.VERBOSE_ENV}=1)")
 
 
-def guarded(action: Callable[[], object]) -> int:
-    """Run an action; turn a user-facing error into one line on stderr and its exit code."""
-    try:
-        action()
-    except OpClassifierError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-def stage_main(run: Callable[[config.Config], dict]) -> None:
-    """Entry point of a DVC stage: run it with the validated params.yaml."""
-    sys.exit(guarded(lambda: _report(run(config.load_params()))))
-
-
-def _report(summary: dict) -> None:
-    print(json.dumps(summary, indent=2, default=str))
-
-
 def _compose(overrides: Sequence[str]) -> None:
     cfg = config.compose(tuple(overrides))
     config.validate(cfg)  # refuse to write a params.yaml the stages would reject
@@ -58,13 +36,13 @@ def _sample(args: argparse.Namespace) -> None:
     from op_classifier import sample
 
     given = {"per_class": args.per_class, "scenes": args.scenes, "seed": args.seed}
-    _report(sample.generate(Path(args.out), **{k: v for k, v in given.items() if v is not None}))
+    report(sample.generate(Path(args.out), **{k: v for k, v in given.items() if v is not None}))
 
 
 def _stage(name: str, overrides: Sequence[str]) -> None:
     cfg = config.validate(config.compose(tuple(overrides)))
     module = importlib.import_module(STAGES[name])
-    _report(module.run(cfg))
+    report(module.run(cfg))
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from op_classifier import progress
-from op_classifier.cli import stage_main
+from op_classifier.runner import stage_main
 from op_classifier.config import Config, ConfigError
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
 from op_classifier.errors import DataError

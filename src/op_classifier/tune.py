@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from op_classifier import hparams, state
-from op_classifier.cli import stage_main
+from op_classifier.runner import stage_main
 from op_classifier.config import Config, ConfigError, TunerConfig, as_dict, run_name
 from op_classifier.data import data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError

@@ -1,0 +1,36 @@
+"""How every entry point runs: user-facing errors as one line and an exit code; stages from params.yaml.
+
+The stages import this, not the CLI, so a stage's code is only what it really uses (dvc.yaml's deps).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Callable
+
+from op_classifier import config
+from op_classifier.errors import OpClassifierError
+
+
+def guarded(action: Callable[[], object]) -> int:
+    """Run an action; turn a user-facing error into one line on stderr and its exit code."""
+    try:
+        action()
+    except OpClassifierError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def stage_main(run: Callable[[config.Config], dict]) -> None:
+    """Entry point of a DVC stage: run it with the validated params.yaml."""
+    sys.exit(guarded(lambda: report(run(config.load_params()))))
+
+
+def report(summary: dict) -> None:
+    """A command's result, as indented JSON on stdout."""
+    print(json.dumps(summary, indent=2, default=str))
