@@ -10,11 +10,11 @@ comma := ,
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help install run test test-slow sample ui serve bench lock clean
+.PHONY: help install run lint test test-slow sample ui serve bench lock clean
 
 help:
 	@echo "make run        the whole pipeline on the built-in sample (dvc repro)"
-	@echo "make test       the fast tests;  make test-slow: all of them"
+	@echo "make test       ruff, then the fast tests;  make test-slow: all of them;  make lint: ruff only"
 	@echo "make sample     (re)generate the built-in sample in data/raw"
 	@echo "make ui         the MLflow UI over this project's runs, on http://127.0.0.1:5000"
 	@echo "make serve      the champion model over REST on http://127.0.0.1:8501 (/invocations, /v1/models/op-classifier:predict; PORT=, MODEL=)"
@@ -48,7 +48,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/predict.py
 	$(BIN)/python benchmarks/serve.py
 
-test: $(STAMP)
+# ruff (lint + format check) first: it takes a second, and a red house fails fast.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)

@@ -37,14 +37,22 @@ def sh(cwd: Path, *cmd: str) -> tuple[float, str]:
 
 def copy_repo(dst: Path) -> None:
     """The project's files as git sees them (tracked and not ignored), committed in a new repo."""
-    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         if (REPO / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dst / rel)
-    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=bench", "-c", "user.email=bench@localhost",
-                                               "commit", "-q", "-m", "bench"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "bench"],
+    ):
         subprocess.run(["git", *args], cwd=dst, check=True, capture_output=True)
 
 
@@ -79,16 +87,25 @@ def report(times: dict, noop: float, noop_ran: bool, metrics: dict, baseline: st
     print(f"\nsample generation        {times['sample']:7.1f} s")
     print(f"prepared data -> metrics {model_stages:7.1f} s  (tune + train + evaluate; target <= 600 s)")
     print(f"dvc repro, no change     {noop:7.1f} s  (target < 5 s; a stage re-ran: {noop_ran})")
-    print(f"CNN top-1 accuracy       val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}"
-          "  (target >= 0.86)")
+    print(
+        f"CNN top-1 accuracy       val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}"
+        "  (target >= 0.86)"
+    )
     scenes = metrics["scenes"]
     if scenes.get("count"):
-        print(f"multi-character scenes   n={scenes['count']}  mean recall@0.5 {scenes['mean_recall']:.4f}"
-              f"  exact-set accuracy {scenes['exact_set_accuracy']:.4f}")
-        print("  per-character recall   " + "  ".join(f"{k} {v:.3f}" for k, v in scenes["recall"].items() if v is not None))
+        print(
+            f"multi-character scenes   n={scenes['count']}  mean recall@0.5 {scenes['mean_recall']:.4f}"
+            f"  exact-set accuracy {scenes['exact_set_accuracy']:.4f}"
+        )
+        print(
+            "  per-character recall   "
+            + "  ".join(f"{k} {v:.3f}" for k, v in scenes["recall"].items() if v is not None)
+        )
     colour = json.loads(baseline)
-    print(f"colour baseline          val {colour['val_accuracy']:.4f}  test {colour['test_accuracy']:.4f}"
-          "  (histogram + logistic regression; target <= 0.70)")
+    print(
+        f"colour baseline          val {colour['val_accuracy']:.4f}  test {colour['test_accuracy']:.4f}"
+        "  (histogram + logistic regression; target <= 0.70)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -103,13 +104,19 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     rates = throughputs(classifier, files, ready, args.batch_size, args.repeats)
     latency = latencies(classifier, files[0], ready[:1])
     started = time.perf_counter()
-    subprocess.run([CLI, "predict", str(work / "photos"), "--model", str(model_dir)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [CLI, "predict", str(work / "photos"), "--model", str(model_dir)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     command = time.perf_counter() - started
 
     model = args.model or "untrained build_model(num_classes=4, image_size=180, resize=96)"
-    print(f"model {model}, input {side}x{side}; {len(files)} JPEGs of {args.photo}, batch {args.batch_size}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"model {model}, input {side}x{side}; {len(files)} JPEGs of {args.photo}, batch {args.batch_size}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
     print(f"throughput (best of {args.repeats}):")
     for name, rate in rates.items():
         print(f"  {name:42s} {rate:8.1f} images/s")

@@ -22,8 +22,10 @@ CLI = str(Path(sys.executable).parent / "op-classifier")
 def train_once(work: Path, name: str, overrides: list[str]) -> Path:
     """One training (tuner=none, tracking off) into experiments-<name>/; returns its model dir."""
     paths = [f"paths.{key}=experiments-{name}/{key}" for key in ("tuning", "checkpoints", "model")]
-    paths += [f"paths.{key}=experiments-{name}/{key}.{ext}" for key, ext in
-              (("best_hparams", "yaml"), ("leaderboard", "csv"), ("history", "csv"))]
+    paths += [
+        f"paths.{key}=experiments-{name}/{key}.{ext}"
+        for key, ext in (("best_hparams", "yaml"), ("leaderboard", "csv"), ("history", "csv"))
+    ]
     args = ["tuner=none", "tracking.enabled=false", *paths, *overrides]
     for stage in ("tune", "train"):
         subprocess.run([CLI, stage, *args], cwd=work, check=True, capture_output=True)
@@ -40,12 +42,17 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="op-repro-"))
     shutil.copytree(REPO / "conf", work / "conf")
-    subprocess.run([CLI, "sample", "--out", "data/raw", "--per-class", str(args.per_class)], cwd=work,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [CLI, "sample", "--out", "data/raw", "--per-class", str(args.per_class)],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
     subprocess.run([CLI, "prepare"], cwd=work, check=True, capture_output=True)
     overrides = [f"train.epochs={args.epochs}", f"train.patience={args.epochs}"]
-    models = [keras.saving.load_model(train_once(work, name, overrides) / "model.keras", compile=False)
-              for name in ("a", "b")]
+    models = [
+        keras.saving.load_model(train_once(work, name, overrides) / "model.keras", compile=False) for name in ("a", "b")
+    ]
     val = np.load(work / "data/prepared/val/images.npy")
     labels = np.load(work / "data/prepared/val/labels.npy")
     single = labels.sum(1) == 1

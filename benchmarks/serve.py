@@ -29,8 +29,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -60,8 +61,10 @@ def timed(call: Callable[[], object], count: int, warmup: int, seconds: float) -
 def show(label: str, times: list[float]) -> None:
     """One line: calls/s, median and 90th-percentile latency."""
     p90 = sorted(times)[int(0.9 * (len(times) - 1))]
-    print(f"  {label:44s} {len(times) / sum(times):8.1f}/s   median {statistics.median(times) * 1e3:7.2f} ms"
-          f"   p90 {p90 * 1e3:7.2f} ms   (n={len(times)})")
+    print(
+        f"  {label:44s} {len(times) / sum(times):8.1f}/s   median {statistics.median(times) * 1e3:7.2f} ms"
+        f"   p90 {p90 * 1e3:7.2f} ms   (n={len(times)})"
+    )
 
 
 def register_untrained(root: Path) -> None:
@@ -95,7 +98,8 @@ def photo_jpeg(size: tuple[int, int]) -> bytes:
     grain = rng.normal(0, 8, (size[1], size[0], 3))
     out = io.BytesIO()
     Image.fromarray(np.clip(np.asarray(field, dtype=np.float64) + grain, 0, 255).astype(np.uint8)).save(
-        out, "JPEG", quality=90)
+        out, "JPEG", quality=90
+    )
     return out.getvalue()
 
 
@@ -142,8 +146,9 @@ def start_server(root: Path, port: int, model: str | None, log: Path) -> subproc
     """`op-classifier serve` in root, in its own process group; returns once /ping answers (max 120 s)."""
     args = [CLI, "serve", "--port", str(port), *(["--model", model] if model else [])]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} if model is None else None
-    process = subprocess.Popen(args, cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        args, cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -206,10 +211,14 @@ def main() -> None:
         ready = image.astype("float32")
         b64_body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).encode()
         pixels_body = json.dumps({"instances": image.astype(int).tolist()}).encode()
-        print(f"one image per request, sequential; {os.cpu_count()} CPU cores, load average "
-              f"{os.getloadavg()[0]:.2f} at start; model {args.model or 'untrained build_model(4, 180, resize=96)'}")
-        print(f"  b64 body: a {width}x{height} JPEG ({len(jpeg) / 1024:.0f} KiB, {len(b64_body) / 1024:.0f} KiB "
-              f"of JSON); pixels body: {SIZE}x{SIZE}x3 integers ({len(pixels_body) / 1024:.0f} KiB of JSON)")
+        print(
+            f"one image per request, sequential; {os.cpu_count()} CPU cores, load average "
+            f"{os.getloadavg()[0]:.2f} at start; model {args.model or 'untrained build_model(4, 180, resize=96)'}"
+        )
+        print(
+            f"  b64 body: a {width}x{height} JPEG ({len(jpeg) / 1024:.0f} KiB, {len(b64_body) / 1024:.0f} KiB "
+            f"of JSON); pixels body: {SIZE}x{SIZE}x3 integers ({len(pixels_body) / 1024:.0f} KiB of JSON)"
+        )
         n, w, s = args.requests, args.warmup, args.seconds
         print("in-process:")
         show("model(x, training=False)", timed(lambda: model(ready, training=False), n, w, s))
@@ -223,13 +232,17 @@ def main() -> None:
         server = start_server(root, port, args.model, work / "serve.log")
         try:
             print("over HTTP:")
-            for label, path, body in ((f"b64 JPEG, /v1/models/{NAME}:predict", f"/v1/models/{NAME}:predict", b64_body),
-                                      ("b64 JPEG, /invocations", "/invocations", b64_body),
-                                      ("pixels, /invocations", "/invocations", pixels_body),
-                                      (f"pixels, /v1/models/{NAME}:predict", f"/v1/models/{NAME}:predict", pixels_body)):
+            for label, path, body in (
+                (f"b64 JPEG, /v1/models/{NAME}:predict", f"/v1/models/{NAME}:predict", b64_body),
+                ("b64 JPEG, /invocations", "/invocations", b64_body),
+                ("pixels, /invocations", "/invocations", pixels_body),
+                (f"pixels, /v1/models/{NAME}:predict", f"/v1/models/{NAME}:predict", pixels_body),
+            ):
                 show(label, timed(keep_alive_post(port, path, body), n, w, s))
-            for label, body in (("b64 JPEG, urllib (a connection each)", b64_body),
-                                ("pixels, urllib (a connection each)", pixels_body)):
+            for label, body in (
+                ("b64 JPEG, urllib (a connection each)", b64_body),
+                ("pixels, urllib (a connection each)", pixels_body),
+            ):
                 show(label, timed(urllib_post(port, "/invocations", body), n, w, s))
             show("GET /ping (HTTP alone)", timed(keep_alive_get(port, "/ping"), n, w, s))
         finally:
@@ -270,8 +283,9 @@ def keep_alive_get(port: int, path: str) -> Callable[[], None]:
 
 def urllib_post(port: int, path: str, body: bytes) -> Callable[[], None]:
     """POST body to path with urllib, which opens a connection for every request."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
 
     def post() -> None:
         with urllib.request.urlopen(request, timeout=30) as answer:

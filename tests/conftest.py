@@ -8,8 +8,8 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -51,10 +51,16 @@ def _git(cwd: Path, *args: str) -> None:
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
     """A committed git copy of the project's files (tracked and not ignored), for real DVC commands."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     dst = tmp_path / "repo"
     for rel in filter(None, listed):
         src = REPO / rel

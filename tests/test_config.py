@@ -75,8 +75,10 @@ def test_bad_override_is_an_error_naming_the_key(override: str, message: str) ->
         ("tuner.batch_size=0", "tuner.batch_size: must be at least 1, got 0"),
         ("model.filters=[]", "model.filters: must be a non-empty list of integers, each at least 1, got []"),
         ("tracking.champion_target=5", "tracking.champion_target: must be between 0 and 1, got 5"),
-        ("train.monitor=bogus", "train.monitor: the model does not report 'bogus' (it reports loss, accuracy, auc, "
-                                "precision_Luffy,"),
+        (
+            "train.monitor=bogus",
+            "train.monitor: the model does not report 'bogus' (it reports loss, accuracy, auc, precision_Luffy,",
+        ),
         # Every other numeric key has its range too.
         ("seed=-1", "seed: must be between 0 and 4294967295, got -1"),
         ("data.image_size=4", "data.image_size: must be between 8 and 4096, got 4"),
@@ -101,18 +103,28 @@ def test_bad_override_is_an_error_naming_the_key(override: str, message: str) ->
         ("tuner.search_space.units.min=-32", "tuner.search_space.units.min: must be at least 1, got -32"),
         ("tuner.search_space.units.max=16", "tuner.search_space.units: min (32) is above max (16)"),
         ("tuner.search_space.units.step=0", "tuner.search_space.units.step: must be positive, got 0"),
-        ("+tuner.search_space.l2={type: float, min: 0, max: 0.1, sampling: log}",
-         "tuner.search_space.l2.min: must be positive for sampling log, got 0"),
+        (
+            "+tuner.search_space.l2={type: float, min: 0, max: 0.1, sampling: log}",
+            "tuner.search_space.l2.min: must be positive for sampling log, got 0",
+        ),
         ("tuner.search_space.units.min=32.5", "tuner.search_space.units.min: must be whole for type int, got 32.5"),
         ("tuner.search_space.units.type=float", "tuner.search_space.units.type: units takes int or choice, not float"),
-        ("tuner.search_space.learning_rate.values=[0.01,0]",
-         "tuner.search_space.learning_rate.values: must be positive, got 0"),
-        ("+tuner.search_space.dropout={type: float, min: 0.1, max: 1.5}",
-         "tuner.search_space.dropout.max: must be at least 0 and below 1, got 1.5"),
-        ("+tuner.search_space.kernel_size={type: int, min: 3, max: 40}",
-         "tuner.search_space.kernel_size: 3 conv blocks of kernel_size 40 leave nothing of a 96-pixel input"),
-        ("+tuner.search_space.momentum={type: float, min: 0.1, max: 0.9}",
-         "tuner.search_space.momentum: not a tunable name"),
+        (
+            "tuner.search_space.learning_rate.values=[0.01,0]",
+            "tuner.search_space.learning_rate.values: must be positive, got 0",
+        ),
+        (
+            "+tuner.search_space.dropout={type: float, min: 0.1, max: 1.5}",
+            "tuner.search_space.dropout.max: must be at least 0 and below 1, got 1.5",
+        ),
+        (
+            "+tuner.search_space.kernel_size={type: int, min: 3, max: 40}",
+            "tuner.search_space.kernel_size: 3 conv blocks of kernel_size 40 leave nothing of a 96-pixel input",
+        ),
+        (
+            "+tuner.search_space.momentum={type: float, min: 0.1, max: 0.9}",
+            "tuner.search_space.momentum: not a tunable name",
+        ),
     ],
 )
 def test_out_of_range_value_is_one_line_naming_the_key(override: str, message: str) -> None:
@@ -125,8 +137,11 @@ def test_out_of_range_value_is_one_line_naming_the_key(override: str, message: s
 def test_metric_names_without_a_class_list_accept_any_class() -> None:
     cfg = compose("data.classes=null", "train.monitor=val_recall_Usopp", "tuner.objective=precision_Chopper")
     assert cfg.train.monitor == "val_recall_Usopp"
-    with pytest.raises(ConfigError, match=r"train.monitor: the model does not report 'val_f1' \(it reports loss, "
-                                          r"accuracy, auc, precision_<class>, recall_<class>, val_loss"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.monitor: the model does not report 'val_f1' \(it reports loss, "
+        r"accuracy, auc, precision_<class>, recall_<class>, val_loss",
+    ):
         compose("data.classes=null", "train.monitor=val_f1")
     with pytest.raises(ConfigError, match="train.monitor: the model does not report 'val_recall_Usopp'"):
         compose("train.monitor=val_recall_Usopp")  # not one of data.classes

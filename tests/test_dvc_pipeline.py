@@ -34,9 +34,15 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
 
     first = run_in(repo_copy, "dvc", "repro")
     assert _ran(first.stdout) == set(STAGES)
-    for path in ("experiments/tuning/best_hparams.yaml", "experiments/tuning/leaderboard.csv",
-                 "experiments/model/model.keras", "experiments/model/saved_model/1/saved_model.pb",
-                 "experiments/metrics.json", "experiments/plots/history.csv", "experiments/plots/confusion.csv"):
+    for path in (
+        "experiments/tuning/best_hparams.yaml",
+        "experiments/tuning/leaderboard.csv",
+        "experiments/model/model.keras",
+        "experiments/model/saved_model/1/saved_model.pb",
+        "experiments/metrics.json",
+        "experiments/plots/history.csv",
+        "experiments/plots/confusion.csv",
+    ):
         assert (repo_copy / path).is_file(), path
     shown = json.loads(run_in(repo_copy, "dvc", "metrics", "show", "--json").stdout)
     assert "test_accuracy" in json.dumps(shown)

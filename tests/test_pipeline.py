@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def _cfg(root: Path, *overrides: str) -> Config:
     return compose(*TINY, *paths, store, *overrides)
 
 
-def _client(root: Path):  # noqa: ANN202 - mlflow stays out of the module's imports
+def _client(root: Path):  # mlflow stays out of the module's imports: no return annotation
     import mlflow
 
     return mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
@@ -85,8 +86,7 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     parent = next(r for r in runs if r.data.tags.get("stage") == "tune")
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) == 2
-    assert all("units" in t.data.params and {"objective", "epoch_val_accuracy"} <= set(t.data.metrics)
-               for t in trials)
+    assert all("units" in t.data.params and {"objective", "epoch_val_accuracy"} <= set(t.data.metrics) for t in trials)
     training = next(r for r in runs if r.data.tags.get("stage") == "train")
     assert training.data.params["train.epochs"] == "2" and "tuned.units" in training.data.params
     assert training.data.tags["tuning_run_id"] == parent.info.run_id and training.data.tags["data_hash"]
@@ -98,8 +98,10 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     assert dataset.dataset.digest == training.data.tags["data_hash"] and dataset.dataset.name == "raw"
     assert {t.key: t.value for t in dataset.tags}["train_images"] == "23"
     figures = {a.path for a in _client(project).list_artifacts(training.info.run_id, "figures")}
-    assert figures == {f"figures/{name}.png" for name in
-                       ("learning_curves", "confusion_matrix", "per_class_scores", "worst_val_images")}
+    assert figures == {
+        f"figures/{name}.png"
+        for name in ("learning_curves", "confusion_matrix", "per_class_scores", "worst_val_images")
+    }
     assert training.info.run_name.startswith("train data.image_size=32")  # what differs from conf/
     experiment = _client(project).get_experiment(training.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens on runs
@@ -142,8 +144,11 @@ def _trials_of(root: Path, parent_id: str) -> list:
 
 
 def test_a_changed_config_never_reuses_an_old_search(project: Path, tmp_path: Path, capsys) -> None:
-    own = (f"paths.tuning={tmp_path / 'search'}", f"paths.best_hparams={tmp_path / 'best.yaml'}",
-           f"paths.leaderboard={tmp_path / 'board.csv'}")
+    own = (
+        f"paths.tuning={tmp_path / 'search'}",
+        f"paths.best_hparams={tmp_path / 'best.yaml'}",
+        f"paths.leaderboard={tmp_path / 'board.csv'}",
+    )
     first = tune.run(_cfg(project, *own))
     first_parent = (tmp_path / "search/mlflow_run_id").read_text()
 
@@ -207,11 +212,12 @@ def test_unreachable_mlflow_store_is_a_clear_error(project: Path) -> None:
 
 
 def _popen(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([CLI, *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [CLI, *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
-def _wait_for(condition, process: subprocess.Popen, timeout: float = 240) -> None:  # noqa: ANN001
+def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert process.poll() is None, process.stdout.read()
@@ -245,19 +251,27 @@ def _finished_trial_runs(root: Path) -> int:
 def _paths_args(root: Path) -> list[str]:
     defaults = vars(compose().paths)
     return [f"paths.{key}={root / value}" for key, value in defaults.items()] + [
-        f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}"
+    ]
 
 
 @pytest.mark.slow
 def test_killed_search_resumes_without_rerunning_finished_trials(project: Path, tmp_path: Path) -> None:
-    args = [*TINY, *_paths_args(project), "tuner.max_trials=4", "tuner.epochs=3",
-            f"paths.tuning={tmp_path / 'search'}", f"paths.best_hparams={tmp_path / 'best.yaml'}",
-            f"paths.leaderboard={tmp_path / 'board.csv'}"]
+    args = [
+        *TINY,
+        *_paths_args(project),
+        "tuner.max_trials=4",
+        "tuner.epochs=3",
+        f"paths.tuning={tmp_path / 'search'}",
+        f"paths.best_hparams={tmp_path / 'best.yaml'}",
+        f"paths.leaderboard={tmp_path / 'board.csv'}",
+    ]
     before = _finished_trial_runs(project)
     first = _popen(project, "tune", *args)
     # Keras Tuner marks a trial COMPLETED a moment before its MLflow run is closed: wait for both.
-    _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1 and _finished_trial_runs(project) > before,
-              first)
+    _wait_for(
+        lambda: len(_completed_trials(tmp_path / "search")) >= 1 and _finished_trial_runs(project) > before, first
+    )
     _kill(first)
     finished = _completed_trials(tmp_path / "search")
 
@@ -274,10 +288,19 @@ def test_killed_search_resumes_without_rerunning_finished_trials(project: Path, 
 
 
 def _train_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [*TINY, *_paths_args(root), "tuner=none", "train.epochs=12", "train.patience=100",
-            f"paths.best_hparams={tmp_path / 'best.yaml'}", f"paths.leaderboard={tmp_path / 'board.csv'}",
-            f"paths.checkpoints={tmp_path / 'ckpt'}", f"paths.model={tmp_path / 'model'}",
-            f"paths.history={tmp_path / 'history.csv'}", *extra]
+    return [
+        *TINY,
+        *_paths_args(root),
+        "tuner=none",
+        "train.epochs=12",
+        "train.patience=100",
+        f"paths.best_hparams={tmp_path / 'best.yaml'}",
+        f"paths.leaderboard={tmp_path / 'board.csv'}",
+        f"paths.checkpoints={tmp_path / 'ckpt'}",
+        f"paths.model={tmp_path / 'model'}",
+        f"paths.history={tmp_path / 'history.csv'}",
+        *extra,
+    ]
 
 
 def _epochs(history: Path) -> list[int]:
@@ -310,8 +333,9 @@ def test_killed_training_never_resumes_under_another_config(project: Path, tmp_p
     args, history = _train_args(project, tmp_path, "tracking.enabled=false"), tmp_path / "history.csv"
     _train_killed_after_epochs(project, args, history)
     for change in (("seed=7", "train.batch_size=64"), ("model.filters=[8,16,32]",)):
-        again = subprocess.run([CLI, "train", *args, *change, "train.epochs=2"], cwd=project,
-                               capture_output=True, text=True)
+        again = subprocess.run(
+            [CLI, "train", *args, *change, "train.epochs=2"], cwd=project, capture_output=True, text=True
+        )
         assert again.returncode == 0, again.stdout + again.stderr
         assert '"resumed": false' in again.stdout and "not resuming the training checkpoint" in again.stderr
         assert _epochs(history) == [0, 1]
@@ -323,8 +347,9 @@ def test_killed_then_changed_config_never_wedges_tracking(project: Path, tmp_pat
     args, history = _train_args(project, tmp_path), tmp_path / "history.csv"
     _train_killed_after_epochs(project, args, history)
     killed = (tmp_path / "ckpt/mlflow_run_id").read_text()
-    again = subprocess.run([CLI, "train", *args, "model.filters=[8,16,32]", "train.epochs=2"], cwd=project,
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [CLI, "train", *args, "model.filters=[8,16,32]", "train.epochs=2"], cwd=project, capture_output=True, text=True
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     status = {r.info.run_id: r.info.status for r in _runs(project)}
     new = (tmp_path / "ckpt/mlflow_run_id").read_text()
@@ -334,8 +359,7 @@ def test_killed_then_changed_config_never_wedges_tracking(project: Path, tmp_pat
     first = _popen(project, "tune", *search)
     _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1, first)
     _kill(first)
-    changed = subprocess.run([CLI, "tune", *search, "tuner.max_trials=2"], cwd=project, capture_output=True,
-                             text=True)
+    changed = subprocess.run([CLI, "tune", *search, "tuner.max_trials=2"], cwd=project, capture_output=True, text=True)
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert "not resuming the tuner search" in changed.stderr and '"trials": 2' in changed.stdout
 
@@ -354,21 +378,30 @@ def test_an_unreadable_checkpoint_starts_fresh_instead_of_wedging(project: Path,
 
 
 def _own_outputs(tmp_path: Path) -> list[str]:
-    return [f"paths.{key}={tmp_path / key}" for key in
-            ("tuning", "best_hparams", "leaderboard", "checkpoints", "model", "history", "metrics", "confusion")]
+    return [
+        f"paths.{key}={tmp_path / key}"
+        for key in ("tuning", "best_hparams", "leaderboard", "checkpoints", "model", "history", "metrics", "confusion")
+    ]
 
 
 @pytest.mark.slow
 def test_a_tracking_server_lost_mid_training_stops_in_one_line_and_keeps_the_checkpoint(
-        project: Path, tmp_path: Path) -> None:
+    project: Path, tmp_path: Path
+) -> None:
     port = _free_port()
     server = _mlflow_server(tmp_path, port)
     try:
         args = _train_args(project, tmp_path, f"tracking.uri=http://127.0.0.1:{port}", "train.epochs=40")
         history = tmp_path / "history.csv"
         subprocess.run([CLI, "tune", *args], cwd=project, check=True, capture_output=True)
-        training = subprocess.Popen([CLI, "train", *args], cwd=project, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        training = subprocess.Popen(
+            [CLI, "train", *args],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         _wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) > 2, training)
         _kill(server)
         out, err = training.communicate(timeout=120)
@@ -386,11 +419,24 @@ def test_a_tracking_server_lost_mid_search_stops_in_one_line(project: Path, tmp_
     port = _free_port()
     server = _mlflow_server(tmp_path, port)
     try:
-        args = [*TINY, *_paths_args(project), f"tracking.uri=http://127.0.0.1:{port}", "tuner.max_trials=8",
-                "tuner.epochs=4", f"paths.tuning={tmp_path / 'search'}", f"paths.best_hparams={tmp_path / 'b.yaml'}",
-                f"paths.leaderboard={tmp_path / 'board.csv'}"]
-        search = subprocess.Popen([CLI, "tune", *args], cwd=project, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        args = [
+            *TINY,
+            *_paths_args(project),
+            f"tracking.uri=http://127.0.0.1:{port}",
+            "tuner.max_trials=8",
+            "tuner.epochs=4",
+            f"paths.tuning={tmp_path / 'search'}",
+            f"paths.best_hparams={tmp_path / 'b.yaml'}",
+            f"paths.leaderboard={tmp_path / 'board.csv'}",
+        ]
+        search = subprocess.Popen(
+            [CLI, "tune", *args],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1, search)
         _kill(server)
         out, err = search.communicate(timeout=180)
@@ -414,10 +460,26 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
     import urllib.request
 
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-                               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], cwd=root, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
     def up() -> bool:
         with contextlib.suppress(OSError):

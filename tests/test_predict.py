@@ -29,7 +29,6 @@ BAD = {  # name -> (content, the reason its line must give)
 }
 
 
-
 def noise(size: tuple[int, int], seed: int) -> Image.Image:
     """A random RGB picture of size (width, height)."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
@@ -47,9 +46,11 @@ def write_bad(folder: Path) -> None:
     """The four files predict must refuse, each for its own reason."""
     buffer = io.BytesIO()
     noise((64, 64), 4).save(buffer, "JPEG", quality=95)
-    contents = {**{name: data for name, (data, _) in BAD.items()},
-                "truncated.jpg": buffer.getvalue()[: len(buffer.getvalue()) * 6 // 10],
-                "bomb.png": png_header_only(100_000, 100_000)}
+    contents = {
+        **{name: data for name, (data, _) in BAD.items()},
+        "truncated.jpg": buffer.getvalue()[: len(buffer.getvalue()) * 6 // 10],
+        "bomb.png": png_header_only(100_000, 100_000),
+    }
     for name, data in contents.items():
         (folder / name).write_bytes(data)
 
@@ -58,8 +59,9 @@ def write_bad(folder: Path) -> None:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained 4-class model saved as the train stage lays out its folder."""
     out = tmp_path_factory.mktemp("model")
-    model = compile_model(build_model(num_classes=4, image_size=32, filters=(4, 8), units=8, resize=None, seed=1),
-                          1e-3, CLASSES)
+    model = compile_model(
+        build_model(num_classes=4, image_size=32, filters=(4, 8), units=8, resize=None, seed=1), 1e-3, CLASSES
+    )
     # Spread the untrained head's outputs away from 0.5, so thresholds select different classes.
     head = model.get_layer("probabilities")
     rng = np.random.default_rng(0)
@@ -118,39 +120,48 @@ def test_bad_files_get_their_own_error_lines_and_exit_1(model_dir: Path, images:
 
 
 def test_all_good_with_a_glob_exits_0(model_dir: Path, images: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = main_in_process(capsys, str(images / "good" / "*.png"), str(images / "**" / "photo.jpg"),
-                                   "--model", str(model_dir))
+    code, out, _ = main_in_process(
+        capsys, str(images / "good" / "*.png"), str(images / "**" / "photo.jpg"), "--model", str(model_dir)
+    )
     assert code == 0
     paths = [line.split(": ", 1)[0] for line in out.splitlines()]
     assert paths == [str(images / "good" / n) for n in ("gray.png", "tom&jerry.png")] + [
-        str(images / "good" / "photo.jpg"), str(images / "mixed" / "photo.jpg")]
+        str(images / "good" / "photo.jpg"),
+        str(images / "mixed" / "photo.jpg"),
+    ]
 
 
-def test_a_folder_or_pattern_skips_files_not_named_as_images(model_dir: Path, images: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_a_folder_or_pattern_skips_files_not_named_as_images(
+    model_dir: Path, images: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = images / "annotated"
     code, out, err = main_in_process(capsys, str(folder), str(folder / "*"), "--model", str(model_dir))
     assert code == 0, err
     assert [line.split(": ", 1)[0] for line in out.splitlines()] == [
-        str(folder / name) for name in ("PHOTO.JPG", "gray.png", "tom&jerry.png")]
+        str(folder / name) for name in ("PHOTO.JPG", "gray.png", "tom&jerry.png")
+    ]
     assert "error" not in out + err
     assert err.strip().splitlines() == [
-        f"note: skipped 2 non-image files by name ({folder / 'labels.csv'}, {folder / 'notes.txt'})"]
+        f"note: skipped 2 non-image files by name ({folder / 'labels.csv'}, {folder / 'notes.txt'})"
+    ]
 
 
-def test_a_file_named_on_its_own_is_tried_whatever_its_name(model_dir: Path, images: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_a_file_named_on_its_own_is_tried_whatever_its_name(
+    model_dir: Path, images: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = images / "annotated"
     code, out, err = main_in_process(capsys, str(folder), str(folder / "notes.txt"), "--model", str(model_dir))
     assert code == 1
     assert out.splitlines()[-1] == f"{folder / 'notes.txt'}: error: not an image (a text file)"
     assert err.strip().splitlines() == [
         f"note: skipped 1 non-image file by name ({folder / 'labels.csv'})",
-        "error: 1 of 4 inputs could not be predicted (see their lines)"]
+        "error: 1 of 4 inputs could not be predicted (see their lines)",
+    ]
 
 
-def test_a_folder_or_pattern_with_no_image_names_is_an_error_line(model_dir: Path, images: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_a_folder_or_pattern_with_no_image_names_is_an_error_line(
+    model_dir: Path, images: Path, capsys: pytest.CaptureFixture
+) -> None:
     pattern = str(images / "annotated" / "*.csv")
     code, out, _ = main_in_process(capsys, pattern, str(images / "good"), "--model", str(model_dir))
     assert code == 1
@@ -179,8 +190,9 @@ def test_verbose_shows_tensorflows_start_up_lines(model_dir: Path, images: Path)
 
 
 def test_json_schema_and_threshold(model_dir: Path, images: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = main_in_process(capsys, str(images / "mixed"), "--model", str(model_dir), "--json",
-                                   "--threshold", "0.45", "--batch-size", "2")
+    code, out, _ = main_in_process(
+        capsys, str(images / "mixed"), "--model", str(model_dir), "--json", "--threshold", "0.45", "--batch-size", "2"
+    )
     assert code == 1
     doc = json.loads(out)
     assert set(doc) == {"model", "threshold", "classes", "results", "errors"}
@@ -196,15 +208,23 @@ def test_json_schema_and_threshold(model_dir: Path, images: Path, capsys: pytest
     assert all(e["error"] for e in doc["errors"])
 
 
-def test_report_is_self_contained_html_naming_every_file(model_dir: Path, images: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_report_is_self_contained_html_naming_every_file(
+    model_dir: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     report = tmp_path / "out" / "report.html"
     code, out, _ = main_in_process(capsys, str(images / "mixed"), "--model", str(model_dir), "--report", str(report))
     assert code == 1 and len(out.splitlines()) == len(GOOD) + len(BAD)
     page = report.read_text(encoding="utf-8")
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
-    for name in ["photo.jpg", "tom&amp;jerry.png", "gray.png", "notes&lt;b&gt;.jpg", "empty.jpg",
-                 "truncated.jpg", "bomb.png"]:
+    for name in [
+        "photo.jpg",
+        "tom&amp;jerry.png",
+        "gray.png",
+        "notes&lt;b&gt;.jpg",
+        "empty.jpg",
+        "truncated.jpg",
+        "bomb.png",
+    ]:
         assert f">{name}</h2>" in page, name
     assert "notes<b>" not in page and ".hidden.jpg" not in page
     assert page.count("data:image/jpeg;base64,") == len(GOOD)
@@ -217,7 +237,8 @@ def test_missing_model_is_one_line_naming_the_stage(images: Path, tmp_path: Path
     assert done.returncode != 0 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nope' / 'model.keras'} not found: train a model first "
-        "(`dvc repro train`, or `make run` for the whole pipeline)"]
+        "(`dvc repro train`, or `make run` for the whole pipeline)"
+    ]
 
 
 def test_bad_threshold_is_a_usage_error(images: Path, model_dir: Path) -> None:
@@ -225,8 +246,9 @@ def test_bad_threshold_is_a_usage_error(images: Path, model_dir: Path) -> None:
     assert done.returncode == 2 and done.stderr.strip() == "error: --threshold: must be between 0 and 1, got 50.0"
 
 
-def test_champion_from_the_mlflow_registry(model_dir: Path, images: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_champion_from_the_mlflow_registry(
+    model_dir: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """models:/op-classifier@champion from the project's store (its mlflow.db, found from the cwd)."""
     import keras
 

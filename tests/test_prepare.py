@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -88,7 +88,6 @@ def run_prepare(make_cfg: Callable[..., config.Config], *overrides: str) -> tupl
 @pytest.fixture
 def raw(tmp_path: Path) -> Path:
     return tmp_path / "raw"
-
 
 
 def truncated_jpeg() -> bytes:
@@ -464,8 +463,12 @@ def _one_error_line(stderr: str) -> None:
 
 def test_cli_reports_data_error_in_one_line(raw: Path, tmp_path: Path) -> None:
     write_dataset(raw, per_class=2)
-    command = [str(Path(sys.executable).parent / "op-classifier"), "prepare", f"paths.raw={raw}",
-               f"paths.prepared={tmp_path / 'prepared'}"]
+    command = [
+        str(Path(sys.executable).parent / "op-classifier"),
+        "prepare",
+        f"paths.raw={raw}",
+        f"paths.prepared={tmp_path / 'prepared'}",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     _one_error_line(result.stderr)

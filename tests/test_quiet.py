@@ -25,31 +25,38 @@ OURS = ["error: something of ours", "W0000 00:00:1.0   1 some_kernel.cc:12] a re
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items()
-             if k not in (quiet.VERBOSE_ENV, quiet.SET_MARK, *quiet.QUIET_ENV, *quiet.NOT_A_TERMINAL_ENV)}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (quiet.VERBOSE_ENV, quiet.SET_MARK, *quiet.QUIET_ENV, *quiet.NOT_A_TERMINAL_ENV)
+    }
     clean["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env})
 
 
 def test_the_filter_drops_only_known_start_up_lines_of_what_cpp_writes_to_fd_2() -> None:
     lines = [line for pair in zip(NOISE, OURS + OURS) for line in pair]
-    code = (f"import os, sys\nfrom op_classifier.quiet import filtered_stderr\nlines = {lines!r}\n"
-            "with filtered_stderr():\n"
-            "    for line in lines: os.write(2, (line + '\\n').encode())\n"  # as C++ writes: straight to fd 2
-            "    print('python, inside', file=sys.stderr)\n"
-            "print('python, after', file=sys.stderr)\n")
+    code = (
+        f"import os, sys\nfrom op_classifier.quiet import filtered_stderr\nlines = {lines!r}\n"
+        "with filtered_stderr():\n"
+        "    for line in lines: os.write(2, (line + '\\n').encode())\n"  # as C++ writes: straight to fd 2
+        "    print('python, inside', file=sys.stderr)\n"
+        "print('python, after', file=sys.stderr)\n"
+    )
     done = _python(code)
     assert done.returncode == 0
     assert done.stderr.splitlines() == [line for line in lines if line in OURS] + ["python, inside", "python, after"]
 
 
 def test_quiet_defaults_are_set_and_verbose_takes_them_away_in_children_too() -> None:
-    code = ("import os, sys\nimport op_classifier\nfrom op_classifier import quiet\n"
-            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), any(type(f).__name__ == '_QuietTensorFlow' "
-            "for f in sys.meta_path))\n"
-            "quiet.configure(verbose=True)\n"
-            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), any(type(f).__name__ == '_QuietTensorFlow' "
-            "for f in sys.meta_path), os.environ.get('OP_CLASSIFIER_VERBOSE'))\n")
+    code = (
+        "import os, sys\nimport op_classifier\nfrom op_classifier import quiet\n"
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), any(type(f).__name__ == '_QuietTensorFlow' "
+        "for f in sys.meta_path))\n"
+        "quiet.configure(verbose=True)\n"
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), any(type(f).__name__ == '_QuietTensorFlow' "
+        "for f in sys.meta_path), os.environ.get('OP_CLASSIFIER_VERBOSE'))\n"
+    )
     assert _python(code).stdout.splitlines() == ["2 True", "None False 1"]
     assert _python(code, TF_CPP_MIN_LOG_LEVEL="0").stdout.splitlines() == ["0 True", "0 False 1"]  # the user's
     # A child of a quiet process inherits TF_CPP_MIN_LOG_LEVEL=2, and its --verbose still takes it away.

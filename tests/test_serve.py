@@ -16,8 +16,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,8 +85,14 @@ def server(champion: tuple) -> Iterator[str]:
     root = champion[0]
     port = _free_port()
     log = (root / "serve.log").open("w")
-    process = subprocess.Popen([CLI, "serve", "--port", str(port), "--max-body-mb", str(LIMIT_MB)], cwd=root,
-                               env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [CLI, "serve", "--port", str(port), "--max-body-mb", str(LIMIT_MB)],
+        cwd=root,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(url, process, root / "serve.log")
@@ -120,8 +127,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _post(url: str, body: bytes, path: str = "/invocations") -> tuple[int, Any]:
-    request = urllib.request.Request(f"{url}{path}", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}{path}", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read())
@@ -129,11 +137,16 @@ def _post(url: str, body: bytes, path: str = "/invocations") -> tuple[int, Any]:
         return error.code, json.loads(error.read())
 
 
-def _request(url: str, body: bytes, headers: dict[str, str] | None = None,
-             path: str = "/invocations") -> tuple[int, bytes]:
+def _request(
+    url: str, body: bytes, headers: dict[str, str] | None = None, path: str = "/invocations"
+) -> tuple[int, bytes]:
     """POST body to path with these headers (default: a JSON Content-Type): (status, raw answer)."""
-    request = urllib.request.Request(f"{url}{path}", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"} if headers is None else headers)
+    request = urllib.request.Request(
+        f"{url}{path}",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"} if headers is None else headers,
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
             return answer.status, answer.read()
@@ -215,7 +228,8 @@ def _b64(*files: bytes, encode: Any = base64.b64encode) -> bytes:
 
 
 def test_b64_images_get_the_probabilities_of_the_same_files_decoded_as_prepare_does(
-        server: str, champion: tuple, tmp_path: Path) -> None:
+    server: str, champion: tuple, tmp_path: Path
+) -> None:
     model = champion[3]
     files = [_encoded(kind) for kind in ENCODED]
     decoded = []
@@ -248,10 +262,14 @@ BAD_B64 = {
     "empty": (_b64_text(""), "instance 0: the b64 value is empty"),
     "not a string": (_b64_text(12), 'instance 0 is not {"b64"'),
     "other keys": (json.dumps({"instances": [{"b64": _JPEG, "x": 1}]}).encode(), 'instance 0 is not {"b64"'),
-    "nested deep": (b'{"instances": [{"b64": "' + _JPEG.encode() + b'"}, {"b64": ' + b"[" * 900 + b"]" * 900 + b"}]}",
-                    'instance 1 is not {"b64"'),
-    "mixed with pixels": (json.dumps({"instances": [{"b64": _JPEG}, np.zeros((SIZE, SIZE, 3), int).tolist()]})
-                          .encode(), "mix"),
+    "nested deep": (
+        b'{"instances": [{"b64": "' + _JPEG.encode() + b'"}, {"b64": ' + b"[" * 900 + b"]" * 900 + b"}]}",
+        'instance 1 is not {"b64"',
+    ),
+    "mixed with pixels": (
+        json.dumps({"instances": [{"b64": _JPEG}, np.zeros((SIZE, SIZE, 3), int).tolist()]}).encode(),
+        "mix",
+    ),
 }
 
 
@@ -279,13 +297,15 @@ def test_tensorflow_servings_rest_path_answers_as_invocations(server: str, champ
     status, answer = _post(server, json.dumps({"inputs": images.tolist()}).encode(), f"/v1/models/{NAME}:predict")
     assert status == 200 and np.allclose(answer["outputs"], expected, atol=1e-5), answer
     # The guard stands in front of it too.
-    assert "application/json" in _short_error(*_request(server, _instances(images), {},
-                                                        f"/v1/models/{NAME}:predict"), 415)
+    assert "application/json" in _short_error(
+        *_request(server, _instances(images), {}, f"/v1/models/{NAME}:predict"), 415
+    )
     assert "NaN" in _short_error(*_request(server, BAD_BODIES["NaN"], path=f"/v1/models/{NAME}:predict"), 400)
 
 
-@pytest.mark.parametrize("path", ["/v1/models/other:predict", f"/v1/models/{NAME}/versions/2:predict",
-                                  f"/v1/models/{NAME}x:predict"])
+@pytest.mark.parametrize(
+    "path", ["/v1/models/other:predict", f"/v1/models/{NAME}/versions/2:predict", f"/v1/models/{NAME}x:predict"]
+)
 def test_another_model_name_or_version_is_a_404(server: str, champion: tuple, path: str) -> None:
     message = _short_error(*_request(server, _instances(champion[1]), path=path), 404)
     assert f"serves the model {NAME}, version 1" in message, message
@@ -296,8 +316,11 @@ def test_tensorflow_servings_model_status(server: str) -> None:
         with urllib.request.urlopen(f"{server}{path}", timeout=10) as answer:
             assert answer.status == 200
             status = json.loads(answer.read())
-        assert status == {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                                    "status": {"error_code": "OK", "error_message": ""}}]}
+        assert status == {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        }
     with pytest.raises(urllib.error.HTTPError) as failed:
         urllib.request.urlopen(f"{server}/v1/models/other", timeout=10)
     assert failed.value.code == 404 and len(failed.value.read()) <= ANSWER_MAX
@@ -324,7 +347,7 @@ BAD_BODIES = {
     "ragged": json.dumps({"instances": [[[[1, 2, 3]] * SIZE] * (SIZE - 1) + [[[1, 2]] * SIZE]]}).encode(),
     "100,000-deep array": b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # answered 500
     "deeper than images": _instances(np.zeros((1, 1, SIZE, SIZE, 3))),
-    "a list, not an object": _instances(np.zeros((1, SIZE, SIZE, 3)))[len(b'{"instances": '):-1],
+    "a list, not an object": _instances(np.zeros((1, SIZE, SIZE, 3)))[len(b'{"instances": ') : -1],
     "not UTF-8": b'{"instances": "\xff\xfe"}',
     # Under the limit, and echoed whole in the 400 before:
     "large malformed JSON": b'{"instances": [' + b"[[1, 2, 3]] " * ((LIMIT - 100) // 12) + b"}",
@@ -332,8 +355,9 @@ BAD_BODIES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_BODIES))
-def test_bad_request_is_a_400_with_a_short_message_and_the_server_stays_up(server: str, champion: tuple,
-                                                                          name: str) -> None:
+def test_bad_request_is_a_400_with_a_short_message_and_the_server_stays_up(
+    server: str, champion: tuple, name: str
+) -> None:
     status, raw = _request(server, BAD_BODIES[name])
     message = _short_error(status, raw, 400)
     assert "[[" not in message and "0, 0" not in message, message  # says what is wrong, quotes no data
@@ -341,18 +365,34 @@ def test_bad_request_is_a_400_with_a_short_message_and_the_server_stays_up(serve
 
 
 def test_the_messages_say_what_is_wrong(server: str) -> None:
-    expected = {"NaN": "NaN", "booleans": "true/false", "a boolean among numbers": "true/false",
-                "100,000-deep array": "deep", "pixels above 255, among many": "300", "ragged": "regular",
-                "large malformed JSON": "JSON", "not UTF-8": "UTF-8", "no instances key": "instances",
-                "integers above 255": "300", "integers of 4 digits": "1000"}
+    expected = {
+        "NaN": "NaN",
+        "booleans": "true/false",
+        "a boolean among numbers": "true/false",
+        "100,000-deep array": "deep",
+        "pixels above 255, among many": "300",
+        "ragged": "regular",
+        "large malformed JSON": "JSON",
+        "not UTF-8": "UTF-8",
+        "no instances key": "instances",
+        "integers above 255": "300",
+        "integers of 4 digits": "1000",
+    }
     for name, words in expected.items():
         message = json.loads(_request(server, BAD_BODIES[name])[1])["message"]
         assert words in message, (name, message)
 
 
-@pytest.mark.parametrize("headers", [{}, {"Content-Type": "text/plain"}, {"Content-Type": "text/csv"},
-                                     {"Content-Type": "application/json; charset=latin-1"}],
-                         ids=["missing", "text/plain", "csv", "latin-1"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "text/csv"},
+        {"Content-Type": "application/json; charset=latin-1"},
+    ],
+    ids=["missing", "text/plain", "csv", "latin-1"],
+)
 def test_a_body_that_is_not_json_is_415(server: str, champion: tuple, headers: dict[str, str]) -> None:
     status, raw = _request(server, _instances(champion[1]), headers)  # missing answered 500 before
     assert "application/json" in _short_error(status, raw, 415)
@@ -377,8 +417,9 @@ def test_a_body_at_the_limit_is_read(server: str, champion: tuple) -> None:
 
 
 def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_sent(server: str, champion: tuple) -> None:
-    head = (f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {50 * 2**20}\r\n").encode()
+    head = (
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {50 * 2**20}\r\n"
+    ).encode()
     answer = _raw_answer(server, iter([head + b"\r\n", b'{"instances": [']))  # waited for all 50 MB before
     _short_error(answer.status, answer.body, 413)  # type: ignore[attr-defined]
     # A client that asks first (curl does, for large bodies) is refused without sending a byte of it.
@@ -388,8 +429,9 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_sent(ser
 
 
 def test_a_chunked_body_is_refused_once_it_passes_the_limit(server: str, champion: tuple) -> None:
-    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     piece = b"[" + b"1, " * 21_000 + b"1]"  # about 64 KB
 
     def chunks() -> Iterator[bytes]:
@@ -404,8 +446,12 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(server: str, champio
 
 def test_any_other_error_is_short_json_too(server: str) -> None:
     for method, path in (("GET", "/invocations"), ("GET", "/nope"), ("POST", "/ping")):
-        request = urllib.request.Request(f"{server}{path}", data=b"{}" if method == "POST" else None, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{server}{path}",
+            data=b"{}" if method == "POST" else None,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
         with pytest.raises(urllib.error.HTTPError) as failed:
             urllib.request.urlopen(request, timeout=30)
         assert failed.value.code in (404, 405)
@@ -421,17 +467,18 @@ def test_the_server_is_still_up_after_every_refusal(server: str, champion: tuple
 
 def test_no_champion_is_a_one_line_error(tmp_path: Path) -> None:
     root = _project(tmp_path / "empty")
-    done = subprocess.run([CLI, "serve", "--port", str(_free_port())], cwd=root, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [CLI, "serve", "--port", str(_free_port())], cwd=root, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]  # TensorFlow logs its import to stderr before it
     assert last.startswith(f"error: no champion model registered in sqlite:///{root.resolve()}/mlflow.db"), last
     assert "make run" in last and not (root / "mlflow.db").exists()
 
 
-def test_taken_port_or_unknown_alias_is_a_one_line_error(server: str, champion: tuple,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_taken_port_or_unknown_alias_is_a_one_line_error(
+    server: str, champion: tuple, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     def no_load(*args: object) -> None:  # a passing check must not turn this test process into a server
         raise AssertionError("serve got past its checks")
 
@@ -439,8 +486,10 @@ def test_taken_port_or_unknown_alias_is_a_one_line_error(server: str, champion: 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(champion[0])
     port = server.rsplit(":", 1)[1]
-    for args, message in ((["--port", port], f"error: cannot listen on 127.0.0.1:{port}: already in use"),
-                          (["--model", "models:/op-classifier@nope"], "error: no model op-classifier@nope")):
+    for args, message in (
+        (["--port", port], f"error: cannot listen on 127.0.0.1:{port}: already in use"),
+        (["--model", "models:/op-classifier@nope"], "error: no model op-classifier@nope"),
+    ):
         with pytest.raises(SystemExit) as exited:
             cli.main(["serve", *args])
         assert exited.value.code == 1
@@ -461,17 +510,21 @@ def test_max_body_mb_defaults_to_16() -> None:
     assert cli.build_parser().parse_args(["serve"]).max_body_mb == 16
 
 
-@pytest.mark.parametrize(("body", "depth", "has_bool"), [
-    (b'{"instances": [[1, 2]]}', 3, False),
-    (b'{"note": "[[[[ true", "instances": [false]}', 2, True),  # strings skipped
-    (b'{"note": "a \\" [[[[ true", "instances": [1]}', 2, False),  # an escaped quote does not end a string
-    (b'{"note": "a \\\\", "instances": [[true]]}', 3, True),  # an escaped backslash does not escape the quote
-    (b'[Infinity, -Infinity, NaN, 1e5, null]', 1, False),  # letters that are not true/false
-    (b"", 0, False),
-    (b"[" * 100_000, 100_000, False),
-])
-def test_the_json_scan_counts_nesting_and_finds_booleans_outside_strings(body: bytes, depth: int,
-                                                                         has_bool: bool) -> None:
+@pytest.mark.parametrize(
+    ("body", "depth", "has_bool"),
+    [
+        (b'{"instances": [[1, 2]]}', 3, False),
+        (b'{"note": "[[[[ true", "instances": [false]}', 2, True),  # strings skipped
+        (b'{"note": "a \\" [[[[ true", "instances": [1]}', 2, False),  # an escaped quote does not end a string
+        (b'{"note": "a \\\\", "instances": [[true]]}', 3, True),  # an escaped backslash does not escape the quote
+        (b"[Infinity, -Infinity, NaN, 1e5, null]", 1, False),  # letters that are not true/false
+        (b"", 0, False),
+        (b"[" * 100_000, 100_000, False),
+    ],
+)
+def test_the_json_scan_counts_nesting_and_finds_booleans_outside_strings(
+    body: bytes, depth: int, has_bool: bool
+) -> None:
     from op_classifier.serve import scan_json
 
     assert scan_json(body) == (depth, has_bool)
@@ -481,8 +534,12 @@ def _pixel_body(images: np.ndarray, key: str = "instances", **dumps: Any) -> byt
     return json.dumps({key: images.tolist()}, **dumps).encode()
 
 
-@pytest.mark.parametrize("dumps", [{}, {"separators": (",", ":")}, {"indent": 2}], ids=["default", "compact", "indented"])
-@pytest.mark.parametrize("shape", [(2, SIZE, SIZE, 3), (1, 1, 1, 1), (3, 2, 5, 3)], ids=["two images", "one pixel", "3x2x5"])
+@pytest.mark.parametrize(
+    "dumps", [{}, {"separators": (",", ":")}, {"indent": 2}], ids=["default", "compact", "indented"]
+)
+@pytest.mark.parametrize(
+    "shape", [(2, SIZE, SIZE, 3), (1, 1, 1, 1), (3, 2, 5, 3)], ids=["two images", "one pixel", "3x2x5"]
+)
 def test_the_fast_pixel_reader_reads_what_json_and_numpy_read(shape: tuple[int, ...], dumps: dict) -> None:
     from op_classifier.serve import pixel_array
 
@@ -498,16 +555,35 @@ def test_the_fast_pixel_reader_reads_what_json_and_numpy_read(shape: tuple[int, 
 GOOD = json.dumps({"instances": np.ones((1, 2, 2, 3), int).tolist()})
 
 
-@pytest.mark.parametrize("body", [
-    GOOD.replace("1", "1.0", 1), GOOD.replace("1", "-1", 1), GOOD.replace("1", "1e2", 1),  # floats, signs
-    GOOD.replace("1", "07", 1), GOOD.replace("1", "1000", 1),  # no JSON; more than 3 digits
-    GOOD.replace("1, 1", "1 1", 1), GOOD.replace("1, 1", "1,, 1", 1), GOOD.replace("1, 1", "1, [1]", 1),
-    GOOD.replace("]]]]", "]]]", 1), GOOD[:-1], GOOD + "x", GOOD.replace("}", "}}"),
-    GOOD.replace("[1, 1, 1], ", "[1, 1, 1]1, ", 1),  # a number outside its place, one missing from its own
-    GOOD.replace("[1, 1, 1]", "[1, 1, 1, 1]", 1), GOOD.replace("{", '{"a": 1, ', 1), GOOD.replace("1", "true", 1),
-    GOOD.replace("1", '"1"', 1), json.dumps({"instances": np.ones((1, 2, 2, 2), int).tolist()}),
-    '{"instances": []}', '{"instances": [1]}', '{"instances": }', "", "{", "[1, 2, 3]",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        GOOD.replace("1", "1.0", 1),
+        GOOD.replace("1", "-1", 1),
+        GOOD.replace("1", "1e2", 1),  # floats, signs
+        GOOD.replace("1", "07", 1),
+        GOOD.replace("1", "1000", 1),  # no JSON; more than 3 digits
+        GOOD.replace("1, 1", "1 1", 1),
+        GOOD.replace("1, 1", "1,, 1", 1),
+        GOOD.replace("1, 1", "1, [1]", 1),
+        GOOD.replace("]]]]", "]]]", 1),
+        GOOD[:-1],
+        GOOD + "x",
+        GOOD.replace("}", "}}"),
+        GOOD.replace("[1, 1, 1], ", "[1, 1, 1]1, ", 1),  # a number outside its place, one missing from its own
+        GOOD.replace("[1, 1, 1]", "[1, 1, 1, 1]", 1),
+        GOOD.replace("{", '{"a": 1, ', 1),
+        GOOD.replace("1", "true", 1),
+        GOOD.replace("1", '"1"', 1),
+        json.dumps({"instances": np.ones((1, 2, 2, 2), int).tolist()}),
+        '{"instances": []}',
+        '{"instances": [1]}',
+        '{"instances": }',
+        "",
+        "{",
+        "[1, 2, 3]",
+    ],
+)
 def test_the_fast_pixel_reader_leaves_anything_else_to_the_general_path(body: str) -> None:
     from op_classifier.serve import pixel_array
 

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -28,8 +28,7 @@ RATES = ("0.0003", "0.003")
 
 def _cfg(root: Path, *overrides: str) -> Config:
     paths = [f"paths.{key}={root / value}" for key, value in vars(compose().paths).items()]
-    return compose("experiment=tiny", "tuner=none", *paths, f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-                   *overrides)
+    return compose("experiment=tiny", "tuner=none", *paths, f"tracking.uri=sqlite:///{root / 'mlflow.db'}", *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +59,15 @@ def ui(project: tuple) -> Iterator[str]:
     root = project[0]
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    server = subprocess.Popen([CLI, "ui", "--port", str(port), f"tracking.uri=sqlite:///{root / 'mlflow.db'}"],
-                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [CLI, "ui", "--port", str(port), f"tracking.uri=sqlite:///{root / 'mlflow.db'}"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
         link = server.stdout.readline().strip().rsplit(" ", 1)[-1]
         deadline = time.monotonic() + 120
@@ -84,8 +89,14 @@ def _render(url: str, out: Path) -> str:
     """The page's text after its scripts ran, as Chromium renders it; a screenshot of it in out."""
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,900",
-            "--virtual-time-budget=30000"]
+    base = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1600,900",
+        "--virtual-time-budget=30000",
+    ]
     subprocess.run([*base, f"--screenshot={out}", url], capture_output=True, timeout=180, check=True)
     dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True).stdout
     text = re.sub(r"<style[^>]*>.*?</style>|<script[^>]*>.*?</script>", " ", dom, flags=re.S)
@@ -100,7 +111,7 @@ def test_the_printed_link_opens_the_runs_table_with_val_accuracy(project: tuple,
     assert "/runs?viewStateShareKey=" in ui
     text = _render(ui, tmp_path / "runs.png")
     assert "Traces 0" not in text and "val_accuracy" in text and "test_accuracy" in text
-    table = text[text.index("Run Name"):]
+    table = text[text.index("Run Name") :]
     assert table.count("train ") >= 2  # both trainings, named by what differed from conf/
     for rate, result in project[1].items():
         assert f"train.learning_rate={float(rate)}" in table
@@ -116,8 +127,9 @@ def test_the_compare_page_renders_the_differing_params(project: tuple, ui: str, 
     assert len(runs) == 2
     ids = ",".join(f"%22{run.info.run_id}%22" for run in runs)
     base = ui.split("/#/")[0]
-    text = _render(f"{base}/#/compare-runs?runs=[{ids}]&experiments=[%22{experiment.experiment_id}%22]",
-                   tmp_path / "compare.png")
+    text = _render(
+        f"{base}/#/compare-runs?runs=[{ids}]&experiments=[%22{experiment.experiment_id}%22]", tmp_path / "compare.png"
+    )
     assert "train.learning_rate" in text
     for rate in RATES:
         assert str(float(rate)) in text

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 from hydra._internal.hydra import Hydra
 from hydra.errors import HydraException
@@ -30,7 +31,7 @@ from op_classifier.errors import ConfigError
 class SchemaCheck(Callback):
     """Validates the composed config (the `hydra` node aside) against op_classifier.config.Config."""
 
-    def on_compose_config(self, config: DictConfig, config_name: Optional[str], overrides: List[str]) -> None:
+    def on_compose_config(self, config: DictConfig, config_name: str | None, overrides: list[str]) -> None:
         body = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
         try:
             schema.validate(body)
@@ -41,7 +42,7 @@ class SchemaCheck(Callback):
 TARGET = f"{__name__}.{SchemaCheck.__name__}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dvc_error_class(dvc_exception: type) -> type:
     return type("DvcConfigError", (ConfigError, dvc_exception), {"__module__": __name__})
 
@@ -64,8 +65,9 @@ def checks(cfg: DictConfig) -> list[SchemaCheck]:
 
 def _with_checks(compose_config: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
     @functools.wraps(compose_config)
-    def wrapper(self: Hydra, config_name: Optional[str], overrides: List[str], run_mode: Any,
-                *args: Any, **kwargs: Any) -> DictConfig:
+    def wrapper(
+        self: Hydra, config_name: str | None, overrides: list[str], run_mode: Any, *args: Any, **kwargs: Any
+    ) -> DictConfig:
         try:
             cfg = compose_config(self, config_name, overrides, run_mode, *args, **kwargs)
         except (HydraException, OmegaConfBaseException) as error:
@@ -76,11 +78,11 @@ def _with_checks(compose_config: Callable[..., DictConfig]) -> Callable[..., Dic
             check.on_compose_config(config=cfg, config_name=config_name, overrides=list(overrides))
         return cfg
 
-    def _opted_in(self: Hydra, config_name: Optional[str], run_mode: Any) -> bool:
+    def _opted_in(self: Hydra, config_name: str | None, run_mode: Any) -> bool:
         """Whether the config, composed without the overrides that broke it, lists SchemaCheck."""
         try:
             return bool(checks(compose_config(self, config_name, [], run_mode)))
-        except Exception:  # noqa: BLE001 - conf/ itself is broken: Hydra's own error says more
+        except Exception:  # conf/ itself is broken: Hydra's own error says more
             return False
 
     wrapper.op_classifier_checks = True  # type: ignore[attr-defined]

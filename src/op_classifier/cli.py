@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from op_classifier import config, quiet
 from op_classifier.errors import OpClassifierError
@@ -21,8 +21,7 @@ STAGES = {
 }
 
 
-VERBOSE_HELP = (f"show TensorFlow's start-up log lines, hidden by default "
-                f"(DVC stages: set {quiet.VERBOSE_ENV}=1)")
+VERBOSE_HELP = f"show TensorFlow's start-up log lines, hidden by default (DVC stages: set {quiet.VERBOSE_ENV}=1)"
 
 
 def _compose(overrides: Sequence[str]) -> None:
@@ -48,8 +47,14 @@ def _stage(name: str, overrides: Sequence[str]) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from op_classifier import predict
 
-    predict.run(args.paths, model=args.model, threshold=args.threshold, as_json=args.json,
-                report=args.report, batch_size=args.batch_size)
+    predict.run(
+        args.paths,
+        model=args.model,
+        threshold=args.threshold,
+        as_json=args.json,
+        report=args.report,
+        batch_size=args.batch_size,
+    )
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -65,10 +70,20 @@ def _ui(args: argparse.Namespace) -> None:
 
     cfg = config.validate(config.compose(tuple(args.overrides)))
     store = tracking.tracking_uri(cfg.tracking)
-    print(f"runs of {store}, compared: {tracking.runs_table_link(cfg.tracking, f'http://{args.host}:{args.port}')}",
-          flush=True)
-    argv = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store,
-            "--host", args.host, "--port", str(args.port)]
+    print(
+        f"runs of {store}, compared: {tracking.runs_table_link(cfg.tracking, f'http://{args.host}:{args.port}')}",
+        flush=True,
+    )
+    argv = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--backend-store-uri",
+        store,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
     try:
         os.execve(argv[0], argv, env)  # the UI is MLflow's own server: nothing of ours stays in between
@@ -95,33 +110,49 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--seed", type=int, help="random seed (default: the one data.dvc was made with)")
 
     # predict: class probabilities of image files (src/op_classifier/predict.py)
-    pred = sub.add_parser("predict", parents=[common], help="class probabilities of images: files, folders, quoted globs")
+    pred = sub.add_parser(
+        "predict", parents=[common], help="class probabilities of images: files, folders, quoted globs"
+    )
     pred.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
-    pred.add_argument("--model", help="model folder, or an MLflow URI such as models:/op-classifier@champion "
-                      "(default: paths.model of params.yaml, experiments/model)")
-    pred.add_argument("--threshold", type=float, default=0.5, help="a class counts from this probability (default: 0.5)")
+    pred.add_argument(
+        "--model",
+        help="model folder, or an MLflow URI such as models:/op-classifier@champion "
+        "(default: paths.model of params.yaml, experiments/model)",
+    )
+    pred.add_argument(
+        "--threshold", type=float, default=0.5, help="a class counts from this probability (default: 0.5)"
+    )
     pred.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
     pred.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report to this file")
     pred.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
 
     # serve: the champion model over REST (src/op_classifier/serve.py)
-    ui = sub.add_parser("ui", parents=[common],
-                        help="the MLflow UI over this project's store; prints the link to the runs table")
+    ui = sub.add_parser(
+        "ui", parents=[common], help="the MLflow UI over this project's store; prints the link to the runs table"
+    )
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     ui.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
-    srv = sub.add_parser("serve", parents=[common], help="serve the registered champion model over REST (TensorFlow Serving's body)")
+    srv = sub.add_parser(
+        "serve", parents=[common], help="serve the registered champion model over REST (TensorFlow Serving's body)"
+    )
     srv.add_argument("--model", help="MLflow model URI (default: models:/<tracking.model_name>@champion)")
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8501, help="port (default: 8501, TensorFlow Serving's REST port)")
-    srv.add_argument("--max-body-mb", type=float, default=16, metavar="MIB",
-                     help="refuse request bodies over this many MiB with HTTP 413 "
-                     "(default: 16, about 30 images of 180x180 as JSON)")  # = serve.MAX_BODY_MB
+    srv.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=16,
+        metavar="MIB",
+        help="refuse request bodies over this many MiB with HTTP 413 (default: 16, about 30 images of 180x180 as JSON)",
+    )  # = serve.MAX_BODY_MB
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
     for name in STAGES:
-        stage = sub.add_parser(name, parents=[common], help=f"run the {name} stage with conf/ + overrides (outside DVC)")
+        stage = sub.add_parser(
+            name, parents=[common], help=f"run the {name} stage with conf/ + overrides (outside DVC)"
+        )
         stage.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
     return parser
 

@@ -125,8 +125,11 @@ def _check_rule(key: str, name: str, value: Any) -> None:
 
 
 def _check_metric(key: str, name: str, classes: Optional[List[str]]) -> None:
-    _check(metric_names.is_reported(name, classes), key,
-           f"the model does not report '{name}' (it reports {metric_names.describe(classes)})")
+    _check(
+        metric_names.is_reported(name, classes),
+        key,
+        f"the model does not report '{name}' (it reports {metric_names.describe(classes)})",
+    )
 
 
 @dataclass
@@ -253,7 +256,8 @@ def _check_search_param(key: str, name: str, spec: SearchParam) -> None:
     _check(name in TUNABLE_RULES, key, f"not a tunable name (one of {', '.join(TUNABLE_RULES)})")
     rule = TUNABLE_RULES[name]
     takes = {int: ("int", "choice"), float: ("int", "float", "choice"), bool: ("bool", "choice")}.get(
-        rule.kind, ("choice",))  # filters: a choice of lists
+        rule.kind, ("choice",)
+    )  # filters: a choice of lists
     _check(spec.type in takes, f"{key}.type", f"{name} takes {' or '.join(takes)}, not {spec.type}")
     if spec.type in ("int", "float"):
         _check(spec.min is not None and spec.max is not None, key, f"type {spec.type} needs min and max")
@@ -265,10 +269,14 @@ def _check_search_param(key: str, name: str, spec: SearchParam) -> None:
         if spec.step is not None:
             _check_range(f"{key}.step", spec.step, POSITIVE)
         if spec.sampling is not None:
-            _check(spec.sampling in SAMPLINGS, f"{key}.sampling",
-                   f"'{spec.sampling}' is not one of {', '.join(SAMPLINGS)}")
-            _check(spec.sampling == "linear" or spec.min > 0, f"{key}.min",
-                   f"must be positive for sampling {spec.sampling}, got {_number(spec.min)}")
+            _check(
+                spec.sampling in SAMPLINGS, f"{key}.sampling", f"'{spec.sampling}' is not one of {', '.join(SAMPLINGS)}"
+            )
+            _check(
+                spec.sampling == "linear" or spec.min > 0,
+                f"{key}.min",
+                f"must be positive for sampling {spec.sampling}, got {_number(spec.min)}",
+            )
     if spec.type == "choice":
         _check(bool(spec.values), key, "type choice needs a non-empty values list")
     for bound, value in _drawable(spec):
@@ -344,8 +352,11 @@ class Config:
         _check_metric("train.monitor", self.train.monitor, classes)
         _check_metric("tuner.objective", self.tuner.objective, classes)
         wanted = "min" if metric_names.is_loss(self.tuner.objective) else "max"
-        _check(self.tuner.direction == wanted, "tuner.direction",
-               f"must be {wanted} for objective {self.tuner.objective}, got {self.tuner.direction}")
+        _check(
+            self.tuner.direction == wanted,
+            "tuner.direction",
+            f"must be {wanted} for objective {self.tuner.objective}, got {self.tuner.direction}",
+        )
         self._check_shapes()
 
     def _check_shapes(self) -> None:
@@ -357,8 +368,10 @@ class Config:
         space = self.tuner.search_space if self.tuner.kind != "none" else {}
         searched = [name for name in names if name in space]
         if searched:
-            pools = [[value for _, value in _drawable(space[name])] if name in space else [value]
-                     for name, value in zip(names, configured)]
+            pools = [
+                [value for _, value in _drawable(space[name])] if name in space else [value]
+                for name, value in zip(names, configured)
+            ]
             for candidate in itertools.product(*pools):
                 self._check_shape(f"tuner.search_space.{searched[0]}", *candidate)
 
@@ -366,8 +379,12 @@ class Config:
         side = left = resize or self.data.image_size
         for _ in filters:
             left = (left - kernel_size + 1) // 2
-        _check(left >= 1, key, f"{len(filters)} conv blocks of kernel_size {kernel_size} leave nothing of a "
-               f"{side}-pixel input (use fewer filters, a smaller kernel_size or a larger model.resize)")
+        _check(
+            left >= 1,
+            key,
+            f"{len(filters)} conv blocks of kernel_size {kernel_size} leave nothing of a "
+            f"{side}-pixel input (use fewer filters, a smaller kernel_size or a larger model.resize)",
+        )
 
 
 def _first_line(error: Exception) -> str:
@@ -477,7 +494,10 @@ def run_name(stage: str, cfg: Config) -> str:
     except ConfigError:  # no conf/ here (params.yaml alone): the stage's name says enough
         return stage
     ours = _flat(as_dict(cfg))
-    changed = [f"{key}={ours[key]}" for key in ours
-               if not key.startswith(("paths.", "tracking.")) and ours[key] != defaults.get(key)]
+    changed = [
+        f"{key}={ours[key]}"
+        for key in ours
+        if not key.startswith(("paths.", "tracking.")) and ours[key] != defaults.get(key)
+    ]
     name = f"{stage} {' '.join(changed) or 'defaults'}"
     return name if len(name) <= RUN_NAME_MAX else name[: RUN_NAME_MAX - 1] + "…"

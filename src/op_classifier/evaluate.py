@@ -13,10 +13,10 @@ import keras
 import numpy as np
 
 from op_classifier import progress
-from op_classifier.runner import stage_main
 from op_classifier.config import Config, ConfigError
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
 from op_classifier.errors import DataError
+from op_classifier.runner import stage_main
 from op_classifier.tracking import Tracker, flatten
 
 THRESHOLD = 0.5
@@ -58,10 +58,13 @@ def scenes(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[st
     if not multi.any():
         return {"count": 0}
     truth, said = labels[multi] > 0.5, probs[multi] >= THRESHOLD
-    recall = {name: float(said[truth[:, i], i].mean()) if truth[:, i].any() else None
-              for i, name in enumerate(classes)}
-    return {"count": int(multi.sum()), "exact_set_accuracy": float((truth == said).all(axis=1).mean()),
-            "mean_recall": float(said[truth].mean()), "recall": recall}
+    recall = {name: float(said[truth[:, i], i].mean()) if truth[:, i].any() else None for i, name in enumerate(classes)}
+    return {
+        "count": int(multi.sum()),
+        "exact_set_accuracy": float((truth == said).all(axis=1).mean()),
+        "mean_recall": float(said[truth].mean()),
+        "recall": recall,
+    }
 
 
 def write_confusion(path: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
@@ -75,8 +78,9 @@ def write_confusion(path: Path, labels: np.ndarray, probs: np.ndarray, classes: 
             writer.writerow([classes[truth], classes[guess]])
 
 
-def evaluate(model: keras.Model, prepared: Path, classes: list[str]) -> tuple[dict[str, Any], dict[str, Split],
-                                                                            dict[str, np.ndarray]]:
+def evaluate(
+    model: keras.Model, prepared: Path, classes: list[str]
+) -> tuple[dict[str, Any], dict[str, Split], dict[str, np.ndarray]]:
     """All metrics on val and test; also both splits and their predictions."""
     val, test = load_split(prepared, "val"), load_split(prepared, "test")
     val_probs, test_probs = predict(model, val, desc="evaluate val"), predict(model, test, desc="evaluate test")
@@ -90,8 +94,14 @@ def evaluate(model: keras.Model, prepared: Path, classes: list[str]) -> tuple[di
     return metrics, {"val": val, "test": test}, {"val": val_probs, "test": test_probs}
 
 
-def draw_figures(folder: Path, metrics: dict[str, Any], splits: dict[str, Split], probs: dict[str, np.ndarray],
-                 classes: list[str], history: Path) -> list[Path]:
+def draw_figures(
+    folder: Path,
+    metrics: dict[str, Any],
+    splits: dict[str, Split],
+    probs: dict[str, np.ndarray],
+    classes: list[str],
+    history: Path,
+) -> list[Path]:
     """The PNGs attached to the run: learning curves, confusion matrix, per-class scores, worst images."""
     from op_classifier import figures
 
@@ -132,15 +142,27 @@ def run(cfg: Config) -> dict:
             for path in draw_figures(Path(tmp), metrics, splits, probs, classes, Path(cfg.paths.history)):
                 tracker.log_artifact(path, "figures")
         if record.get("model_uri"):
-            registry = tracker.register(record["model_uri"], score, cfg.tracking.champion_target,
-                                        cfg.tracking.champion_metric, data_hash=data_hash(prepared))
-    return {"val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
-            "scenes": metrics["scenes"], **registry, "seconds": round(time.perf_counter() - started, 1)}
+            registry = tracker.register(
+                record["model_uri"],
+                score,
+                cfg.tracking.champion_target,
+                cfg.tracking.champion_metric,
+                data_hash=data_hash(prepared),
+            )
+    return {
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "scenes": metrics["scenes"],
+        **registry,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _champion_score(flat: dict[str, Any], metric: str) -> float:
     if metric not in flat:
-        raise ConfigError(f"tracking.champion_metric: evaluate reports no '{metric}' (e.g. val_accuracy, test_accuracy)")
+        raise ConfigError(
+            f"tracking.champion_metric: evaluate reports no '{metric}' (e.g. val_accuracy, test_accuracy)"
+        )
     return float(flat[metric])
 
 

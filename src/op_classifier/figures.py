@@ -6,8 +6,9 @@ Pure matplotlib on arrays and CSVs the stages already wrote: no tracking, no mod
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,9 @@ def learning_curves(history_csv: Path, out: Path) -> Path | None:
     return _save(fig, plt, out)
 
 
-def confusion_matrix(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out: Path,
-                     title: str = "test") -> Path:
+def confusion_matrix(
+    labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out: Path, title: str = "test"
+) -> Path:
     """Counts of actual (rows) against top-1 predicted (columns) on single-label images."""
     plt = _pyplot()
     single = labels.sum(axis=1) == 1
@@ -53,8 +55,7 @@ def confusion_matrix(labels: np.ndarray, probs: np.ndarray, classes: Sequence[st
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
     ax.imshow(counts, cmap="Blues")
     for (row, col), value in np.ndenumerate(counts):
-        ax.text(col, row, str(value), ha="center", va="center",
-                color="white" if value > counts.max() / 2 else "black")
+        ax.text(col, row, str(value), ha="center", va="center", color="white" if value > counts.max() / 2 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
@@ -79,8 +80,9 @@ def per_class_scores(scores: dict[str, dict[str, float]], out: Path) -> Path:
     return _save(fig, plt, out)
 
 
-def worst_classified(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                     out: Path, count: int = 16) -> Path | None:
+def worst_classified(
+    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out: Path, count: int = 16
+) -> Path | None:
     """The single-label images whose true class got the lowest probability, with what the model said."""
     rows = np.flatnonzero(labels.sum(axis=1) == 1)
     if len(rows) == 0:
@@ -95,8 +97,11 @@ def worst_classified(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, 
     for ax, row in zip(axes.flat, worst):
         actual, said = int(labels[row].argmax()), int(probs[row].argmax())
         ax.imshow(np.asarray(images[row]))
-        ax.set_title(f"{classes[actual]} → {classes[said]}\np({classes[actual]})={probs[row, actual]:.2f}",
-                     fontsize=8, color="black" if actual == said else "firebrick")
+        ax.set_title(
+            f"{classes[actual]} → {classes[said]}\np({classes[actual]})={probs[row, actual]:.2f}",
+            fontsize=8,
+            color="black" if actual == said else "firebrick",
+        )
     fig.suptitle("worst-classified validation images (actual → predicted)")
     return _save(fig, plt, out)
 

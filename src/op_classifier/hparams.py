@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -13,7 +14,9 @@ from op_classifier.errors import DataError
 from op_classifier.model import build_model
 
 # Arguments build_model takes from model config; the rest (classes, size, seed) come from the data.
-MODEL_ARGS = tuple(p for p in inspect.signature(build_model).parameters if p not in ("num_classes", "image_size", "seed"))
+MODEL_ARGS = tuple(
+    p for p in inspect.signature(build_model).parameters if p not in ("num_classes", "image_size", "seed")
+)
 TUNABLE = (*MODEL_ARGS, "learning_rate")
 
 
@@ -35,8 +38,9 @@ def define(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
     values = {}
     for name, spec in space.items():
         if spec.type == "int":
-            values[name] = hp.Int(name, int(spec.min), int(spec.max), step=int(spec.step or 1),
-                                  sampling=spec.sampling or "linear")
+            values[name] = hp.Int(
+                name, int(spec.min), int(spec.max), step=int(spec.step or 1), sampling=spec.sampling or "linear"
+            )
         elif spec.type == "float":
             values[name] = hp.Float(name, spec.min, spec.max, step=spec.step, sampling=spec.sampling or "linear")
         elif spec.type == "choice":

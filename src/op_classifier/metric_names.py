@@ -4,7 +4,7 @@ config.py checks train.monitor and tuner.objective against them when the config 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 LOSS = "loss"
 ACCURACY = "accuracy"  # top-1 accuracy on single-label rows

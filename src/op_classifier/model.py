@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras import layers, ops
@@ -80,8 +81,11 @@ def metrics(class_names: Sequence[str]) -> list[keras.metrics.Metric]:
     Named as metric_names.py says (config.py checks train.monitor and tuner.objective against it).
     """
     kinds = {"precision": keras.metrics.Precision, "recall": keras.metrics.Recall}
-    by_class = [kinds[metric](class_id=i, name=per_class(metric, name))
-                for i, name in enumerate(class_names) for metric in PER_CLASS]
+    by_class = [
+        kinds[metric](class_id=i, name=per_class(metric, name))
+        for i, name in enumerate(class_names)
+        for metric in PER_CLASS
+    ]
     return [TopOneAccuracy(), keras.metrics.AUC(multi_label=True, name=AUC), *by_class]
 
 

@@ -51,10 +51,11 @@ import tempfile
 import time
 import warnings
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import yaml
@@ -62,9 +63,9 @@ from PIL import Image, ImageOps
 
 from op_classifier import progress
 from op_classifier.config import PARAMS_FILE, ConfigError
+from op_classifier.data import RUN_FILE
 from op_classifier.errors import DataError
 from op_classifier.images import ImageError, load_image, to_rgb
-from op_classifier.data import RUN_FILE
 from op_classifier.prepare import cpu_count, list_files
 
 FALLBACK_MODEL = "experiments/model"
@@ -72,10 +73,31 @@ MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 # The names Pillow gives the files of the formats images.load_image decodes (images._FORMATS):
 # a folder or a pattern brings only these, so labels.csv or notes.txt beside the pictures are no errors.
-IMAGE_SUFFIXES = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
-    ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".ico", ".avif", ".avifs",
-})
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".mpo",
+        ".png",
+        ".apng",
+        ".gif",
+        ".webp",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".pfm",
+        ".ico",
+        ".avif",
+        ".avifs",
+    }
+)
 TRAIN_HINT = "train a model first (`dvc repro train`, or `make run` for the whole pipeline)"
 
 
@@ -197,8 +219,9 @@ def _from_folder(source: str) -> Classifier:
     try:
         classes = json.loads(record_file.read_text(encoding="utf-8"))["classes"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise DataError(f"{record_file} is missing or names no classes: re-run the train stage "
-                        "(`dvc repro train`)") from None
+        raise DataError(
+            f"{record_file} is missing or names no classes: re-run the train stage (`dvc repro train`)"
+        ) from None
     return _loaded(keras_file, classes, source)
 
 
@@ -208,8 +231,10 @@ def _from_mlflow(uri: str) -> Classifier:
     with tempfile.TemporaryDirectory(prefix="op-classifier-model-") as tmp:
         keras_file, classes = tracking.fetch_model(uri, Path(tmp))
         if not classes:
-            raise DataError(f"{uri}: its training run logged no class list (param data.classes); "
-                            "predict with the model folder instead (--model experiments/model)")
+            raise DataError(
+                f"{uri}: its training run logged no class list (param data.classes); "
+                "predict with the model folder instead (--model experiments/model)"
+            )
         return _loaded(keras_file, classes, uri)
 
 
@@ -269,8 +294,12 @@ def _decode(item: Result | str, size: int) -> Result | tuple[str, np.ndarray]:
 def _predict_chunk(classifier: Classifier, chunk: list[Result | tuple[str, np.ndarray]]) -> list[Result]:
     decoded = [entry for entry in chunk if not isinstance(entry, Result)]
     rows = iter(_probabilities(classifier.model, [pixels for _, pixels in decoded]) if decoded else [])
-    return [entry if isinstance(entry, Result) else
-            Result(entry[0], probabilities=dict(zip(classifier.classes, next(rows)))) for entry in chunk]
+    return [
+        entry
+        if isinstance(entry, Result)
+        else Result(entry[0], probabilities=dict(zip(classifier.classes, next(rows))))
+        for entry in chunk
+    ]
 
 
 def _probabilities(model: Any, images: list[np.ndarray]) -> list[list[float]]:
@@ -298,8 +327,11 @@ def to_json(source: str, threshold: float, classes: Sequence[str], results: Sequ
         "model": source,
         "threshold": threshold,
         "classes": list(classes),
-        "results": [{"path": r.path, "probabilities": r.probabilities, "predicted": r.predicted(threshold),
-                     "top": r.top} for r in results if r.error is None],
+        "results": [
+            {"path": r.path, "probabilities": r.probabilities, "predicted": r.predicted(threshold), "top": r.top}
+            for r in results
+            if r.error is None
+        ],
         "errors": [{"path": r.path, "error": r.error} for r in results if r.error is not None],
     }
 
@@ -373,12 +405,10 @@ def _raise_on_failures(results: Sequence[Result]) -> None:
 
 THUMB_SIDE = 360  # px: sharp on a 2x screen at the cards' width
 # Tableau 10: distinct, colour-blind friendlier than the defaults, pleasant on white.
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1",
-           "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac")
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac")
 
 
-def write_report(path: Path, source: str, threshold: float, classes: Sequence[str],
-                 results: Sequence[Result]) -> Path:
+def write_report(path: Path, source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> Path:
     """A self-contained HTML page: header with model, threshold and counts, then one card per file."""
     page = _PAGE.format(
         css=_CSS + _class_css(classes),
@@ -414,19 +444,27 @@ def _class_css(classes: Sequence[str]) -> str:
 
 def _header(source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> str:
     good = [result for result in results if result.error is None]
-    stats = [(len(results), "files"), (len(good), "predicted"),
-             (sum(not r.predicted(threshold) for r in good), f"none &ge; {_percent(threshold)}"),
-             (len(results) - len(good), "failed")]
+    stats = [
+        (len(results), "files"),
+        (len(good), "predicted"),
+        (sum(not r.predicted(threshold) for r in good), f"none &ge; {_percent(threshold)}"),
+        (len(results) - len(good), "failed"),
+    ]
     legend = '<li class="caption">predicted per class</li>' + "".join(
         f'<li class="c{i}"><span class="dot"></span>{html.escape(name)}'
-        f'<b>{sum(name in r.predicted(threshold) for r in good)}</b></li>'
-        for i, name in enumerate(classes))
+        f"<b>{sum(name in r.predicted(threshold) for r in good)}</b></li>"
+        for i, name in enumerate(classes)
+    )
     return _HEADER.format(
-        model=html.escape(source), threshold=_percent(threshold),
+        model=html.escape(source),
+        threshold=_percent(threshold),
         when=time.strftime("%Y-%m-%d %H:%M"),
-        stats="".join(f'<div class="stat{" bad" if label == "failed" and n else ""}"><b>{n}</b>{label}</div>'
-                      for n, label in stats),
-        legend=legend)
+        stats="".join(
+            f'<div class="stat{" bad" if label == "failed" and n else ""}"><b>{n}</b>{label}</div>'
+            for n, label in stats
+        ),
+        legend=legend,
+    )
 
 
 def _card(result: Result, threshold: float, classes: Sequence[str]) -> str:
@@ -435,10 +473,14 @@ def _card(result: Result, threshold: float, classes: Sequence[str]) -> str:
     if result.error is not None:
         return _ERROR_CARD.format(title=title, error=html.escape(result.error))
     thumb = _thumbnail(result.path)
-    image = (f'<img src="data:image/jpeg;base64,{thumb}" alt="{html.escape(name)}">' if thumb
-             else '<span class="nothumb">no preview</span>')
-    return _CARD.format(image=image, title=title, bars=_bars(result, threshold, classes),
-                        verdict=_verdict(result, threshold, classes))
+    image = (
+        f'<img src="data:image/jpeg;base64,{thumb}" alt="{html.escape(name)}">'
+        if thumb
+        else '<span class="nothumb">no preview</span>'
+    )
+    return _CARD.format(
+        image=image, title=title, bars=_bars(result, threshold, classes), verdict=_verdict(result, threshold, classes)
+    )
 
 
 def _bars(result: Result, threshold: float, classes: Sequence[str]) -> str:
@@ -447,9 +489,11 @@ def _bars(result: Result, threshold: float, classes: Sequence[str]) -> str:
         p = result.probabilities[name]
         state = (" on" if p >= threshold else "") + (" top" if name == result.top else "")
         mark = '<i title="most probable">&#9733;</i>' if name == result.top else ""
-        rows.append(f'<li class="c{i}{state}"><span class="label">{html.escape(name)}{mark}</span>'
-                    f'<span class="track"><span class="fill" style="width:{p * 100:.1f}%"></span></span>'
-                    f'<span class="pct">{p:.1%}</span></li>')
+        rows.append(
+            f'<li class="c{i}{state}"><span class="label">{html.escape(name)}{mark}</span>'
+            f'<span class="track"><span class="fill" style="width:{p * 100:.1f}%"></span></span>'
+            f'<span class="pct">{p:.1%}</span></li>'
+        )
     return "".join(rows)
 
 

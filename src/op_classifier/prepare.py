@@ -30,11 +30,11 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -284,9 +284,7 @@ def infer_classes(files: Sequence[str], entries: dict[str, LabelEntry]) -> list[
     return sorted(names)
 
 
-def _labels_of(
-    path: str, entries: dict[str, LabelEntry], classes: list[str]
-) -> tuple[tuple[str, ...], dict | None]:
+def _labels_of(path: str, entries: dict[str, LabelEntry], classes: list[str]) -> tuple[tuple[str, ...], dict | None]:
     entry = entries.get(path)
     if entry is not None:
         unknown = [label for label in entry.labels if label not in classes]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import Any, Iterator, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -17,8 +18,9 @@ def bar(total: int, desc: str, unit: str = "img", shown: bool = True) -> Iterato
     While it is drawn, log records (MLflow's warnings) are printed above it, not into it.
     """
     # disable=None: tqdm draws only on a terminal; in a log a bar would be a wall of lines.
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
-              disable=None if shown else True) as progress:
+    with tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=None if shown else True
+    ) as progress:
         if progress.disable:
             yield progress
         else:
@@ -58,8 +60,10 @@ class _AboveBars:
 
 @contextlib.contextmanager
 def _logs_above_bars() -> Iterator[None]:
-    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(logger, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)),
+    ]
     swapped = []
     for logger in loggers:
         for handler in logger.handlers:

@@ -37,7 +37,8 @@ import os
 import re
 import sys
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 VERBOSE_ENV = "OP_CLASSIFIER_VERBOSE"
 # Defaults for the quiet mode; a value already in the environment is left alone.
@@ -49,17 +50,19 @@ QUIET_ENV = {
 NOT_A_TERMINAL_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # Lines TensorFlow and its CUDA stubs print while loading and probing devices (with or without a GPU).
 STARTUP_NOISE = re.compile(
-    "|".join((
-        r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-        r"cudart_stub\.cc:\d+\] Could not find cuda drivers",
-        r"\] failed call to cuInit: ",
-        r"cpu_feature_guard\.cc:\d+\] ",
-        r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags",
-        r"\] oneDNN custom operations are on",
-        r"\] Unable to register cu(DNN|FFT|BLAS) factory",
-        r"\] computation placer already registered",
-        r"TF-TRT Warning: Could not find TensorRT",
-    ))
+    "|".join(
+        (
+            r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+            r"cudart_stub\.cc:\d+\] Could not find cuda drivers",
+            r"\] failed call to cuInit: ",
+            r"cpu_feature_guard\.cc:\d+\] ",
+            r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags",
+            r"\] oneDNN custom operations are on",
+            r"\] Unable to register cu(DNN|FFT|BLAS) factory",
+            r"\] computation placer already registered",
+            r"TF-TRT Warning: Could not find TensorRT",
+        )
+    )
 )
 # The names of QUIET_ENV that configure() set, for child processes: their --verbose takes them away too.
 SET_MARK = "OP_CLASSIFIER_QUIET_SET"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from op_classifier import config
 from op_classifier.errors import OpClassifierError

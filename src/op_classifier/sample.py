@@ -23,9 +23,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
@@ -120,7 +120,7 @@ class Pen:
     def arc(self, box: Sequence[float], start: float, end: float, width: float = 0.03) -> None:
         self.draw.arc(self.box(*box), start, end, fill=INK, width=max(1, round(width * self.f)))
 
-    def shifted(self, dx: float, dy: float = 0.0) -> "Pen":
+    def shifted(self, dx: float, dy: float = 0.0) -> Pen:
         return Pen(self.draw, self.cx + dx * self.f, self.cy + dy * self.f, self.f)
 
 
@@ -146,8 +146,13 @@ TORSO = [(-1.05, 2.0), (-1.0, 0.98), (-0.85, 0.8), (-0.25, 0.62), (0.25, 0.62), 
 
 def _spiral(cx: float, cy: float, radius: float, turns: float = 2.2) -> list[Point]:
     """An Archimedean spiral from its centre outwards: Sanji's eyebrow curl."""
-    return _curve(lambda t: (cx + radius * t * math.cos(t * turns * 2 * math.pi),
-                             cy + radius * t * math.sin(t * turns * 2 * math.pi)), 40)
+    return _curve(
+        lambda t: (
+            cx + radius * t * math.cos(t * turns * 2 * math.pi),
+            cy + radius * t * math.sin(t * turns * 2 * math.pi),
+        ),
+        40,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,8 +258,19 @@ def _luffy(p: Pen, look: Look, rng: np.random.Generator) -> None:
     f.line([(0.13, 0.04), (0.2, 0.14)], (140, 30, 30), 0.035)
     _mouth(f, look)
     _nose(f)
-    spikes = [(-0.45, -0.3), (-0.36, -0.12), (-0.28, -0.3), (-0.16, -0.16), (-0.05, -0.32),
-              (0.06, -0.17), (0.16, -0.32), (0.27, -0.14), (0.34, -0.3), (0.45, -0.1), (0.44, -0.42)]
+    spikes = [
+        (-0.45, -0.3),
+        (-0.36, -0.12),
+        (-0.28, -0.3),
+        (-0.16, -0.16),
+        (-0.05, -0.32),
+        (0.06, -0.17),
+        (0.16, -0.32),
+        (0.27, -0.14),
+        (0.34, -0.3),
+        (0.45, -0.1),
+        (0.44, -0.42),
+    ]
     p.polygon([(-0.44, -0.42)] + spikes, look.hair)
     _straw_hat(p, look.accent, rng)
 
@@ -283,8 +299,16 @@ def _zoro(p: Pen, look: Look, rng: np.random.Generator) -> None:
     _nose(f)
     # Short cropped hair hugging the skull, with a short jagged hairline
     crown = _curve(lambda t: (-0.45 + 0.9 * t, -0.34 - 0.3 * math.sin(math.pi * t)), 12)
-    fringe = [(0.45, -0.22), (0.3, -0.3), (0.18, -0.24), (0.05, -0.32),
-              (-0.08, -0.25), (-0.2, -0.32), (-0.33, -0.24), (-0.45, -0.22)]
+    fringe = [
+        (0.45, -0.22),
+        (0.3, -0.3),
+        (0.18, -0.24),
+        (0.05, -0.32),
+        (-0.08, -0.25),
+        (-0.2, -0.32),
+        (-0.33, -0.24),
+        (-0.45, -0.22),
+    ]
     p.polygon(crown + fringe, look.hair)
     # Three gold drop earrings on his left ear (the viewer's right)
     gold = (235, 190, 40)
@@ -326,8 +350,21 @@ def _nami(p: Pen, look: Look, rng: np.random.Generator) -> None:
     _mouth(f, look)
     _nose(f)
     # Side-parted bangs, then a long lock over her right shoulder (the viewer's left)
-    p.polygon([(-0.46, -0.1), (-0.45, -0.45), (-0.1, -0.62), (0.35, -0.55), (0.47, -0.2), (0.3, -0.36),
-               (0.1, -0.24), (-0.05, -0.38), (-0.25, -0.22), (-0.35, -0.34)], look.hair)
+    p.polygon(
+        [
+            (-0.46, -0.1),
+            (-0.45, -0.45),
+            (-0.1, -0.62),
+            (0.35, -0.55),
+            (0.47, -0.2),
+            (0.3, -0.36),
+            (0.1, -0.24),
+            (-0.05, -0.38),
+            (-0.25, -0.22),
+            (-0.35, -0.34),
+        ],
+        look.hair,
+    )
     p.polygon([(-0.47, -0.2), (-0.36, 0.1), (-0.5, 0.7), (-0.72, 1.35), (-0.86, 0.9), (-0.6, 0.3)], look.hair)
 
 
@@ -364,8 +401,23 @@ def _sanji(p: Pen, look: Look, rng: np.random.Generator) -> None:
     f.line([(0.3, 0.37), (0.34, 0.39)], (230, 80, 30), 0.045)
     f.line(_curve(lambda t: (0.34 + 0.06 * math.sin(5 * t), 0.34 - 0.35 * t), 10), (190, 190, 195), 0.02)
     # Blond hair swept over his left eye (the viewer's right), straight on the other side
-    p.polygon([(-0.48, 0.2), (-0.5, -0.3), (-0.3, -0.6), (0.1, -0.66), (0.42, -0.5), (0.52, -0.1), (0.48, 0.3),
-               (0.3, 0.12), (0.05, 0.06), (-0.02, -0.28), (-0.3, -0.36), (-0.36, 0.15)], look.hair)
+    p.polygon(
+        [
+            (-0.48, 0.2),
+            (-0.5, -0.3),
+            (-0.3, -0.6),
+            (0.1, -0.66),
+            (0.42, -0.5),
+            (0.52, -0.1),
+            (0.48, 0.3),
+            (0.3, 0.12),
+            (0.05, 0.06),
+            (-0.02, -0.28),
+            (-0.3, -0.36),
+            (-0.36, 0.15),
+        ],
+        look.hair,
+    )
 
 
 @dataclass(frozen=True)
@@ -656,8 +708,9 @@ def _render_into(out: Path, jobs: list[Job], workers: int) -> None:
         raise
 
 
-def generate(out: Path, per_class: int = PER_CLASS, scenes: int | None = None, seed: int = SEED,
-             *, workers: int | None = None) -> dict:
+def generate(
+    out: Path, per_class: int = PER_CLASS, scenes: int | None = None, seed: int = SEED, *, workers: int | None = None
+) -> dict:
     """Render the sample set into `out` (which must be absent or empty); return a summary."""
     out = Path(out)
     scenes = per_class // 2 if scenes is None else scenes

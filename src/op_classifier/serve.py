@@ -43,8 +43,9 @@ import logging
 import math
 import re
 import socket
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -112,9 +113,11 @@ def check_registered(model_uri: str, store: str, cfg: config.Config) -> str | No
     if version is not None:
         return str(version)
     if alias == ALIAS and name == cfg.tracking.model_name:
-        raise ServeError(f"no {ALIAS} model registered in {store}: run `make run` first (a model becomes "
-                         f"{ALIAS} when {cfg.tracking.champion_metric} >= tracking.champion_target, "
-                         f"now {cfg.tracking.champion_target})")
+        raise ServeError(
+            f"no {ALIAS} model registered in {store}: run `make run` first (a model becomes "
+            f"{ALIAS} when {cfg.tracking.champion_metric} >= tracking.champion_target, "
+            f"now {cfg.tracking.champion_target})"
+        )
     raise ServeError(f"no model {name}@{alias} registered in {store}")
 
 
@@ -168,8 +171,13 @@ def error_body(status: int, message: str) -> bytes:
 
 async def _send_error(send: Send, status: int, message: str) -> None:
     body = error_body(status, message)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -298,8 +306,9 @@ class _ShortErrors:
             return
         status = self.start["status"]
         body = self.body if _is_short_error(self.body) else error_body(status, _phrase(status))
-        headers = [(k, v) for k, v in self.start.get("headers", [])
-                   if k.lower() not in (b"content-type", b"content-length")]
+        headers = [
+            (k, v) for k, v in self.start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
+        ]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await self.send({**self.start, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
@@ -467,13 +476,16 @@ def read_request(body: bytes, shape: tuple[int, ...]) -> tuple[str, Any]:
     needed = len(shape) + 2  # the object, the batch, then one array per axis of an image
     depth, has_bool = scan_json(body)
     if depth > needed:
-        raise BadRequest(400, f"the JSON nests {depth} levels deep; {{\"instances\": {expected}}} needs {needed}")
+        raise BadRequest(400, f'the JSON nests {depth} levels deep; {{"instances": {expected}}} needs {needed}')
     if document is None:
         document = _loads(body)
         keys = [key for key in INPUT_KEYS if isinstance(document, dict) and key in document]
     if len(keys) != 1:
-        raise BadRequest(400, f'the body must be a JSON object with "instances" (or "inputs", not both): {expected}'
-                              ' or {"b64": image bytes} each')
+        raise BadRequest(
+            400,
+            f'the body must be a JSON object with "instances" (or "inputs", not both): {expected}'
+            ' or {"b64": image bytes} each',
+        )
     instances = document[keys[0]]
     if has_bool and _has_bool(instances):
         raise BadRequest(400, f"{keys[0]} contain true/false, not pixels: expected {expected}")
@@ -521,8 +533,11 @@ def decoded_images(instances: Any, shape: tuple[int, ...], max_images: int, max_
     if size != width or channels != 3:
         raise BadRequest(400, f"this model takes {shape} arrays, not images: send pixel arrays, not b64")
     if len(instances) > max_images:
-        raise BadRequest(413, f"{len(instances)} images in one request; this server decodes at most {max_images} "
-                              "(--max-body-mb scales it)")
+        raise BadRequest(
+            413,
+            f"{len(instances)} images in one request; this server decodes at most {max_images} "
+            "(--max-body-mb scales it)",
+        )
     images = np.empty((len(instances), *shape), np.uint8)
     for index, instance in enumerate(instances):
         value = instance.get("b64") if len(instance) == 1 else None
@@ -547,8 +562,9 @@ def max_images(max_body: int, shape: tuple[int, ...]) -> int:
     return max(1, 8 * max_body // math.prod(shape))
 
 
-def score(served: Served, body: bytes, *, tf_serving: bool = False, most: int | None = None,
-          max_pixels: int = MAX_PIXELS) -> tuple[int, bytes]:
+def score(
+    served: Served, body: bytes, *, tf_serving: bool = False, most: int | None = None, max_pixels: int = MAX_PIXELS
+) -> tuple[int, bytes]:
     """(HTTP status, JSON answer) to a request body: the probabilities, or a short error.
 
     tf_serving: the answer of TensorFlow Serving's path (a columnar "inputs" body gets "outputs");
@@ -595,8 +611,7 @@ def _score(served: Served, body: bytes, tf_serving: bool, most: int, max_pixels:
     return 200, orjson.dumps({out: np.asarray(probabilities).tolist()})
 
 
-def app(served: Served, max_body: int, name: str, version: str = "1",
-        max_pixels: int = MAX_PIXELS) -> ASGIApp:
+def app(served: Served, max_body: int, name: str, version: str = "1", max_pixels: int = MAX_PIXELS) -> ASGIApp:
     """The scoring app, guarded: POST /invocations and TensorFlow Serving's /v1/models/<name>:predict,
     GET /v1/models/<name> (its model status), /ping and /health."""
     from starlette.applications import Starlette
@@ -609,8 +624,9 @@ def app(served: Served, max_body: int, name: str, version: str = "1",
 
     async def respond(request: Request, tf_serving: bool) -> Response:
         # Parsing and predicting run in a thread: /ping answers while a large request is on.
-        status, body = await asyncio.to_thread(score, served, await request.body(), tf_serving=tf_serving,
-                                               most=most, max_pixels=max_pixels)
+        status, body = await asyncio.to_thread(
+            score, served, await request.body(), tf_serving=tf_serving, most=most, max_pixels=max_pixels
+        )
         return Response(body, status_code=status, media_type="application/json")
 
     def ours(request: Request) -> bool:
@@ -635,17 +651,25 @@ def app(served: Served, max_body: int, name: str, version: str = "1",
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")
 
-    routes = [Route("/invocations", invocations, methods=["POST"]),
-              Route("/v1/models/{name}:predict", tf_predict, methods=["POST"]),
-              Route("/v1/models/{name}/versions/{version}:predict", tf_predict, methods=["POST"]),
-              Route("/v1/models/{name}", tf_status, methods=["GET"]),
-              Route("/v1/models/{name}/versions/{version}", tf_status, methods=["GET"]),
-              Route("/ping", ping, methods=["GET"]), Route("/health", ping, methods=["GET"])]
+    routes = [
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/v1/models/{name}:predict", tf_predict, methods=["POST"]),
+        Route("/v1/models/{name}/versions/{version}:predict", tf_predict, methods=["POST"]),
+        Route("/v1/models/{name}", tf_status, methods=["GET"]),
+        Route("/v1/models/{name}/versions/{version}", tf_status, methods=["GET"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/health", ping, methods=["GET"]),
+    ]
     return Guard(Starlette(routes=routes), max_body)
 
 
-def run(model_uri: str | None = None, host: str = HOST, port: int = PORT, max_body_mb: float = MAX_BODY_MB,
-        overrides: Sequence[str] = ()) -> None:
+def run(
+    model_uri: str | None = None,
+    host: str = HOST,
+    port: int = PORT,
+    max_body_mb: float = MAX_BODY_MB,
+    overrides: Sequence[str] = (),
+) -> None:
     """Check the limit, the model and the port, load the model, then serve until stopped (Ctrl-C, SIGTERM)."""
     if not (math.isfinite(max_body_mb) and max_body_mb > 0):
         raise ServeError(f"--max-body-mb must be a positive number of MiB, not {max_body_mb}")
@@ -662,8 +686,11 @@ def run(model_uri: str | None = None, host: str = HOST, port: int = PORT, max_bo
     served = tracking.served_model(model_uri, store)
     sock = _bind(host, port)  # again: taken meanwhile is the same one-line error, not uvicorn's traceback
     max_body = int(max_body_mb * 2**20)
-    print(f"serving {model_uri} from {store} on http://{host}:{port}/invocations and "
-          f"/v1/models/{name}:predict (bodies up to {max_body_mb:g} MiB)", flush=True)
+    print(
+        f"serving {model_uri} from {store} on http://{host}:{port}/invocations and "
+        f"/v1/models/{name}:predict (bodies up to {max_body_mb:g} MiB)",
+        flush=True,
+    )
     scoring = app(served, max_body, name, version, cfg.data.max_image_pixels)
     server = uvicorn.Server(uvicorn.Config(scoring, log_level="info"))
     server.run(sockets=[sock])

@@ -11,8 +11,9 @@ import hashlib
 import json
 import shutil
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 FINGERPRINT_FILE = "fingerprint.json"
 _PACKAGE = Path(__file__).resolve().parent
@@ -53,8 +54,11 @@ def fingerprint(params: Mapping[str, Any], data_hash: str, **extra: Any) -> dict
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Human names of what changed between two fingerprints: param keys, `data`, `code`, ..."""
-    changed = [key for key in sorted(set(old.get("params", {})) | set(new.get("params", {})))
-               if old.get("params", {}).get(key) != new.get("params", {}).get(key)]
+    changed = [
+        key
+        for key in sorted(set(old.get("params", {})) | set(new.get("params", {})))
+        if old.get("params", {}).get(key) != new.get("params", {}).get(key)
+    ]
     others = sorted((set(old) | set(new)) - {"params", "id", "complete"})
     changed += [key for key in others if old.get(key) != new.get(key)]
     return changed
@@ -87,8 +91,9 @@ def mark_complete(folder: Path) -> None:
     """Record that the state's work finished: the next run starts anew rather than resuming it."""
     recorded = read(folder)
     if recorded is not None:
-        (folder / FINGERPRINT_FILE).write_text(json.dumps({**recorded, "complete": True}, indent=2, sort_keys=True),
-                                               encoding="utf-8")
+        (folder / FINGERPRINT_FILE).write_text(
+            json.dumps({**recorded, "complete": True}, indent=2, sort_keys=True), encoding="utf-8"
+        )
 
 
 def read(folder: Path) -> dict[str, Any] | None:

@@ -7,8 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
@@ -22,13 +23,25 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # The MLflow UI reads a runs-table view (sort, columns) from this experiment tag when a link names
 # its key (?viewStateShareKey=...): the link `make ui` prints opens on the columns that matter.
 SHARED_VIEW_PREFIX, SHARED_VIEW_KEY = "mlflow.sharedViewState.", "op-classifier"
-SHARED_VIEW = json.dumps({
-    "orderByKey": "metrics.`val_accuracy`", "orderByAsc": False, "searchFilter": "",
-    "selectedColumns": [f"{kind}.`{name}`" for kind, name in (
-        ("metrics", "val_accuracy"), ("metrics", "test_accuracy"), ("params", "model.name"),
-        ("params", "learning_rate_used"), ("params", "tuned.units"), ("params", "model.units"),
-        ("params", "tuned.learning_rate"))],
-})
+SHARED_VIEW = json.dumps(
+    {
+        "orderByKey": "metrics.`val_accuracy`",
+        "orderByAsc": False,
+        "searchFilter": "",
+        "selectedColumns": [
+            f"{kind}.`{name}`"
+            for kind, name in (
+                ("metrics", "val_accuracy"),
+                ("metrics", "test_accuracy"),
+                ("params", "model.name"),
+                ("params", "learning_rate_used"),
+                ("params", "tuned.units"),
+                ("params", "model.units"),
+                ("params", "tuned.learning_rate"),
+            )
+        ],
+    }
+)
 DATA_HASH_TAG = "data_hash"  # on model versions: the prepared data their score was measured on
 # The user's setting, read once: mlflow.set_tracking_uri() writes this variable too, and must not
 # make one run's store the next run's in the same process.
@@ -78,13 +91,14 @@ def fetch_model(model_uri: str, dst: Path) -> tuple[Path, list[str] | None]:
     import mlflow
 
     uri = _ENV_URI or f"sqlite:///{project_root() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise TrackingError(f"no MLflow store at {uri}: train a model first (`make run`) or set MLFLOW_TRACKING_URI")
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     try:
         params = client.get_run(_run_of(client, model_uri)).data.params
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst),
-                                                    tracking_uri=uri, registry_uri=uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=str(dst), tracking_uri=uri, registry_uri=uri
+        )
     except TrackingError:
         raise
     except Exception as error:  # MLflow raises many types for a missing model, alias or run
@@ -156,9 +170,16 @@ class Tracker:
         mlflow.set_experiment(experiment_id=self.experiment_id)
 
     @contextlib.contextmanager
-    def run(self, name: str, resume_file: Path | None = None, nested: bool = False,
-            tags: Mapping[str, Any] | None = None, run_id: str | None = None,
-            params: Mapping[str, Any] | None = None, system_metrics: bool = False) -> Iterator[str | None]:
+    def run(
+        self,
+        name: str,
+        resume_file: Path | None = None,
+        nested: bool = False,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        system_metrics: bool = False,
+    ) -> Iterator[str | None]:
         """Start a run (logging params), or continue run_id, or resume_file's unfinished run; yield its id.
 
         The unfinished run is continued only when its params match `params`; otherwise it is closed as
@@ -172,15 +193,24 @@ class Tracker:
 
         resumed = None if run_id else _unfinished_run(resume_file)
         if resumed and params is not None and not _same_params(resumed, params):
-            print(f"note: MLflow run {resumed} was logged with other params; closing it and starting a new run",
-                  file=sys.stderr, flush=True)
+            print(
+                f"note: MLflow run {resumed} was logged with other params; closing it and starting a new run",
+                file=sys.stderr,
+                flush=True,
+            )
             _store_call(lambda: mlflow.MlflowClient().set_terminated(resumed, status="KILLED"))
             resumed = None
         run_id = run_id or resumed
         if system_metrics:  # CPU, memory, disk (and GPU with pynvml) every 5 s, beside the curves
             mlflow.set_system_metrics_sampling_interval(5)
-        active = _store_call(lambda: mlflow.start_run(run_id=run_id, run_name=None if run_id else name,
-                                                      nested=nested, log_system_metrics=system_metrics or None))
+        active = _store_call(
+            lambda: mlflow.start_run(
+                run_id=run_id,
+                run_name=None if run_id else name,
+                nested=nested,
+                log_system_metrics=system_metrics or None,
+            )
+        )
         try:
             if resumed:
                 _close_orphans(resumed)
@@ -252,9 +282,16 @@ class Tracker:
             keras_file = Path(tmp) / "model.keras"
             model.save(keras_file)
             # A LoggedModel (MLflow 3): linked to the run, listed in the runs table's Models column.
-            _store_call(lambda: mlflow.pyfunc.log_model(
-                name="model", python_model=PixelClassifier(), artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
-                signature=signature, input_example=example, pip_requirements=_pip_requirements()))
+            _store_call(
+                lambda: mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=PixelClassifier(),
+                    artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=_pip_requirements(),
+                )
+            )
         return f"runs:/{mlflow.active_run().info.run_id}/model"
 
     def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int]) -> None:
@@ -269,8 +306,9 @@ class Tracker:
         tags = {f"{split}_images": str(count) for split, count in sizes.items()}
         _store_call(lambda: mlflow.log_input(dataset, context="training", tags=tags))
 
-    def register(self, model_uri: str, score: float, target: float, metric: str,
-                 data_hash: str | None = None) -> dict[str, Any]:
+    def register(
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+    ) -> dict[str, Any]:
         """Register the model; move the champion alias to it only if it meets target and beats it.
 
         Scores are compared only when both were measured on the same prepared data (same files, same
@@ -280,8 +318,9 @@ class Tracker:
             return {}
         return _store_call(lambda: self._register(model_uri, score, target, metric, data_hash))
 
-    def _register(self, model_uri: str, score: float, target: float, metric: str,
-                  data_hash: str | None) -> dict[str, Any]:
+    def _register(
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None
+    ) -> dict[str, Any]:
         import mlflow
 
         client = mlflow.MlflowClient()
@@ -296,8 +335,9 @@ class Tracker:
         return {"registered_version": int(version), **decision}
 
 
-def champion_decision(score: float, target: float, data_hash: str | None, metric: str,
-                      current: Mapping[str, str] | None) -> dict[str, Any]:
+def champion_decision(
+    score: float, target: float, data_hash: str | None, metric: str, current: Mapping[str, str] | None
+) -> dict[str, Any]:
     """Whether a new model scoring `score` takes the alias from the current champion (its version tags)."""
     if score < target:
         return {"champion": False, "champion_reason": f"{metric} {score:.4f} is below the target {target}"}
@@ -305,14 +345,24 @@ def champion_decision(score: float, target: float, data_hash: str | None, metric
         return {"champion": True, "champion_reason": "no champion yet"}
     theirs = current.get(metric)
     if not data_hash or current.get(DATA_HASH_TAG) != data_hash or theirs is None:
-        return {"champion": False, "champion_reason": (
-            f"the champion was scored on other data (data hash {current.get(DATA_HASH_TAG)}, this model "
-            f"{data_hash}): scores on different splits are not comparable; move the alias by hand if wanted")}
+        return {
+            "champion": False,
+            "champion_reason": (
+                f"the champion was scored on other data (data hash {current.get(DATA_HASH_TAG)}, this model "
+                f"{data_hash}): scores on different splits are not comparable; move the alias by hand if wanted"
+            ),
+        }
     if score > float(theirs):
-        return {"champion": True, "champion_reason": f"{metric} {score:.4f} beats the champion's {float(theirs):.4f}",
-                "previous_champion_score": float(theirs)}
-    return {"champion": False, "champion_reason": f"{metric} {score:.4f} does not beat the champion's "
-            f"{float(theirs):.4f}", "previous_champion_score": float(theirs)}
+        return {
+            "champion": True,
+            "champion_reason": f"{metric} {score:.4f} beats the champion's {float(theirs):.4f}",
+            "previous_champion_score": float(theirs),
+        }
+    return {
+        "champion": False,
+        "champion_reason": f"{metric} {score:.4f} does not beat the champion's {float(theirs):.4f}",
+        "previous_champion_score": float(theirs),
+    }
 
 
 class PixelClassifier(PythonModel):
@@ -351,7 +401,8 @@ def _checked_pixels(data: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise MlflowException.invalid_parameter_value(f"instances contain true/false, not pixels: {expected}")
     if found.dtype.kind not in "iuf":  # strings, JSON null (object), ragged lists of lists (object)
         raise MlflowException.invalid_parameter_value(
-            f"instances must be a regular array of numbers (no strings or null): {expected}")
+            f"instances must be a regular array of numbers (no strings or null): {expected}"
+        )
     if found.ndim != len(shape) + 1 or found.shape[1:] != shape or len(found) == 0:
         got = str(found.shape) if found.ndim <= len(shape) + 2 else f"{found.ndim} axes"
         raise MlflowException.invalid_parameter_value(f"instances have shape {got}, expected {expected}")
@@ -378,18 +429,24 @@ class _EpochLogger(keras.callbacks.Callback):
 def alias_version(store_uri: str, name: str, alias: str) -> str | None:
     """The version `name@alias` points to in the registry at store_uri; None if the model or alias is missing."""
     prefix = "sqlite:///"
-    if store_uri.startswith(prefix) and not Path(store_uri[len(prefix):]).is_file():
+    if store_uri.startswith(prefix) and not Path(store_uri[len(prefix) :]).is_file():
         return None  # asking would create an empty store as a side effect
     import mlflow
     from mlflow.exceptions import MlflowException
 
     # As in Tracker._connect: fail in seconds against a dead server, no telemetry (no internet here).
-    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true")):
+    for key, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+        ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ):
         os.environ.setdefault(key, value)
     try:
-        return mlflow.MlflowClient(tracking_uri=store_uri, registry_uri=store_uri).get_model_version_by_alias(
-            name, alias).version
+        return (
+            mlflow.MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
+            .get_model_version_by_alias(name, alias)
+            .version
+        )
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
@@ -402,7 +459,7 @@ def runs_table_link(cfg: TrackingConfig, base_url: str) -> str:
     """The MLflow UI page comparing this project's runs (val/test accuracy, model, learning rate, units)."""
     store = tracking_uri(cfg)
     experiment = None
-    if not store.startswith("sqlite:///") or Path(store[len("sqlite:///"):]).is_file():
+    if not store.startswith("sqlite:///") or Path(store[len("sqlite:///") :]).is_file():
         import mlflow
 
         with contextlib.suppress(Exception):  # no store or no run yet: the UI's home page still helps
@@ -443,8 +500,9 @@ def _store_call(call: Callable[[], T]) -> T:
     except (MlflowException, OSError, ConnectionError) as error:
         raise TrackingError(f"MLflow store {_current_uri()} failed ({_first_line(error)})") from None
     except Exception as error:  # requests, SQLAlchemy and others: MLflow does not wrap them all
-        raise TrackingError(f"MLflow store {_current_uri()} failed ({type(error).__name__}: "
-                            f"{_first_line(error)})") from None
+        raise TrackingError(
+            f"MLflow store {_current_uri()} failed ({type(error).__name__}: {_first_line(error)})"
+        ) from None
 
 
 def _current_uri() -> str:
@@ -479,8 +537,9 @@ def _close_orphans(parent_id: str) -> None:
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_id)
-    orphans = client.search_runs([parent.info.experiment_id],
-                                 f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'")
+    orphans = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+    )
     for orphan in orphans:
         client.set_terminated(orphan.info.run_id, status="KILLED")
 
@@ -488,7 +547,7 @@ def _close_orphans(parent_id: str) -> None:
 def _artifact_root(uri: str) -> str | None:
     """Beside a SQLite store, `mlartifacts/` (as `mlflow server` lays it out); a server decides itself."""
     prefix = "sqlite:///"
-    return (Path(uri[len(prefix):]).parent / "mlartifacts").as_uri() if uri.startswith(prefix) else None
+    return (Path(uri[len(prefix) :]).parent / "mlartifacts").as_uri() if uri.startswith(prefix) else None
 
 
 def _unfinished_run(resume_file: Path | None) -> str | None:
@@ -543,8 +602,11 @@ class ServedModel:
         self.model = model
         self.shape = shape  # of one image, (S, S, 3)
         keras_model = _keras_model_of(model)
-        self.forward = (serving_function(keras_model, shape, PixelClassifier.CHUNK) if keras_model is not None
-                        else lambda images: np.asarray(model.predict(images.astype(np.float32, copy=False))))
+        self.forward = (
+            serving_function(keras_model, shape, PixelClassifier.CHUNK)
+            if keras_model is not None
+            else lambda images: np.asarray(model.predict(images.astype(np.float32, copy=False)))
+        )
 
     def predict(self, instances: Any) -> np.ndarray:
         """(batch, classes) probabilities of (batch, *shape) raw 0..255 pixels, nested lists or an array.
@@ -585,8 +647,9 @@ def serving_function(model: keras.Model, shape: tuple[int, ...], chunk: int) -> 
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        graph = tf.function(lambda x: model(x, training=False),
-                            input_signature=[tf.TensorSpec((None, *shape), tf.float32)]).get_concrete_function()
+        graph = tf.function(
+            lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)]
+        ).get_concrete_function()
 
         def call(x: np.ndarray) -> np.ndarray:
             return graph(tf.constant(x, tf.float32)).numpy()
@@ -595,8 +658,9 @@ def serving_function(model: keras.Model, shape: tuple[int, ...], chunk: int) -> 
 
     def forward(images: np.ndarray) -> np.ndarray:
         # float32 one chunk at a time: a large batch of uint8 images never doubles as floats at once.
-        parts = [np.asarray(call(images[i : i + chunk].astype(np.float32, copy=False)))
-                 for i in range(0, len(images), chunk)]
+        parts = [
+            np.asarray(call(images[i : i + chunk].astype(np.float32, copy=False))) for i in range(0, len(images), chunk)
+        ]
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(np.float32, copy=False)
 
     return forward
@@ -608,8 +672,12 @@ def served_model(model_uri: str, store: str) -> ServedModel:
 
     # As in Tracker._connect: fail in seconds against a dead server, no telemetry (no internet here);
     # and no download progress bar in the server's log.
-    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+    for key, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+        ("MLFLOW_DISABLE_TELEMETRY", "true"),
+        ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+    ):
         os.environ.setdefault(key, value)
     import mlflow
 
@@ -617,8 +685,9 @@ def served_model(model_uri: str, store: str) -> ServedModel:
         # Downloaded with the store named, not the process-wide one. The Keras model is in memory once
         # loaded, so the files go.
         with tempfile.TemporaryDirectory(prefix="op-classifier-serve-") as tmp:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=store,
-                                                        registry_uri=store)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=tmp, tracking_uri=store, registry_uri=store
+            )
             model = mlflow.pyfunc.load_model(local)
     except Exception as error:  # MLflow raises many types for a missing or broken model
         raise TrackingError(f"cannot load {model_uri} from {store}: {_first_line(error)}") from None

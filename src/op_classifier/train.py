@@ -9,19 +9,20 @@ import os
 import shutil
 import sys
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import keras
 import numpy as np
 
 from op_classifier import config, hparams, progress, state
-from op_classifier.runner import stage_main
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.model import build_model, compile_model
+from op_classifier.runner import stage_main
 from op_classifier.tracking import Tracker, flatten, git_commit
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
@@ -30,7 +31,7 @@ RUN_ID_FILE = "mlflow_run_id"  # in paths.checkpoints: the MLflow run a killed t
 HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
 
 
-def pick_device(cfg: TrainConfig) -> tuple[ContextManager, str, bool]:
+def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, bool]:
     """(scope to build the model in, device description, mixed precision on?) from train.device."""
     gpus = _gpus()
     if cfg.device == "gpu" and not gpus:
@@ -75,11 +76,17 @@ def callbacks(cfg: Config, tracker: Tracker) -> list[keras.callbacks.Callback]:
         # First: an epoch is in the history before its backup exists, so no resume can lose a row.
         HistoryLog(checkpoints / HISTORY_FILE, Path(cfg.paths.history)),
         AtomicBackup(str(checkpoints / "backup")),
-        keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience,
-                                      restore_best_weights=True, mode=mode),
+        keras.callbacks.EarlyStopping(
+            monitor=cfg.train.monitor, patience=cfg.train.patience, restore_best_weights=True, mode=mode
+        ),
         # A tuned learning rate that is right for 8 epochs can be too high for 60: decay on plateaus.
-        keras.callbacks.ReduceLROnPlateau(monitor=cfg.train.monitor, factor=cfg.train.lr_factor,
-                                          patience=cfg.train.lr_patience, min_lr=1e-5, mode=mode),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=cfg.train.monitor,
+            factor=cfg.train.lr_factor,
+            patience=cfg.train.lr_patience,
+            min_lr=1e-5,
+            mode=mode,
+        ),
         tracker.epoch_callback(),
     ]
 
@@ -106,8 +113,11 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
         try:
             super().on_train_begin(logs)
         except (OSError, ValueError, KeyError) as error:
-            print(f"note: the checkpoint in {self.backup_dir} cannot be read ({str(error)[:120]}); "
-                  "starting fresh", file=sys.stderr, flush=True)
+            print(
+                f"note: the checkpoint in {self.backup_dir} cannot be read ({str(error)[:120]}); starting fresh",
+                file=sys.stderr,
+                flush=True,
+            )
             shutil.rmtree(self.backup_dir, ignore_errors=True)
             self.model._initial_epoch = 0
 
@@ -162,8 +172,11 @@ def export_saved_model(model: keras.Model, path: Path) -> str:
     # predict() by up to 0.57), so the endpoint calls the model with training=False explicitly.
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serve", fn=lambda images: model(images, training=False),
-                         input_signature=[keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")])
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda images: model(images, training=False),
+        input_signature=[keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")],
+    )
     archive.write_out(str(path), verbose=False)
     return str(path)
 
@@ -173,9 +186,15 @@ def fit(cfg: Config, model: keras.Model, tracker: Tracker) -> dict:
     prepared = Path(cfg.paths.prepared)
     train, val = load_split(prepared, "train"), load_split(prepared, "val")
     resuming = (Path(cfg.paths.checkpoints) / "backup").exists()
-    history = model.fit(np.asarray(train.images), train.labels, validation_data=(np.asarray(val.images), val.labels),
-                        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                        callbacks=callbacks(cfg, tracker), verbose=2)
+    history = model.fit(
+        np.asarray(train.images),
+        train.labels,
+        validation_data=(np.asarray(val.images), val.labels),
+        epochs=cfg.train.epochs,
+        batch_size=cfg.train.batch_size,
+        callbacks=callbacks(cfg, tracker),
+        verbose=2,
+    )
     return {"epochs_run": len(history.epoch), "resumed": resuming}
 
 
@@ -187,8 +206,13 @@ def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras
     with scope:
         model = build_model(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
         compile_model(model, learning_rate, classes)
-    return model, {"device": device, "mixed_precision": mixed, "learning_rate_used": learning_rate,
-                   "classes": json.dumps(classes), **{f"tuned.{k}": v for k, v in tuned.items()}}
+    return model, {
+        "device": device,
+        "mixed_precision": mixed,
+        "learning_rate_used": learning_rate,
+        "classes": json.dumps(classes),
+        **{f"tuned.{k}": v for k, v in tuned.items()},
+    }
 
 
 def claim_checkpoints(cfg: Config, tuned: dict[str, Any]) -> dict[str, Any]:
@@ -211,12 +235,18 @@ def run(cfg: Config) -> dict:
     made_by = claim_checkpoints(cfg, tuned)
     model, described = build(cfg, classes, tuned)
     tracker = Tracker(cfg.tracking)
-    tags = {"stage": "train", "git_commit": git_commit(), "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
-            "data_hash": made_by["data"], "tuning_run_id": best.get("tuning_run_id")}
+    tags = {
+        "stage": "train",
+        "git_commit": git_commit(),
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
+        "data_hash": made_by["data"],
+        "tuning_run_id": best.get("tuning_run_id"),
+    }
     params = {**flatten(as_dict(cfg)), **described, "state_fingerprint": made_by["id"]}
     resume = Path(cfg.paths.checkpoints) / RUN_ID_FILE
-    with tracker.run(config.run_name("train", cfg), resume_file=resume, tags=tags, params=params,
-                     system_metrics=True) as run_id:
+    with tracker.run(
+        config.run_name("train", cfg), resume_file=resume, tags=tags, params=params, system_metrics=True
+    ) as run_id:
         manifest = load_manifest(prepared)
         tracker.log_dataset(Path(cfg.paths.raw).name, made_by["data"], prepared, manifest["counts"])
         summary = fit(cfg, model, tracker)
@@ -230,8 +260,13 @@ def run(cfg: Config) -> dict:
         tracker.log_artifact(Path(cfg.paths.history), "plots")
     record = {"run_id": run_id, "model_uri": model_uri, "classes": classes, "image_size": cfg.data.image_size}
     (Path(cfg.paths.model) / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return {**summary, "device": described["device"], **written, "run_id": run_id,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        **summary,
+        "device": described["device"],
+        **written,
+        "run_id": run_id,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _example(split: Split) -> np.ndarray:

@@ -12,12 +12,12 @@ import keras
 import numpy as np
 
 from op_classifier import hparams, state
-from op_classifier.runner import stage_main
 from op_classifier.config import Config, ConfigError, TunerConfig, as_dict, run_name
 from op_classifier.data import data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
 from op_classifier.model import HyperModel
+from op_classifier.runner import stage_main
 from op_classifier.tracking import Tracker, TrackingError, flatten
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
@@ -37,8 +37,11 @@ def make_tuner(cfg: TunerConfig, hypermodel: HyperModel, directory: Path, seed: 
     import keras_tuner as kt
 
     base = {"hyperband": kt.Hyperband, "random": kt.RandomSearch, "bayesian": kt.BayesianOptimization}[cfg.kind]
-    budget = {"max_epochs": cfg.max_epochs, "factor": cfg.factor} if cfg.kind == "hyperband" else {
-        "max_trials": cfg.max_trials}
+    budget = (
+        {"max_epochs": cfg.max_epochs, "factor": cfg.factor}
+        if cfg.kind == "hyperband"
+        else {"max_trials": cfg.max_trials}
+    )
     tracked = _with_trial_runs(base, tracker)
     return tracked(
         hypermodel=hypermodel,
@@ -76,16 +79,28 @@ def search(cfg: Config, tracker: Tracker, classes: list[str]) -> Any:
     prepared = Path(cfg.paths.prepared)
     train, val = load_split(prepared, "train"), load_split(prepared, "val")
     keras.utils.set_random_seed(cfg.seed)
-    fixed = {**hparams.model_args(cfg.model), "num_classes": len(classes),
-             "image_size": cfg.data.image_size, "seed": cfg.seed}
-    hypermodel = HyperModel(fixed, cfg.tuner.learning_rate, classes,
-                            lambda hp: hparams.define(hp, cfg.tuner.search_space))
+    fixed = {
+        **hparams.model_args(cfg.model),
+        "num_classes": len(classes),
+        "image_size": cfg.data.image_size,
+        "seed": cfg.seed,
+    }
+    hypermodel = HyperModel(
+        fixed, cfg.tuner.learning_rate, classes, lambda hp: hparams.define(hp, cfg.tuner.search_space)
+    )
     tuner = make_tuner(cfg.tuner, hypermodel, Path(cfg.paths.tuning), cfg.seed, tracker)
-    stop = keras.callbacks.EarlyStopping(monitor=cfg.tuner.objective, mode=cfg.tuner.direction,
-                                         patience=cfg.tuner.patience)
-    tuner.search(np.asarray(train.images), train.labels, validation_data=(np.asarray(val.images), val.labels),
-                 epochs=cfg.tuner.epochs, batch_size=cfg.tuner.batch_size,
-                 callbacks=[stop, _FatalStoreErrors(tracker.epoch_callback())], verbose=2)
+    stop = keras.callbacks.EarlyStopping(
+        monitor=cfg.tuner.objective, mode=cfg.tuner.direction, patience=cfg.tuner.patience
+    )
+    tuner.search(
+        np.asarray(train.images),
+        train.labels,
+        validation_data=(np.asarray(val.images), val.labels),
+        epochs=cfg.tuner.epochs,
+        batch_size=cfg.tuner.batch_size,
+        callbacks=[stop, _FatalStoreErrors(tracker.epoch_callback())],
+        verbose=2,
+    )
     return tuner
 
 
@@ -112,9 +127,15 @@ def searched_values(values: dict[str, Any], space: dict) -> dict[str, Any]:
 
 def leaderboard(tuner: Any) -> list[dict[str, Any]]:
     """Every trial, best first: id, status, score and its hyperparameter values."""
-    rows = [{"trial_id": t.trial_id, "status": str(t.status),
-             "score": None if t.score is None else float(t.score), **t.hyperparameters.values}
-            for t in tuner.oracle.trials.values()]
+    rows = [
+        {
+            "trial_id": t.trial_id,
+            "status": str(t.status),
+            "score": None if t.score is None else float(t.score),
+            **t.hyperparameters.values,
+        }
+        for t in tuner.oracle.trials.values()
+    ]
     sign = -1 if tuner.oracle.objective.direction == "max" else 1
     return sorted(rows, key=lambda r: (r["score"] is None, sign * (r["score"] or 0.0)))
 
@@ -170,8 +191,13 @@ def run(cfg: Config) -> dict:
     state.mark_complete(folder)
     hparams.write_best(Path(cfg.paths.best_hparams), best, score, run_id)
     write_leaderboard(Path(cfg.paths.leaderboard), rows)
-    return {"tuner": cfg.tuner.kind, "trials": len(rows), "best": best, "score": score,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "tuner": cfg.tuner.kind,
+        "trials": len(rows),
+        "best": best,
+        "score": score,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def main() -> None:
