@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from tests.conftest import run_in
 
 STAGES = ("prepare", "tune", "train", "evaluate")
@@ -60,6 +62,8 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
     first_run, second_run, third_run = _training_runs(repo_copy)
     assert first_run.data.params["train.epochs"] == "2" and second_run.data.params["train.epochs"] == "3"
     assert second_run.data.tags.get("dvc_experiment")  # the DVC experiment's name, for finding it back
+    (dataset,) = second_run.inputs.dataset_inputs  # the data set as DVC knows it: data.dvc's hash
+    assert dataset.dataset.digest == yaml.safe_load((repo_copy / "data.dvc").read_text())["outs"][0]["md5"]
     assert "test_accuracy" in second_run.data.metrics
 
     # Every experiment's row holds its own metrics (not "!"): git committed them with the experiment.

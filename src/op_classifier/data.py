@@ -47,6 +47,22 @@ def data_hash(prepared: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def dvc_hash(raw: Path) -> str | None:
+    """DVC's hash of the raw folder, from the .dvc file that tracks it (beside it or in the cwd)."""
+    import yaml
+
+    target = raw.resolve()
+    for dvc_file in sorted({*Path.cwd().glob("*.dvc"), *raw.parent.glob("*.dvc")}):
+        try:
+            outs = yaml.safe_load(dvc_file.read_text(encoding="utf-8")).get("outs") or []
+        except (OSError, AttributeError, yaml.YAMLError):
+            continue  # not a .dvc file of ours to read: it tracks something else
+        for out in outs:
+            if (dvc_file.parent / str(out.get("path", ""))).resolve() == target and out.get("md5"):
+                return str(out["md5"])
+    return None
+
+
 def load_split(prepared: Path, split: str) -> Split:
     """One split, its images memory-mapped so a large set need not fit in memory."""
     folder = prepared / split

@@ -294,8 +294,8 @@ class Tracker:
             )
         return f"runs:/{mlflow.active_run().info.run_id}/model"
 
-    def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int]) -> None:
-        """Record the prepared data as the run's input (the runs table's Dataset column)."""
+    def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
+        """Record the data as the run's input (the runs table's Dataset column): digest, split sizes."""
         if not self.enabled:
             return
         import mlflow
@@ -303,7 +303,7 @@ class Tracker:
         from mlflow.data.meta_dataset import MetaDataset
 
         dataset = MetaDataset(resolve_dataset_source(str(source.resolve())), name=name, digest=digest)
-        tags = {f"{split}_images": str(count) for split, count in sizes.items()}
+        tags = {**{f"{split}_images": str(count) for split, count in sizes.items()}, "prepared_hash": prepared_hash}
         _store_call(lambda: mlflow.log_input(dataset, context="training", tags=tags))
 
     def register(

@@ -18,7 +18,7 @@ import numpy as np
 
 from op_classifier import config, hparams, progress, state
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
-from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
+from op_classifier.data import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.model import build_model, compile_model
@@ -248,7 +248,10 @@ def run(cfg: Config) -> dict:
         config.run_name("train", cfg), resume_file=resume, tags=tags, params=params, system_metrics=True
     ) as run_id:
         manifest = load_manifest(prepared)
-        tracker.log_dataset(Path(cfg.paths.raw).name, made_by["data"], prepared, manifest["counts"])
+        # The digest is DVC's hash of data/raw when DVC tracks it (the prepared data's hash otherwise).
+        raw = Path(cfg.paths.raw)
+        digest = dvc_hash(raw) or made_by["data"]
+        tracker.log_dataset(raw.name, digest, prepared, manifest["counts"], prepared_hash=made_by["data"])
         summary = fit(cfg, model, tracker)
         with progress.bar(2, "export", unit="step") as bar:  # seconds each: tracing, saving, MLflow's checks
             bar.set_postfix_str("model.keras, SavedModel")
