@@ -26,7 +26,7 @@ def train_once(work: Path, name: str, overrides: list[str]) -> Path:
         f"paths.{key}=experiments-{name}/{key}.{ext}"
         for key, ext in (("best_hparams", "yaml"), ("leaderboard", "csv"), ("history", "csv"))
     ]
-    args = ["tuner=none", "tracking.enabled=false", *paths, *overrides]
+    args = ["tuner=none", "tracking=none", *paths, *overrides]
     for stage in ("tune", "train"):
         subprocess.run([CLI, stage, *args], cwd=work, check=True, capture_output=True)
     return work / f"experiments-{name}/model"

@@ -71,11 +71,11 @@ def register_untrained(root: Path) -> None:
     """An untrained default-size model, registered as champion in root/mlflow.db."""
     from op_classifier import config
     from op_classifier.model import build_model, compile_model
-    from op_classifier.tracking import Tracker
+    from op_classifier.tracking import MlflowTracker
 
     cfg = config.validate(config.compose((f"tracking.uri=sqlite:///{root / 'mlflow.db'}",), conf_dir=root / "conf"))
     model = compile_model(build_model(4, SIZE, resize=96, seed=0), 1e-3, ["Luffy", "Nami", "Sanji", "Zoro"])
-    tracker = Tracker(cfg.tracking)
+    tracker = MlflowTracker(cfg.tracking)
     example = np.zeros((1, SIZE, SIZE, 3), dtype="float32")
     with tracker.run("serve-benchmark"):
         uri = tracker.log_model(model, example)

@@ -169,7 +169,7 @@ def test_a_changed_config_never_reuses_an_old_search(project: Path, tmp_path: Pa
 
 def test_missing_prepared_data_names_the_stage(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run the prepare stage"):
-        tune.run(_cfg(tmp_path, "tracking.enabled=false"))
+        tune.run(_cfg(tmp_path, "tracking=none"))
 
 
 def test_objective_the_model_does_not_report_fails_before_training(project: Path, tmp_path: Path) -> None:
@@ -207,7 +207,7 @@ def test_search_space_entry_of_unknown_type_or_name_is_a_config_error(project: P
 
 def test_unreachable_mlflow_store_is_a_clear_error(project: Path) -> None:
     started = time.monotonic()
-    with pytest.raises(TrackingError, match="unreachable.*tracking.enabled=false"):
+    with pytest.raises(TrackingError, match="unreachable.*tracking=none"):
         tune.run(_cfg(project, "tracking.uri=http://127.0.0.1:9"))
     assert time.monotonic() - started < 60
 
@@ -331,7 +331,7 @@ def test_killed_training_resumes_from_its_last_epoch_with_a_whole_history(projec
 @pytest.mark.slow
 def test_killed_training_never_resumes_under_another_config(project: Path, tmp_path: Path) -> None:
     """Tracking off: the checkpoint alone must not be resumed after seed/batch or architecture changes."""
-    args, history = _train_args(project, tmp_path, "tracking.enabled=false"), tmp_path / "history.csv"
+    args, history = _train_args(project, tmp_path, "tracking=none"), tmp_path / "history.csv"
     _train_killed_after_epochs(project, args, history)
     for change in (("seed=7", "train.batch_size=64"), ("model.filters=[8,16,32]",)):
         again = subprocess.run(
@@ -366,7 +366,7 @@ def test_killed_then_changed_config_never_wedges_tracking(project: Path, tmp_pat
 
 
 def test_an_unreadable_checkpoint_starts_fresh_instead_of_wedging(project: Path, tmp_path: Path, capsys) -> None:
-    cfg = _cfg(project, "tuner=none", "tracking.enabled=false", *_own_outputs(tmp_path))
+    cfg = _cfg(project, "tuner=none", "tracking=none", *_own_outputs(tmp_path))
     tune.run(cfg)
     train.claim_checkpoints(cfg, hparams.read_best(Path(cfg.paths.best_hparams))["values"])  # this config's...
     backup = Path(cfg.paths.checkpoints) / "backup"

@@ -252,10 +252,10 @@ def test_champion_from_the_mlflow_registry(
     """models:/op-classifier@champion from the project's store (its mlflow.db, found from the cwd)."""
     import keras
 
-    from op_classifier.tracking import Tracker, flatten
+    from op_classifier.tracking import MlflowTracker, flatten
 
     monkeypatch.chdir(tmp_path)
-    tracker = Tracker(compose(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}").tracking)
+    tracker = MlflowTracker(compose(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}").tracking)
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)
     with tracker.run("train"):
         tracker.log_params(flatten({"data": {"classes": CLASSES}}))

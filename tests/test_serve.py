@@ -27,7 +27,7 @@ from PIL import Image
 from op_classifier import cli, tracking
 from op_classifier.images import load_image
 from op_classifier.model import build_model, compile_model
-from op_classifier.tracking import Tracker
+from op_classifier.tracking import MlflowTracker
 from tests.conftest import REPO, compose
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
@@ -67,7 +67,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, n
     model = compile_model(build_model(num_classes=4, image_size=SIZE, resize=None, seed=0), 1e-3, CLASSES)
     images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype("float32")
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    tracker = Tracker(cfg.tracking)
+    tracker = MlflowTracker(cfg.tracking)
     with tracker.run("serve-test"):
         uri = tracker.log_model(model, images[:1])
     assert tracker.register(uri, score=1.0, target=0.0, metric="val_accuracy")["champion"]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from op_classifier import state, train, tune
-from op_classifier.tracking import Tracker, TrackingError
+from op_classifier.tracking import MlflowTracker, Tracker, TrackingError
 from tests.conftest import REPO, compose
 
 
@@ -69,7 +69,7 @@ def test_fingerprinted_params_are_the_ones_dvc_yaml_declares(module: object, sta
 
 def _tracker(tmp_path: Path) -> Tracker:
     cfg = compose(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}").tracking
-    return Tracker(cfg)
+    return MlflowTracker(cfg)
 
 
 def _status(tracker: Tracker, run_id: str) -> str:
@@ -133,3 +133,25 @@ def test_the_champion_moves_only_between_scores_on_the_same_data(tmp_path: Path)
 
     champion = mlflow.MlflowClient().get_model_version_by_alias("op-classifier", "champion")
     assert str(champion.version) == "4" and champion.tags["data_hash"] == "split-a"
+
+
+def test_tracking_none_is_a_null_tracker_that_records_nothing(tmp_path: Path) -> None:
+    from op_classifier.tracking import NullTracker, make_tracker
+
+    cfg = compose("tracking=none", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}").tracking
+    tracker = make_tracker(cfg)
+    assert isinstance(tracker, NullTracker) and cfg.kind == "none"
+    with tracker.run("train", resume_file=tmp_path / "run_id", params={"a": 1}) as run_id:
+        tracker.log_metrics({"val_accuracy": 0.5})
+        with tracker.trial("0", {"units": 32}):
+            pass
+        assert tracker.log_model(None, None) is None  # type: ignore[arg-type]
+    assert run_id is None and tracker.register("runs:/x/model", 1.0, 0.5, "val_accuracy") == {}
+    assert list(tmp_path.iterdir()) == []  # no store, no run file: nothing was recorded
+
+
+def test_an_unknown_tracker_kind_is_a_config_error() -> None:
+    from op_classifier.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tracking.kind: 'wandb' is not one of mlflow, none"):
+        compose("tracking.kind=wandb")

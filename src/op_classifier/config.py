@@ -319,11 +319,14 @@ class TrainConfig:
         _check(self.mixed_precision in ("auto", "on", "off"), "train.mixed_precision", "must be auto, on or off")
 
 
+TRACKER_KINDS = ("mlflow", "none")  # tracking.make_tracker's implementations
+
+
 @dataclass
 class TrackingConfig:
-    """Where MLflow records runs, and when a model becomes the champion."""
+    """Which tracker records runs (mlflow or none), where, and when a model becomes the champion."""
 
-    enabled: bool = MISSING
+    kind: str = MISSING
     uri: Optional[str] = MISSING
     experiment: str = MISSING
     model_name: str = MISSING
@@ -331,6 +334,7 @@ class TrackingConfig:
     champion_target: float = MISSING
 
     def __post_init__(self) -> None:
+        _check(self.kind in TRACKER_KINDS, "tracking.kind", f"'{self.kind}' is not one of {', '.join(TRACKER_KINDS)}")
         _check_range("tracking.champion_target", self.champion_target, UNIT)
 
 

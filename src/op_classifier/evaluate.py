@@ -17,7 +17,7 @@ from op_classifier.config import Config, ConfigError
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
 from op_classifier.errors import DataError
 from op_classifier.runner import stage_main
-from op_classifier.tracking import Tracker, flatten
+from op_classifier.tracking import flatten, make_tracker
 
 THRESHOLD = 0.5
 
@@ -132,7 +132,7 @@ def run(cfg: Config) -> dict:
     write_confusion(Path(cfg.paths.confusion), test.labels, test_probs, classes)
     flat = flatten(metrics)
     score = _champion_score(flat, cfg.tracking.champion_metric)  # before tracking: a typo fails first
-    tracker = Tracker(cfg.tracking)
+    tracker = make_tracker(cfg.tracking)
     registry: dict[str, Any] = {}
     with tracker.run("train", run_id=record.get("run_id")):
         tracker.log_metrics(flat)

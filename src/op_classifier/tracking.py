@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import keras
 import numpy as np
@@ -127,15 +128,106 @@ def _run_of(client: Any, model_uri: str) -> str:
     return client.get_model_version(name, version).run_id
 
 
-class Tracker:
-    """MLflow access for one stage. With tracking.enabled false, every method does nothing."""
+class Tracker(Protocol):
+    """What a stage asks of tracking; `tracking.kind` picks the implementation (make_tracker)."""
+
+    def run(
+        self,
+        name: str,
+        resume_file: Path | None = None,
+        nested: bool = False,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        system_metrics: bool = False,
+    ) -> AbstractContextManager[str | None]:
+        """A run (new, continued or resumed) as a context; it yields the run's id, or None."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Parameters of the active run."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Numeric metrics of the active run."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags of the active run."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """A file attached to the active run."""
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A Keras callback logging each epoch's metrics."""
+
+    def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> AbstractContextManager[None]:
+        """A nested run for one tuner trial."""
+
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
+        """The served model, logged; its URI, or None."""
+
+    def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
+        """The run's input data."""
+
+    def register(
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+    ) -> dict[str, Any]:
+        """Register a logged model; whether it became the champion, and why."""
+
+
+def make_tracker(cfg: TrackingConfig) -> Tracker:
+    """The tracker `tracking.kind` names: mlflow, or none (records nothing)."""
+    return MlflowTracker(cfg) if cfg.kind == "mlflow" else NullTracker()
+
+
+class NullTracker:
+    """tracking.kind=none: every call does nothing, so stages never ask whether tracking is on."""
+
+    @contextlib.contextmanager
+    def run(self, name: str, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """No run: yields None."""
+        yield None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Nothing to log to."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Nothing to log to."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Nothing to tag."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Nothing to attach to."""
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """Keras's base callback, which does nothing."""
+        return keras.callbacks.Callback()
+
+    @contextlib.contextmanager
+    def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> Iterator[None]:
+        """No nested run."""
+        yield
+
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
+        """No model logged: None."""
+        return None
+
+    def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
+        """Nothing to record."""
+
+    def register(
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+    ) -> dict[str, Any]:
+        """No registry: an empty summary."""
+        return {}
+
+
+class MlflowTracker:
+    """tracking.kind=mlflow: runs, nested trial runs, models and the registry in an MLflow store."""
 
     def __init__(self, cfg: TrackingConfig) -> None:
         self.cfg = cfg
-        self.enabled = cfg.enabled
         self.experiment_id: str | None = None
-        if self.enabled:
-            self._connect()
+        self._connect()
 
     def _connect(self) -> None:
         import mlflow
@@ -165,7 +257,7 @@ class Tracker:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TrackingError(
                 f"MLflow store {uri} is unreachable ({first[:200]}); start it, fix tracking.uri / "
-                "MLFLOW_TRACKING_URI, or set tracking.enabled=false"
+                "MLFLOW_TRACKING_URI, or run without tracking: tracking=none"
             ) from None
         mlflow.set_experiment(experiment_id=self.experiment_id)
 
@@ -186,9 +278,6 @@ class Tracker:
         KILLED and a new run starts. A run that raises ends FAILED (KILLED on Ctrl-C), even when the
         store itself is what failed: then the error is the store's, in one line.
         """
-        if not self.enabled:
-            yield None
-            return
         import mlflow
 
         resumed = None if run_id else _unfinished_run(resume_file)
@@ -227,8 +316,6 @@ class Tracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters to the active run (MLflow takes at most 100 per call)."""
-        if not self.enabled:
-            return
         import mlflow
 
         items = [(k, v) for k, v in params.items()]
@@ -237,8 +324,6 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log numeric metrics to the active run."""
-        if not self.enabled:
-            return
         import mlflow
 
         clean = {_metric_key(k): float(v) for k, v in metrics.items() if _is_number(v)}
@@ -246,14 +331,13 @@ class Tracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Tag the active run."""
-        if self.enabled:
-            import mlflow
+        import mlflow
 
-            _store_call(lambda: mlflow.set_tags({k: v for k, v in tags.items() if v is not None}))
+        _store_call(lambda: mlflow.set_tags({k: v for k, v in tags.items() if v is not None}))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Attach a file to the active run."""
-        if self.enabled and path.exists():
+        if path.exists():
             import mlflow
 
             _store_call(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
@@ -270,8 +354,6 @@ class Tracker:
 
     def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
         """Log the model as a pixel-checking pyfunc with its signature and an input example; return its URI."""
-        if not self.enabled:
-            return None
         import tempfile
 
         import mlflow
@@ -296,8 +378,6 @@ class Tracker:
 
     def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
         """Record the data as the run's input (the runs table's Dataset column): digest, split sizes."""
-        if not self.enabled:
-            return
         import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
@@ -314,8 +394,6 @@ class Tracker:
         Scores are compared only when both were measured on the same prepared data (same files, same
         split): a champion scored on other data keeps its alias, and the summary says why.
         """
-        if not self.enabled:
-            return {}
         return _store_call(lambda: self._register(model_uri, score, target, metric, data_hash))
 
     def _register(
@@ -416,7 +494,7 @@ def _checked_pixels(data: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class _EpochLogger(keras.callbacks.Callback):
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: MlflowTracker) -> None:
         super().__init__()
         self.tracker = tracker
 

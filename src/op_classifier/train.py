@@ -23,7 +23,7 @@ from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.model import build_model, compile_model
 from op_classifier.runner import stage_main
-from op_classifier.tracking import Tracker, flatten, git_commit
+from op_classifier.tracking import Tracker, flatten, git_commit, make_tracker
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "train")
@@ -234,7 +234,7 @@ def run(cfg: Config) -> dict:
     tuned = best.get("values") or {}
     made_by = claim_checkpoints(cfg, tuned)
     model, described = build(cfg, classes, tuned)
-    tracker = Tracker(cfg.tracking)
+    tracker = make_tracker(cfg.tracking)
     tags = {
         "stage": "train",
         "git_commit": git_commit(),

@@ -18,7 +18,7 @@ from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
 from op_classifier.model import HyperModel
 from op_classifier.runner import stage_main
-from op_classifier.tracking import Tracker, TrackingError, flatten
+from op_classifier.tracking import Tracker, TrackingError, flatten, make_tracker
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "tuner")
@@ -172,7 +172,7 @@ def run(cfg: Config) -> dict:
     classes = load_manifest(Path(cfg.paths.prepared))["classes"]
     check_objective(cfg.tuner.objective, classes)
     hparams.check_space(cfg.tuner.search_space)
-    tracker = Tracker(cfg.tracking)
+    tracker = make_tracker(cfg.tracking)
     if cfg.tuner.kind == "none":
         hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None)
         write_leaderboard(Path(cfg.paths.leaderboard), [])
