@@ -14,7 +14,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from op_classifier import metric_names
-from op_classifier.errors import ConfigError
+from op_classifier.errors import ConfigError, first_line
 
 CONF_DIR = "conf"
 PARAMS_FILE = "params.yaml"
@@ -391,11 +391,6 @@ class Config:
         )
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def _hydra_message(text: str) -> str:
     """Hydra's first line, plus the available options when it lists them."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
@@ -409,7 +404,7 @@ def _describe(error: OmegaConfBaseException) -> str:
     """`<full.key>: <what is wrong>` for an OmegaConf error."""
     key = getattr(error, "full_key", None) or "config"
     unknown = isinstance(error, (ConfigKeyError, ConfigAttributeError)) and "MISSING" not in str(error)
-    return f"{key}: {'unknown key' if unknown else _first_line(error)}"
+    return f"{key}: {'unknown key' if unknown else first_line(error)}"
 
 
 def validate(raw: Any) -> Config:
@@ -423,7 +418,7 @@ def validate(raw: Any) -> Config:
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
     except (TypeError, ValueError) as error:
-        raise ConfigError(_first_line(error)) from None
+        raise ConfigError(first_line(error)) from None
 
 
 def composition_error(error: Exception) -> str:
@@ -468,7 +463,7 @@ def load_params(path: Path = Path(PARAMS_FILE)) -> Config:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({_first_line(error)})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(error)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return validate(raw)

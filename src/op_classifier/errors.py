@@ -15,3 +15,9 @@ class ConfigError(OpClassifierError):
 
 class DataError(OpClassifierError):
     """The input data cannot be used."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (at most `limit` characters), else its type's name."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]

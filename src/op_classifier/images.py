@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from op_classifier.errors import DataError
+from op_classifier.errors import DataError, first_line
 
 # Formats with a magic number and a decoder that needs no outside program: EPS would run Ghostscript
 # on untrusted input, and TGA has no signature, so random bytes could pass for one.
@@ -45,7 +45,7 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise ImageError(_bomb_reason(error)) from None
         except Exception as error:  # any header Pillow cannot parse is one bad file, not a crash
-            raise ImageError(f"cannot read image header: {_first_line(error)}") from None
+            raise ImageError(f"cannot read image header: {first_line(error, _REASON_CHARS)}") from None
         with image:
             _check_pixels(image.size, max_pixels)
             try:
@@ -53,7 +53,7 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
                 raise ImageError(_bomb_reason(error)) from None
             except Exception as error:  # decoders raise many types on corrupt data; all mean "skip it"
-                raise ImageError(f"cannot decode {image.format}: {_first_line(error)}") from None
+                raise ImageError(f"cannot decode {image.format}: {first_line(error, _REASON_CHARS)}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -130,9 +130,3 @@ def _not_an_image(data: bytes) -> str:
             kind = "an HTML page" if "<html" in text.lower() or "<!doctype" in text.lower() else "a text file"
             return f"not an image ({kind})"
     return "not an image (unknown or unsupported format)"
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else type(error).__name__
-    return text[:_REASON_CHARS]

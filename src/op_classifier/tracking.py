@@ -17,7 +17,7 @@ import numpy as np
 from mlflow.pyfunc import PythonModel  # the served wrapper's base class must exist at import
 
 from op_classifier.config import TrackingConfig
-from op_classifier.errors import OpClassifierError
+from op_classifier.errors import OpClassifierError, first_line
 
 CHAMPION = "champion"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -103,7 +103,7 @@ def fetch_model(model_uri: str, dst: Path) -> tuple[Path, list[str] | None]:
     except TrackingError:
         raise
     except Exception as error:  # MLflow raises many types for a missing model, alias or run
-        raise TrackingError(f"cannot fetch {model_uri} from {uri}: {_first_line(error)}") from None
+        raise TrackingError(f"cannot fetch {model_uri} from {uri}: {first_line(error)}") from None
     found = sorted(Path(local).rglob("*.keras"))
     if not found:
         raise TrackingError(f"{model_uri} holds no .keras file: not a Keras model")
@@ -528,9 +528,9 @@ def alias_version(store_uri: str, name: str, alias: str) -> str | None:
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
-        raise TrackingError(f"MLflow store {store_uri} cannot be read ({_first_line(error)})") from None
+        raise TrackingError(f"MLflow store {store_uri} cannot be read ({first_line(error)})") from None
     except Exception as error:  # MLflow raises many types for a store it cannot reach
-        raise TrackingError(f"MLflow store {store_uri} is unreachable ({_first_line(error)})") from None
+        raise TrackingError(f"MLflow store {store_uri} is unreachable ({first_line(error)})") from None
 
 
 def runs_table_link(cfg: TrackingConfig, base_url: str) -> str:
@@ -545,11 +545,6 @@ def runs_table_link(cfg: TrackingConfig, base_url: str) -> str:
     if experiment is None:
         return f"{base_url}/#/experiments"
     return f"{base_url}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _set_uri_keeping_env(uri: str) -> None:
@@ -576,10 +571,10 @@ def _store_call(call: Callable[[], T]) -> T:
     except TrackingError:
         raise
     except (MlflowException, OSError, ConnectionError) as error:
-        raise TrackingError(f"MLflow store {_current_uri()} failed ({_first_line(error)})") from None
+        raise TrackingError(f"MLflow store {_current_uri()} failed ({first_line(error)})") from None
     except Exception as error:  # requests, SQLAlchemy and others: MLflow does not wrap them all
         raise TrackingError(
-            f"MLflow store {_current_uri()} failed ({type(error).__name__}: {_first_line(error)})"
+            f"MLflow store {_current_uri()} failed ({type(error).__name__}: {first_line(error)})"
         ) from None
 
 
@@ -596,7 +591,7 @@ def _end_active_run(status: str) -> None:
     try:
         mlflow.end_run(status)
     except Exception as error:  # the store is gone: the run stays RUNNING there; resuming continues it
-        print(f"note: could not mark the MLflow run {status} ({_first_line(error)})", file=sys.stderr, flush=True)
+        print(f"note: could not mark the MLflow run {status} ({first_line(error)})", file=sys.stderr, flush=True)
         with contextlib.suppress(Exception):
             mlflow.tracking.fluent._active_run_stack.get().pop()
 
@@ -768,7 +763,7 @@ def served_model(model_uri: str, store: str) -> ServedModel:
             )
             model = mlflow.pyfunc.load_model(local)
     except Exception as error:  # MLflow raises many types for a missing or broken model
-        raise TrackingError(f"cannot load {model_uri} from {store}: {_first_line(error)}") from None
+        raise TrackingError(f"cannot load {model_uri} from {store}: {first_line(error)}") from None
     schema = model.metadata.get_input_schema()
     spec = schema.inputs[0] if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1 else None
     if spec is None or len(spec.shape) != 4 or any(size <= 0 for size in spec.shape[1:]):
@@ -777,5 +772,5 @@ def served_model(model_uri: str, store: str) -> ServedModel:
         served = ServedModel(model, tuple(int(size) for size in spec.shape[1:]))
         served.forward(np.zeros((1, *served.shape), np.float32))  # the first call's one-time costs, before serving
     except Exception as error:  # a model that cannot take its own schema's input
-        raise TrackingError(f"cannot run {model_uri} on its input schema: {_first_line(error)}") from None
+        raise TrackingError(f"cannot run {model_uri} on its input schema: {first_line(error)}") from None
     return served
