@@ -33,7 +33,7 @@ def check_space(space: Mapping[str, SearchParam]) -> None:
             raise ConfigError(f"tuner.search_space.{name}: not a tunable name (one of {', '.join(TUNABLE)})")
 
 
-def define(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
+def declare(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
     """Declare every search-space entry on Keras Tuner's HyperParameters; return the drawn values."""
     values = {}
     for name, spec in space.items():

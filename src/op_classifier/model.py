@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -97,26 +97,3 @@ def compile_model(model: keras.Model, learning_rate: float, class_names: Sequenc
         metrics=metrics(class_names),
     )
     return model
-
-
-class HyperModel:
-    """Maps Keras Tuner hyperparameters onto build_model's arguments and the learning rate."""
-
-    def __init__(
-        self,
-        fixed: dict[str, Any],
-        learning_rate: float,
-        class_names: Sequence[str],
-        define: Callable[[Any], dict[str, Any]],
-    ) -> None:
-        self.fixed = dict(fixed)
-        self.learning_rate = learning_rate
-        self.class_names = list(class_names)
-        self.define = define
-
-    def __call__(self, hp: Any) -> keras.Model:
-        """Build and compile one candidate (Keras Tuner calls this with its HyperParameters)."""
-        values = self.define(hp)
-        learning_rate = values.pop("learning_rate", self.learning_rate)
-        model = build_model(**{**self.fixed, **values})
-        return compile_model(model, learning_rate, self.class_names)

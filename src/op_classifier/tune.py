@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
+import keras_tuner as kt
 import numpy as np
 
 from op_classifier import hparams, state
@@ -16,13 +18,37 @@ from op_classifier.config import Config, ConfigError, TunerConfig, as_dict, run_
 from op_classifier.data import data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
-from op_classifier.model import HyperModel
+from op_classifier.model import build_model, compile_model
 from op_classifier.runner import stage_main
 from op_classifier.tracking import Tracker, TrackingError, flatten, make_tracker
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "tuner")
 RUN_ID_FILE = "mlflow_run_id"  # in paths.tuning: the MLflow run an interrupted search continues
+
+
+class SearchModel(kt.HyperModel):
+    """Keras Tuner's hypermodel: its hyperparameters onto build_model's arguments and the learning rate."""
+
+    def __init__(
+        self,
+        fixed: dict[str, Any],
+        learning_rate: float,
+        class_names: Sequence[str],
+        declare: Callable[[Any], dict[str, Any]],
+    ) -> None:
+        super().__init__()
+        self.fixed = dict(fixed)
+        self.learning_rate = learning_rate
+        self.class_names = list(class_names)
+        self.declare = declare
+
+    def build(self, hp: Any) -> keras.Model:
+        """Build and compile one candidate with the values Keras Tuner drew."""
+        values = self.declare(hp)
+        learning_rate = values.pop("learning_rate", self.learning_rate)
+        model = build_model(**{**self.fixed, **values})
+        return compile_model(model, learning_rate, self.class_names)
 
 
 def check_objective(objective: str, classes: list[str]) -> None:
@@ -32,10 +58,8 @@ def check_objective(objective: str, classes: list[str]) -> None:
         raise ConfigError(f"tuner.objective: the model does not report '{objective}' (it reports {', '.join(known)})")
 
 
-def make_tuner(cfg: TunerConfig, hypermodel: HyperModel, directory: Path, seed: int, tracker: Tracker) -> Any:
+def make_tuner(cfg: TunerConfig, hypermodel: kt.HyperModel, directory: Path, seed: int, tracker: Tracker) -> Any:
     """The configured Keras Tuner; it resumes from `directory` when a search was started there."""
-    import keras_tuner as kt
-
     base = {"hyperband": kt.Hyperband, "random": kt.RandomSearch, "bayesian": kt.BayesianOptimization}[cfg.kind]
     budget = (
         {"max_epochs": cfg.max_epochs, "factor": cfg.factor}
@@ -85,8 +109,8 @@ def search(cfg: Config, tracker: Tracker, classes: list[str]) -> Any:
         "image_size": cfg.data.image_size,
         "seed": cfg.seed,
     }
-    hypermodel = HyperModel(
-        fixed, cfg.tuner.learning_rate, classes, lambda hp: hparams.define(hp, cfg.tuner.search_space)
+    hypermodel = SearchModel(
+        fixed, cfg.tuner.learning_rate, classes, lambda hp: hparams.declare(hp, cfg.tuner.search_space)
     )
     tuner = make_tuner(cfg.tuner, hypermodel, Path(cfg.paths.tuning), cfg.seed, tracker)
     stop = keras.callbacks.EarlyStopping(
@@ -112,8 +136,6 @@ class _FatalStoreErrors(keras.callbacks.Callback):
         self.inner = inner
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        import keras_tuner as kt
-
         try:
             self.inner.on_epoch_end(epoch, logs)
         except TrackingError as error:
