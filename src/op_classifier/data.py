@@ -21,10 +21,10 @@ class Split:
     images: np.ndarray
     labels: np.ndarray
 
-    @property
-    def single(self) -> np.ndarray:
-        """Mask of the rows with exactly one label (the images top-1 accuracy is measured on)."""
-        return self.labels.sum(axis=1) == 1
+
+def single_label(labels: np.ndarray) -> np.ndarray:
+    """Mask of the rows with exactly one label: the images top-1 accuracy is measured on."""
+    return labels.sum(axis=1) == 1
 
 
 def _missing(path: Path) -> DataError:

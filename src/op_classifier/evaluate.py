@@ -14,7 +14,7 @@ import numpy as np
 
 from op_classifier import progress
 from op_classifier.config import Config, ConfigError
-from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split
+from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label
 from op_classifier.errors import DataError
 from op_classifier.runner import stage_main
 from op_classifier.tracking import flatten, make_tracker
@@ -32,7 +32,7 @@ def predict(model: keras.Model, split: Split, batch_size: int = 64, desc: str = 
 
 def top1(labels: np.ndarray, probs: np.ndarray) -> float:
     """Top-1 accuracy on single-label rows (the original notebook's metric)."""
-    single = labels.sum(axis=1) == 1
+    single = single_label(labels)
     if not single.any():
         return float("nan")
     return float((labels[single].argmax(1) == probs[single].argmax(1)).mean())
@@ -40,7 +40,7 @@ def top1(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def per_class(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
     """Precision, recall and F1 of each class's top-1 predictions on single-label rows."""
-    single = labels.sum(axis=1) == 1
+    single = single_label(labels)
     truth, guess = labels[single].argmax(1), probs[single].argmax(1)
     scores = {}
     for i, name in enumerate(classes):
@@ -69,7 +69,7 @@ def scenes(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[st
 
 def write_confusion(path: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
     """One `actual,predicted` row per single-character test image, for `dvc plots show`."""
-    single = labels.sum(axis=1) == 1
+    single = single_label(labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

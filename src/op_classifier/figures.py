@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from op_classifier.data import single_label
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -49,7 +51,7 @@ def confusion_matrix(
 ) -> Path:
     """Counts of actual (rows) against top-1 predicted (columns) on single-label images."""
     plt = _pyplot()
-    single = labels.sum(axis=1) == 1
+    single = single_label(labels)
     counts = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(counts, (labels[single].argmax(1), probs[single].argmax(1)), 1)
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
@@ -84,7 +86,7 @@ def worst_classified(
     images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out: Path, count: int = 16
 ) -> Path | None:
     """The single-label images whose true class got the lowest probability, with what the model said."""
-    rows = np.flatnonzero(labels.sum(axis=1) == 1)
+    rows = np.flatnonzero(single_label(labels))
     if len(rows) == 0:
         return None
     truth = labels[rows].argmax(1)

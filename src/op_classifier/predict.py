@@ -187,7 +187,7 @@ def skipped_note(skipped: Sequence[str], shown: int = 3) -> str:
 # --- the model -----------------------------------------------------------------------------------------
 
 
-def default_model() -> str:
+def default_model_folder() -> str:
     """paths.model of params.yaml when it names one (where `dvc repro train` writes), else experiments/model."""
     try:
         params = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8"))
@@ -345,7 +345,7 @@ def run(
     out = out or sys.stdout
     _check_args(threshold, batch_size)
     items, skipped = expand_inputs(paths)  # before loading the model: a typo fails in a second, not after Keras
-    classifier = load_classifier(model or default_model())
+    classifier = load_classifier(model or default_model_folder())
     results = []
     # The lines on a terminal are progress enough; into a file or as JSON a bar on stderr shows it.
     with progress.bar(len(items), "predict", shown=as_json or not _isatty(out)) as bar:
