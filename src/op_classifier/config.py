@@ -320,6 +320,7 @@ class TrainConfig:
 
 
 TRACKER_KINDS = ("mlflow", "none")  # tracking.make_tracker's implementations
+CHAMPION = "champion"  # the registry alias of the model that is served (tracking.champion_*)
 
 
 @dataclass

@@ -51,10 +51,10 @@ import numpy as np
 import orjson
 
 from op_classifier import config
+from op_classifier.config import CHAMPION
 from op_classifier.errors import DataError, OpClassifierError
 from op_classifier.images import ImageError, decode_image
 
-ALIAS = "champion"
 HOST = "127.0.0.1"
 PORT = 8501  # TensorFlow Serving's REST port, as the original served on
 # 16 MiB: about 30 images of 180x180 as JSON integers (0.49 MiB each), which json.loads turns into
@@ -98,7 +98,7 @@ class BadRequest(Exception):
 
 def default_model(cfg: config.Config) -> str:
     """models:/<tracking.model_name>@champion."""
-    return f"models:/{cfg.tracking.model_name}@{ALIAS}"
+    return f"models:/{cfg.tracking.model_name}@{CHAMPION}"
 
 
 def check_registered(model_uri: str, store: str, cfg: config.Config) -> str | None:
@@ -112,10 +112,10 @@ def check_registered(model_uri: str, store: str, cfg: config.Config) -> str | No
     version = tracking.alias_version(store, name, alias)
     if version is not None:
         return str(version)
-    if alias == ALIAS and name == cfg.tracking.model_name:
+    if alias == CHAMPION and name == cfg.tracking.model_name:
         raise ServeError(
-            f"no {ALIAS} model registered in {store}: run `make run` first (a model becomes "
-            f"{ALIAS} when {cfg.tracking.champion_metric} >= tracking.champion_target, "
+            f"no {CHAMPION} model registered in {store}: run `make run` first (a model becomes "
+            f"{CHAMPION} when {cfg.tracking.champion_metric} >= tracking.champion_target, "
             f"now {cfg.tracking.champion_target})"
         )
     raise ServeError(f"no model {name}@{alias} registered in {store}")

@@ -16,10 +16,9 @@ import keras
 import numpy as np
 from mlflow.pyfunc import PythonModel  # the served wrapper's base class must exist at import
 
-from op_classifier.config import TrackingConfig
+from op_classifier.config import CHAMPION, TrackingConfig
 from op_classifier.errors import OpClassifierError, first_line
 
-CHAMPION = "champion"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # The MLflow UI reads a runs-table view (sort, columns) from this experiment tag when a link names
 # its key (?viewStateShareKey=...): the link `make ui` prints opens on the columns that matter.
@@ -60,7 +59,26 @@ def project_root() -> Path:
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     """MLFLOW_TRACKING_URI, else the configured uri, else MLflow's SQLite default at the root."""
-    return _ENV_URI or cfg.uri or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return _ENV_URI or cfg.uri or default_store()
+
+
+SQLITE = "sqlite:///"
+
+
+def default_store() -> str:
+    """MLflow's own default, a SQLite file at the project root: sqlite:///<root>/mlflow.db."""
+    return f"{SQLITE}{project_root() / 'mlflow.db'}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The file of a sqlite:/// store URI, or None for any other store."""
+    return Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) else None
+
+
+def missing_sqlite(uri: str) -> bool:
+    """A SQLite store whose file does not exist yet (asking it anything would create it)."""
+    path = sqlite_file(uri)
+    return path is not None and not path.is_file()
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -91,8 +109,8 @@ def fetch_model(model_uri: str, dst: Path) -> tuple[Path, list[str] | None]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     import mlflow
 
-    uri = _ENV_URI or f"sqlite:///{project_root() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+    uri = _ENV_URI or default_store()
+    if missing_sqlite(uri):
         raise TrackingError(f"no MLflow store at {uri}: train a model first (`make run`) or set MLFLOW_TRACKING_URI")
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     try:
@@ -506,8 +524,7 @@ class _EpochLogger(keras.callbacks.Callback):
 
 def alias_version(store_uri: str, name: str, alias: str) -> str | None:
     """The version `name@alias` points to in the registry at store_uri; None if the model or alias is missing."""
-    prefix = "sqlite:///"
-    if store_uri.startswith(prefix) and not Path(store_uri[len(prefix) :]).is_file():
+    if missing_sqlite(store_uri):
         return None  # asking would create an empty store as a side effect
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -537,7 +554,7 @@ def runs_table_link(cfg: TrackingConfig, base_url: str) -> str:
     """The MLflow UI page comparing this project's runs (val/test accuracy, model, learning rate, units)."""
     store = tracking_uri(cfg)
     experiment = None
-    if not store.startswith("sqlite:///") or Path(store[len("sqlite:///") :]).is_file():
+    if not missing_sqlite(store):
         import mlflow
 
         with contextlib.suppress(Exception):  # no store or no run yet: the UI's home page still helps
@@ -619,8 +636,8 @@ def _close_orphans(parent_id: str) -> None:
 
 def _artifact_root(uri: str) -> str | None:
     """Beside a SQLite store, `mlartifacts/` (as `mlflow server` lays it out); a server decides itself."""
-    prefix = "sqlite:///"
-    return (Path(uri[len(prefix) :]).parent / "mlartifacts").as_uri() if uri.startswith(prefix) else None
+    path = sqlite_file(uri)
+    return (path.parent / "mlartifacts").as_uri() if path is not None else None
 
 
 def _unfinished_run(resume_file: Path | None) -> str | None:
