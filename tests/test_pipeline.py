@@ -21,7 +21,7 @@ from op_classifier.errors import DataError
 from op_classifier.metric_names import metric_names
 from op_classifier.model import metrics
 from op_classifier.tracking import TrackingError
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, compose, free_port
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 TINY = ("experiment=tiny",)
@@ -385,76 +385,64 @@ def _own_outputs(tmp_path: Path) -> list[str]:
     ]
 
 
-@pytest.mark.slow
-def test_a_tracking_server_lost_mid_training_stops_in_one_line_and_keeps_the_checkpoint(
-    project: Path, tmp_path: Path
-) -> None:
-    port = _free_port()
+def _stage_losing_its_server(
+    root: Path, tmp_path: Path, stage: str, args: list[str], ready: Callable[[], bool], port: int
+) -> tuple[int, str]:
+    """Run a stage against a real `mlflow server`, kill the server once ready(); (exit code, stderr)."""
     server = _mlflow_server(tmp_path, port)
     try:
-        args = _train_args(project, tmp_path, f"tracking.uri=http://127.0.0.1:{port}", "train.epochs=40")
-        history = tmp_path / "history.csv"
-        subprocess.run([CLI, "tune", *args], cwd=project, check=True, capture_output=True)
-        training = subprocess.Popen(
-            [CLI, "train", *args],
-            cwd=project,
+        process = subprocess.Popen(
+            [CLI, stage, *args],
+            cwd=root,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
-        _wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) > 2, training)
+        _wait_for(ready, process)
         _kill(server)
-        out, err = training.communicate(timeout=120)
+        out, err = process.communicate(timeout=180)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)
-    assert training.returncode == 1, out + err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: MLflow store http://")
+    assert "Traceback" not in err, out + err
+    return process.returncode, err
+
+
+@pytest.mark.slow
+def test_a_tracking_server_lost_mid_training_stops_in_one_line_and_keeps_the_checkpoint(
+    project: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    args = _train_args(project, tmp_path, f"tracking.uri=http://127.0.0.1:{port}", "train.epochs=40")
+    history = tmp_path / "history.csv"
+    subprocess.run([CLI, "tune", *args], cwd=project, check=True, capture_output=True)
+    code, err = _stage_losing_its_server(
+        project, tmp_path, "train", args, lambda: history.is_file() and len(history.read_text().splitlines()) > 2, port
+    )
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: MLflow store http://"), err
     assert (tmp_path / "ckpt/backup/latest.weights.h5").is_file()  # the next run resumes from here
     assert len(_epochs(history)) < 40
 
 
 @pytest.mark.slow
 def test_a_tracking_server_lost_mid_search_stops_in_one_line(project: Path, tmp_path: Path) -> None:
-    port = _free_port()
-    server = _mlflow_server(tmp_path, port)
-    try:
-        args = [
-            *TINY,
-            *_paths_args(project),
-            f"tracking.uri=http://127.0.0.1:{port}",
-            "tuner.max_trials=8",
-            "tuner.epochs=4",
-            f"paths.tuning={tmp_path / 'search'}",
-            f"paths.best_hparams={tmp_path / 'b.yaml'}",
-            f"paths.leaderboard={tmp_path / 'board.csv'}",
-        ]
-        search = subprocess.Popen(
-            [CLI, "tune", *args],
-            cwd=project,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        _wait_for(lambda: len(_completed_trials(tmp_path / "search")) >= 1, search)
-        _kill(server)
-        out, err = search.communicate(timeout=180)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-    assert search.returncode == 1, out + err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: MLflow store http://")
+    port = free_port()
+    args = [
+        *TINY,
+        *_paths_args(project),
+        f"tracking.uri=http://127.0.0.1:{port}",
+        "tuner.max_trials=8",
+        "tuner.epochs=4",
+        f"paths.tuning={tmp_path / 'search'}",
+        f"paths.best_hparams={tmp_path / 'b.yaml'}",
+        f"paths.leaderboard={tmp_path / 'board.csv'}",
+    ]
+    code, err = _stage_losing_its_server(
+        project, tmp_path, "tune", args, lambda: len(_completed_trials(tmp_path / "search")) >= 1, port
+    )
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: MLflow store http://"), err
     assert len(_completed_trials(tmp_path / "search")) < 8  # it stopped, not tried every trial
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _mlflow_server(root: Path, port: int) -> subprocess.Popen:

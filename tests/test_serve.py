@@ -28,7 +28,7 @@ from op_classifier import cli, tracking
 from op_classifier.images import load_image
 from op_classifier.model import build_model, compile_model
 from op_classifier.tracking import MlflowTracker
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, compose, free_port
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
@@ -40,12 +40,6 @@ MESSAGE_MAX = 200  # characters of an error message, at most
 MAX_PIXELS = 89_478_485  # data.max_image_pixels in conf/
 NAME = "op-classifier"  # tracking.model_name in conf/
 ANSWER_MAX = 400  # bytes of a whole error answer, at most: a request is never echoed
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _project(root: Path) -> Path:
@@ -83,7 +77,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, n
 def server(champion: tuple) -> Iterator[str]:
     """`op-classifier serve` on a free port of 127.0.0.1, killed (process group) afterwards; yields its URL."""
     root = champion[0]
-    port = _free_port()
+    port = free_port()
     log = (root / "serve.log").open("w")
     process = subprocess.Popen(
         [CLI, "serve", "--port", str(port), "--max-body-mb", str(LIMIT_MB)],
@@ -468,7 +462,7 @@ def test_the_server_is_still_up_after_every_refusal(server: str, champion: tuple
 def test_no_champion_is_a_one_line_error(tmp_path: Path) -> None:
     root = _project(tmp_path / "empty")
     done = subprocess.run(
-        [CLI, "serve", "--port", str(_free_port())], cwd=root, env=_env(), capture_output=True, text=True, timeout=120
+        [CLI, "serve", "--port", str(free_port())], cwd=root, env=_env(), capture_output=True, text=True, timeout=120
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]  # TensorFlow logs its import to stderr before it

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from op_classifier import evaluate, prepare, sample, train, tune
 from op_classifier.config import Config
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, compose, free_port
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "op-classifier")
@@ -47,17 +46,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, d
     return root, results
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(project: tuple) -> Iterator[str]:
     """`op-classifier ui` on a free port; yields the runs-table link it printed."""
     root = project[0]
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     server = subprocess.Popen(
         [CLI, "ui", "--port", str(port), f"tracking.uri=sqlite:///{root / 'mlflow.db'}"],
