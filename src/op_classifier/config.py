@@ -475,10 +475,13 @@ def as_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {"a.b.c": value}; under `prefix` when given (values are kept as they are)."""
     if isinstance(tree, dict):
-        return {k: v for name, item in tree.items() for k, v in _flat(item, f"{prefix}{name}.").items()}
-    return {prefix[:-1]: tree}
+        return {
+            k: v for name, item in tree.items() for k, v in flat(item, f"{prefix}.{name}" if prefix else name).items()
+        }
+    return {prefix: tree}
 
 
 RUN_NAME_MAX = 240  # MLflow stores run names up to 250 characters
@@ -490,10 +493,10 @@ def run_name(stage: str, cfg: Config) -> str:
     if experiment:
         return f"{stage} {experiment}"
     try:
-        defaults = _flat(as_dict(validate(compose())))
+        defaults = flat(as_dict(validate(compose())))
     except ConfigError:  # no conf/ here (params.yaml alone): the stage's name says enough
         return stage
-    ours = _flat(as_dict(cfg))
+    ours = flat(as_dict(cfg))
     changed = [
         f"{key}={ours[key]}"
         for key in ours

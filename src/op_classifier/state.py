@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from op_classifier.config import flat
+
 FINGERPRINT_FILE = "fingerprint.json"
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -35,14 +37,8 @@ def select(tree: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
         value: Any = tree
         for part in key.split("."):
             value = value[part]
-        picked.update(_flat(value, key))
+        picked.update(flat(value, key))
     return picked
-
-
-def _flat(value: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        return {k: v for name, item in value.items() for k, v in _flat(item, f"{prefix}.{name}").items()}
-    return {prefix: value}
 
 
 def fingerprint(params: Mapping[str, Any], data_hash: str, **extra: Any) -> dict[str, Any]:
