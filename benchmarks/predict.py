@@ -35,7 +35,7 @@ CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
 
 def make_model(folder: Path) -> Path:
     """An untrained default-architecture model saved as the train stage lays out its folder."""
-    from op_classifier.model import build_model
+    from op_classifier.models.seed_cnn import build_model
 
     build_model(num_classes=len(CLASSES), image_size=180, resize=96, seed=0).save(folder / "model.keras")
     (folder / "run.json").write_text(json.dumps({"classes": CLASSES, "image_size": 180}), encoding="utf-8")

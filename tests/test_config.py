@@ -58,6 +58,8 @@ def test_params_yaml_validates() -> None:
         ("data.val_fraction=1.5", "data.val_fraction: must be between 0 and 1"),
         ("data.classes=[A]", "data.classes: needs at least two classes"),
         ("model=nope", "model/nope"),
+        ("model.name=nope", "model.name: unknown architecture 'nope' \\(known: resnet, seed_cnn\\)"),
+        ("model.widths=[8]", "model.widths: unknown key"),  # a key of another architecture
     ],
 )
 def test_bad_override_is_an_error_naming_the_key(override: str, message: str) -> None:
@@ -163,6 +165,7 @@ def test_a_tuner_chosen_on_the_command_line_beats_the_preset() -> None:
         ("data.val_fraction=1.5", "data.val_fraction: must be between 0 and 1 (exclusive), got 1.5"),
         ("data.foo=1", "data.foo: unknown key"),
         ("tuner=nope", "In 'config': Could not find 'tuner/nope' (available: bayesian, hyperband, none, random)"),
+        ("model.name=nope", "model.name: unknown architecture 'nope' (known: resnet, seed_cnn)"),
     ],
 )
 def test_dvc_composition_refuses_a_bad_value_before_writing(tmp_path: Path, override: str, message: str) -> None:
@@ -234,3 +237,23 @@ def test_cli_outside_a_project_says_where_to_run(tmp_path: Path) -> None:
     done = subprocess.run([CLI, "compose"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2
     assert "run from the project root" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_architecture_brings_its_own_schema_and_search_space() -> None:
+    """`model=resnet` swaps the model section's schema and its part of the search space together."""
+    cfg = compose("model=resnet")
+    assert type(cfg.model).__name__ == "ResNet" and cfg.model.widths == [16, 32, 64, 128]
+    assert set(cfg.tuner.search_space) == {"dropout", "learning_rate"}
+    assert set(compose().tuner.search_space) == {"units", "learning_rate"}
+    with pytest.raises(ConfigError, match="model.widths: 5 stages after a stride-1 stem leave nothing of a 16-pixel"):
+        compose("model=resnet", "model.resize=16", "model.widths=[8,8,8,8,8]")
+
+
+def test_cli_unknown_architecture_is_one_line_exit_2(tmp_path: Path) -> None:
+    for name in ("conf", "params.yaml"):
+        subprocess.run(["cp", "-r", str(REPO / name), str(tmp_path / name)], check=True)
+    done = subprocess.run([CLI, "compose", "model.name=vit"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: model.name: unknown architecture 'vit' (known: resnet, seed_cnn)"
+    ]

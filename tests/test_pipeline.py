@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -15,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from op_classifier import evaluate, hparams, prepare, sample, train, tune
-from op_classifier.config import TUNABLE_RULES, Config, ConfigError
+from op_classifier import evaluate, hparams, models, prepare, sample, train, tune
+from op_classifier.config import Config, ConfigError
 from op_classifier.errors import DataError
 from op_classifier.metric_names import metric_names
-from op_classifier.model import metrics
+from op_classifier.models.common import metrics
 from op_classifier.tracking import TrackingError
 from tests.conftest import REPO, compose, free_port
 
@@ -187,8 +188,12 @@ def test_model_reports_the_metric_names_the_config_checks() -> None:
     assert metric_names(classes) == reported + [f"val_{name}" for name in reported]
 
 
-def test_the_schema_knows_every_tunable_name() -> None:
-    assert set(TUNABLE_RULES) == set(hparams.TUNABLE)
+@pytest.mark.parametrize("name", models.names())
+def test_every_architecture_rules_each_tunable_name_and_its_builder_takes_them(name: str) -> None:
+    schema = models.get(name).params
+    assert set(schema.rules()) == {*schema.args(), "learning_rate"}  # rules() raises KeyError when one lacks a rule
+    taken = set(inspect.signature(models.get(name).build).parameters) - {"num_classes", "image_size", "seed"}
+    assert taken == set(schema.args())
 
 
 def test_tuner_none_trains_the_configured_model() -> None:
@@ -483,3 +488,36 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
 def test_unknown_champion_metric_is_a_config_error(project: Path, pipeline: tuple) -> None:
     with pytest.raises(ConfigError, match="tracking.champion_metric: evaluate reports no 'val_acc'"):
         evaluate.run(_cfg(project, "tracking.champion_metric=val_acc"))
+
+
+def test_seed_cnn_is_the_original_network_unchanged() -> None:
+    """Layers, parameter count and outputs as model.py built them before the registry (same seed)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = models.get("seed_cnn").build(4, 180, resize=96, seed=0)
+    assert model.count_params() == 789884
+    assert [layer.__class__.__name__ for layer in model.layers] == [
+        *("InputLayer", "Resizing", "Rescaling", "RandomFlip", "RandomRotation", "RandomZoom"),
+        *("Conv2D", "BatchNormalization", "MaxPooling2D", "BatchNormalization"),
+        *("Conv2D", "MaxPooling2D", "BatchNormalization", "Conv2D", "MaxPooling2D", "BatchNormalization"),
+        *("Flatten", "Dense", "Dropout", "Dense"),
+    ]
+    pixels = np.random.default_rng(0).integers(0, 255, (2, 180, 180, 3)).astype("float32")
+    expected = [[0.495511, 0.442982, 0.462578, 0.455308], [0.494951, 0.43246, 0.463313, 0.45634]]
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), expected, atol=1e-5)
+
+
+def test_model_name_picks_the_builder_in_tune_and_train(project: Path, tmp_path: Path) -> None:
+    """model=resnet: the search and the final training both build the residual net."""
+    kept = ("raw", "prepared")
+    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    cfg = _cfg(project, "model=resnet", "model.widths=[4,8]", "tuner.max_trials=1", "train.epochs=1", *moved)
+    tuned = tune.run(cfg)
+    assert set(tuned["best"]) == {"dropout", "learning_rate"}
+    train.run(cfg)
+    import keras
+
+    model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
+    assert model.name == "resnet"
+    assert any(layer.__class__.__name__ == "GlobalAveragePooling2D" for layer in model.layers)

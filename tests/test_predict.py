@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from op_classifier import cli
-from op_classifier.model import build_model, compile_model
+from op_classifier.models.common import compile_model
+from op_classifier.models.seed_cnn import build_model
 from tests.conftest import compose, png_header_only
 
 CLI = str(Path(sys.executable).parent / "op-classifier")

@@ -26,7 +26,8 @@ from PIL import Image
 
 from op_classifier import cli, tracking
 from op_classifier.images import load_image
-from op_classifier.model import build_model, compile_model
+from op_classifier.models.common import compile_model
+from op_classifier.models.seed_cnn import build_model
 from op_classifier.tracking import MlflowTracker
 from tests.conftest import REPO, compose, free_port
 

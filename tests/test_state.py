@@ -112,7 +112,7 @@ def test_a_store_failing_mid_run_is_one_line_and_the_run_ends_failed(tmp_path: P
 def test_the_champion_moves_only_between_scores_on_the_same_data(tmp_path: Path) -> None:
     import keras
 
-    from op_classifier.model import build_model
+    from op_classifier.models.seed_cnn import build_model
 
     tracker = _tracker(tmp_path)
     model = build_model(num_classes=2, image_size=16, resize=None, seed=0, filters=[4], units=4)

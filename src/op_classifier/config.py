@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from op_classifier import metric_names
+from op_classifier import metric_names, models
 from op_classifier.errors import ConfigError, first_line
 
 CONF_DIR = "conf"
 PARAMS_FILE = "params.yaml"
 
 
-def _check(ok: bool, key: str, message: str) -> None:
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ConfigError `<key>: <message>` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}: {message}")
 
@@ -57,7 +58,7 @@ class Range:
 
 
 def _check_range(key: str, value: float, allowed: Range) -> None:
-    _check(value in allowed, key, f"must be {allowed.describe()}, got {_number(value)}")
+    require(value in allowed, key, f"must be {allowed.describe()}, got {_number(value)}")
 
 
 AT_LEAST_0 = Range(0)
@@ -103,12 +104,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# build_model's arguments from model config (augment's flat) and the learning rate: every tunable
-# name (hparams.TUNABLE, from build_model's signature; a test keeps the two the same).
-TUNABLE_RULES: Dict[str, Rule] = {
-    "filters": Rule(list, AT_LEAST_1),
-    "kernel_size": Rule(int, AT_LEAST_1),
-    "units": Rule(int, AT_LEAST_1),
+# What the keys every architecture may take (and the learning rate) allow; an architecture's own keys
+# are in its schema's RULES (models/<name>.py). A test keeps every tunable name ruled.
+COMMON_RULES: Dict[str, Rule] = {
     "dropout": Rule(float, Range(0, 1, high_open=True)),
     "l2": Rule(float, AT_LEAST_0),
     "flip": Rule(bool),
@@ -119,13 +117,13 @@ TUNABLE_RULES: Dict[str, Rule] = {
 }
 
 
-def _check_rule(key: str, name: str, value: Any) -> None:
-    problem = TUNABLE_RULES[name].problem(value)
-    _check(problem is None, key, problem or "")
+def _check_rule(key: str, name: str, value: Any, rules: Optional[Dict[str, Rule]] = None) -> None:
+    problem = (rules or COMMON_RULES)[name].problem(value)
+    require(problem is None, key, problem or "")
 
 
 def _check_metric(key: str, name: str, classes: Optional[List[str]]) -> None:
-    _check(
+    require(
         metric_names.is_reported(name, classes),
         key,
         f"the model does not report '{name}' (it reports {metric_names.describe(classes)})",
@@ -163,15 +161,15 @@ class DataConfig:
         _check_range("data.image_size", self.image_size, IMAGE_SIDE)
         for name in ("val_fraction", "test_fraction"):
             _check_range(f"data.{name}", getattr(self, name), FRACTION)
-        _check(
+        require(
             self.val_fraction + self.test_fraction < 1.0,
             "data.val_fraction",
             "val_fraction + test_fraction must leave images to train on",
         )
         _check_range("data.max_image_pixels", self.max_image_pixels, AT_LEAST_1)
         if self.classes is not None:
-            _check(len(self.classes) >= 2, "data.classes", "needs at least two classes")
-            _check(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
+            require(len(self.classes) >= 2, "data.classes", "needs at least two classes")
+            require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
 
 
 @dataclass
@@ -188,21 +186,32 @@ class AugmentConfig:
 
 
 @dataclass
-class ModelConfig:
-    """The architecture; every size and rate of it."""
+class ModelBase:
+    """What every architecture's section has; each architecture's schema subclasses it (models/)."""
 
+    RULES: ClassVar[Dict[str, Rule]] = {}  # the architecture's own keys (COMMON_RULES has the shared ones)
     name: str = MISSING
-    filters: List[int] = MISSING
-    kernel_size: int = MISSING
-    units: int = MISSING
-    dropout: float = MISSING
-    l2: float = MISSING
-    resize: Optional[int] = MISSING
     augment: AugmentConfig = MISSING
 
+    @classmethod
+    def args(cls) -> tuple[str, ...]:
+        """The builder's keyword arguments from config: this schema's keys, augment's flat."""
+        own = [item.name for item in dataclasses.fields(cls) if item.name not in ("name", "augment")]
+        return (*own, *(item.name for item in dataclasses.fields(AugmentConfig)))
+
+    @classmethod
+    def rules(cls) -> Dict[str, Rule]:
+        """What each tunable name (the builder's arguments and the learning rate) allows."""
+        known = {**COMMON_RULES, **cls.RULES}
+        return {name: known[name] for name in (*cls.args(), "learning_rate")}
+
     def __post_init__(self) -> None:
-        for name in ("filters", "kernel_size", "units", "dropout", "l2", "resize"):
-            _check_rule(f"model.{name}", name, getattr(self, name))
+        for item in dataclasses.fields(self):
+            if item.name not in ("name", "augment"):
+                _check_rule(f"model.{item.name}", item.name, getattr(self, item.name), self.rules())
+
+    def check(self, image_size: int, drawn: Dict[str, List[Any]], where: Callable[..., str]) -> None:
+        """Checks across keys (shapes) for every value the search can draw; `where(*keys)` names the key."""
 
 
 SEARCH_TYPES = ("int", "float", "choice", "bool")
@@ -239,48 +248,46 @@ class TunerConfig:
     search_space: Dict[str, SearchParam] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.kind in TUNER_KINDS, "tuner.kind", f"'{self.kind}' is not one of {', '.join(TUNER_KINDS)}")
-        _check(self.direction in ("max", "min"), "tuner.direction", "must be max or min")
+        require(self.kind in TUNER_KINDS, "tuner.kind", f"'{self.kind}' is not one of {', '.join(TUNER_KINDS)}")
+        require(self.direction in ("max", "min"), "tuner.direction", "must be max or min")
         for name in ("max_epochs", "max_trials", "epochs", "batch_size"):
             _check_range(f"tuner.{name}", getattr(self, name), AT_LEAST_1)
         _check_range("tuner.factor", self.factor, Range(2))
         _check_range("tuner.patience", self.patience, AT_LEAST_0)
         _check_range("tuner.learning_rate", self.learning_rate, POSITIVE)
-        for name, spec in self.search_space.items():
-            _check_search_param(f"tuner.search_space.{name}", name, spec)
 
 
-def _check_search_param(key: str, name: str, spec: SearchParam) -> None:
+def _check_search_param(key: str, name: str, spec: SearchParam, rules: Dict[str, Rule]) -> None:
     """A known name, a well-formed entry, and every value it can draw allowed for that name."""
-    _check(spec.type in SEARCH_TYPES, f"{key}.type", f"'{spec.type}' is not one of {', '.join(SEARCH_TYPES)}")
-    _check(name in TUNABLE_RULES, key, f"not a tunable name (one of {', '.join(TUNABLE_RULES)})")
-    rule = TUNABLE_RULES[name]
+    require(spec.type in SEARCH_TYPES, f"{key}.type", f"'{spec.type}' is not one of {', '.join(SEARCH_TYPES)}")
+    require(name in rules, key, f"not a tunable name of this model (one of {', '.join(rules)})")
+    rule = rules[name]
     takes = {int: ("int", "choice"), float: ("int", "float", "choice"), bool: ("bool", "choice")}.get(
         rule.kind, ("choice",)
     )  # filters: a choice of lists
-    _check(spec.type in takes, f"{key}.type", f"{name} takes {' or '.join(takes)}, not {spec.type}")
+    require(spec.type in takes, f"{key}.type", f"{name} takes {' or '.join(takes)}, not {spec.type}")
     if spec.type in ("int", "float"):
-        _check(spec.min is not None and spec.max is not None, key, f"type {spec.type} needs min and max")
+        require(spec.min is not None and spec.max is not None, key, f"type {spec.type} needs min and max")
         for bound in ("min", "max", "step"):
             value = getattr(spec, bound)
             if spec.type == "int" and value is not None:
-                _check(float(value).is_integer(), f"{key}.{bound}", f"must be whole for type int, got {value}")
-        _check(spec.min <= spec.max, key, f"min ({_number(spec.min)}) is above max ({_number(spec.max)})")
+                require(float(value).is_integer(), f"{key}.{bound}", f"must be whole for type int, got {value}")
+        require(spec.min <= spec.max, key, f"min ({_number(spec.min)}) is above max ({_number(spec.max)})")
         if spec.step is not None:
             _check_range(f"{key}.step", spec.step, POSITIVE)
         if spec.sampling is not None:
-            _check(
+            require(
                 spec.sampling in SAMPLINGS, f"{key}.sampling", f"'{spec.sampling}' is not one of {', '.join(SAMPLINGS)}"
             )
-            _check(
+            require(
                 spec.sampling == "linear" or spec.min > 0,
                 f"{key}.min",
                 f"must be positive for sampling {spec.sampling}, got {_number(spec.min)}",
             )
     if spec.type == "choice":
-        _check(bool(spec.values), key, "type choice needs a non-empty values list")
+        require(bool(spec.values), key, "type choice needs a non-empty values list")
     for bound, value in _drawable(spec):
-        _check_rule(f"{key}.{bound}", name, value)
+        _check_rule(f"{key}.{bound}", name, value, rules)
 
 
 def _drawable(spec: SearchParam) -> list[tuple[str, Any]]:
@@ -315,8 +322,8 @@ class TrainConfig:
         for name in ("patience", "lr_patience"):
             _check_range(f"train.{name}", getattr(self, name), AT_LEAST_0)
         _check_range("train.lr_factor", self.lr_factor, Range(0, 1, low_open=True))
-        _check(self.device in ("auto", "cpu", "gpu"), "train.device", "must be auto, cpu or gpu")
-        _check(self.mixed_precision in ("auto", "on", "off"), "train.mixed_precision", "must be auto, on or off")
+        require(self.device in ("auto", "cpu", "gpu"), "train.device", "must be auto, cpu or gpu")
+        require(self.mixed_precision in ("auto", "on", "off"), "train.mixed_precision", "must be auto, on or off")
 
 
 TRACKER_KINDS = ("mlflow", "none")  # tracking.make_tracker's implementations
@@ -335,7 +342,7 @@ class TrackingConfig:
     champion_target: float = MISSING
 
     def __post_init__(self) -> None:
-        _check(self.kind in TRACKER_KINDS, "tracking.kind", f"'{self.kind}' is not one of {', '.join(TRACKER_KINDS)}")
+        require(self.kind in TRACKER_KINDS, "tracking.kind", f"'{self.kind}' is not one of {', '.join(TRACKER_KINDS)}")
         _check_range("tracking.champion_target", self.champion_target, UNIT)
 
 
@@ -346,7 +353,7 @@ class Config:
     seed: int = MISSING
     paths: PathsConfig = MISSING
     data: DataConfig = MISSING
-    model: ModelConfig = MISSING
+    model: Any = MISSING  # an architecture's schema, chosen by model.name (models/)
     tuner: TunerConfig = MISSING
     train: TrainConfig = MISSING
     tracking: TrackingConfig = MISSING
@@ -357,39 +364,32 @@ class Config:
         _check_metric("train.monitor", self.train.monitor, classes)
         _check_metric("tuner.objective", self.tuner.objective, classes)
         wanted = "min" if metric_names.is_loss(self.tuner.objective) else "max"
-        _check(
+        require(
             self.tuner.direction == wanted,
             "tuner.direction",
             f"must be {wanted} for objective {self.tuner.objective}, got {self.tuner.direction}",
         )
-        self._check_shapes()
+        self._check_search_space()
 
-    def _check_shapes(self) -> None:
-        """Each conv block (valid convolution, 2x2 pooling) must leave a pixel: for the configured model,
-        and for every extreme the search space can draw (the side shrinks monotonically in each)."""
-        names = ("filters", "kernel_size", "resize")
-        configured = [getattr(self.model, name) for name in names]
-        self._check_shape("model.filters", *configured)
+    def _check_search_space(self) -> None:
+        """Every entry names a key of this model, within its rule; cross-key checks (shapes) for the
+        configured model and for every extreme the search can draw."""
         space = self.tuner.search_space if self.tuner.kind != "none" else {}
-        searched = [name for name in names if name in space]
-        if searched:
-            pools = [
-                [value for _, value in _drawable(space[name])] if name in space else [value]
-                for name, value in zip(names, configured)
-            ]
-            for candidate in itertools.product(*pools):
-                self._check_shape(f"tuner.search_space.{searched[0]}", *candidate)
+        rules = self.model.rules()
+        for name, spec in self.tuner.search_space.items():
+            _check_search_param(f"tuner.search_space.{name}", name, spec, rules)
+        configured = {name: [getattr(self.model, name, None)] for name in self.model.args()}
+        self.model.check(self.data.image_size, configured, lambda *keys: f"model.{keys[0]}")
+        drawn = {
+            name: [v for _, v in _drawable(space[name])] if name in space else values
+            for name, values in configured.items()
+        }
 
-    def _check_shape(self, key: str, filters: List[int], kernel_size: int, resize: Optional[int]) -> None:
-        side = left = resize or self.data.image_size
-        for _ in filters:
-            left = (left - kernel_size + 1) // 2
-        _check(
-            left >= 1,
-            key,
-            f"{len(filters)} conv blocks of kernel_size {kernel_size} leave nothing of a "
-            f"{side}-pixel input (use fewer filters, a smaller kernel_size or a larger model.resize)",
-        )
+        def where(*keys: str) -> str:
+            return f"tuner.search_space.{next((k for k in keys if k in space), keys[0])}"
+
+        if any(name in space for name in configured):
+            self.model.check(self.data.image_size, drawn, where)
 
 
 def _hydra_message(text: str) -> str:
@@ -411,7 +411,8 @@ def _describe(error: OmegaConfBaseException) -> str:
 def validate(raw: Any) -> Config:
     """Check a plain or OmegaConf mapping against the schema and return the typed config."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        schema = _model_schema(OmegaConf.select(OmegaConf.create(raw), "model.name", default=None))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), {"model": OmegaConf.structured(schema)}, raw)
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"{missing[0]}: missing value")
@@ -420,6 +421,12 @@ def validate(raw: Any) -> Config:
         raise ConfigError(_describe(error)) from None
     except (TypeError, ValueError) as error:
         raise ConfigError(first_line(error)) from None
+
+
+def _model_schema(name: Any) -> type:
+    """The schema of the architecture `model.name` names (models/ registers them)."""
+    require(isinstance(name, str), "model.name", "missing: name an architecture (conf/model/<name>.yaml)")
+    return models.get(name).params
 
 
 def composition_error(error: Exception) -> str:

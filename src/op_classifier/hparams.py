@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from op_classifier.config import ConfigError, ModelConfig, SearchParam, TrainConfig
+from op_classifier.config import ConfigError, ModelBase, SearchParam, TrainConfig
 from op_classifier.errors import DataError
-from op_classifier.model import build_model
-
-# Arguments build_model takes from model config; the rest (classes, size, seed) come from the data.
-MODEL_ARGS = tuple(
-    p for p in inspect.signature(build_model).parameters if p not in ("num_classes", "image_size", "seed")
-)
-TUNABLE = (*MODEL_ARGS, "learning_rate")
 
 
-def model_args(cfg: ModelConfig) -> dict[str, Any]:
-    """build_model's keyword arguments as the model config sets them."""
-    augment = vars(cfg.augment)  # flip, rotation, zoom: build_model takes them flat
-    return {name: augment[name] if name in augment else getattr(cfg, name) for name in MODEL_ARGS}
+def model_args(cfg: ModelBase) -> dict[str, Any]:
+    """The builder's keyword arguments as the model config sets them (the rest come from the data)."""
+    augment = vars(cfg.augment)  # flip, rotation, zoom: builders take them flat
+    return {name: augment[name] if name in augment else getattr(cfg, name) for name in cfg.args()}
 
 
-def check_space(space: Mapping[str, SearchParam]) -> None:
+def check_space(space: Mapping[str, SearchParam], model: ModelBase) -> None:
     """Refuse a search-space entry that names nothing the model or the optimiser takes."""
+    tunable = (*model.args(), "learning_rate")
     for name in space:
-        if name not in TUNABLE:
-            raise ConfigError(f"tuner.search_space.{name}: not a tunable name (one of {', '.join(TUNABLE)})")
+        if name not in tunable:
+            raise ConfigError(f"tuner.search_space.{name}: not a tunable name (one of {', '.join(tunable)})")
 
 
 def declare(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
@@ -64,7 +57,7 @@ def read_best(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def final_args(model_cfg: ModelConfig, train_cfg: TrainConfig, tuned: Mapping[str, Any]) -> tuple[dict, float]:
+def final_args(model_cfg: ModelBase, train_cfg: TrainConfig, tuned: Mapping[str, Any]) -> tuple[dict, float]:
     """Model arguments and learning rate for training: config, with every tuned key taking its value."""
-    args = {**model_args(model_cfg), **{k: v for k, v in tuned.items() if k in MODEL_ARGS}}
+    args = {**model_args(model_cfg), **{k: v for k, v in tuned.items() if k in model_cfg.args()}}
     return args, float(tuned.get("learning_rate", train_cfg.learning_rate))

@@ -21,7 +21,8 @@ from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
-from op_classifier.model import build_model, compile_model
+from op_classifier.models import get as architecture
+from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
 from op_classifier.tracking import Tracker, flatten, git_commit, make_tracker
 
@@ -204,7 +205,7 @@ def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras
     args, learning_rate = hparams.final_args(cfg.model, cfg.train, tuned)
     keras.utils.set_random_seed(cfg.seed)
     with scope:
-        model = build_model(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
+        model = architecture(cfg.model.name).build(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
         compile_model(model, learning_rate, classes)
     return model, {
         "device": device,

@@ -18,7 +18,8 @@ from op_classifier.config import Config, ConfigError, TunerConfig, as_dict, run_
 from op_classifier.data import data_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
-from op_classifier.model import build_model, compile_model
+from op_classifier.models import get as architecture
+from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
 from op_classifier.tracking import Tracker, TrackingError, flatten, make_tracker
 
@@ -28,16 +29,18 @@ RUN_ID_FILE = "mlflow_run_id"  # in paths.tuning: the MLflow run an interrupted 
 
 
 class SearchModel(kt.HyperModel):
-    """Keras Tuner's hypermodel: its hyperparameters onto build_model's arguments and the learning rate."""
+    """Keras Tuner's hypermodel: its hyperparameters onto the builder's arguments and the learning rate."""
 
     def __init__(
         self,
+        build: Callable[..., keras.Model],
         fixed: dict[str, Any],
         learning_rate: float,
         class_names: Sequence[str],
         declare: Callable[[Any], dict[str, Any]],
     ) -> None:
         super().__init__()
+        self.build_model = build
         self.fixed = dict(fixed)
         self.learning_rate = learning_rate
         self.class_names = list(class_names)
@@ -47,7 +50,7 @@ class SearchModel(kt.HyperModel):
         """Build and compile one candidate with the values Keras Tuner drew."""
         values = self.declare(hp)
         learning_rate = values.pop("learning_rate", self.learning_rate)
-        model = build_model(**{**self.fixed, **values})
+        model = self.build_model(**{**self.fixed, **values})
         return compile_model(model, learning_rate, self.class_names)
 
 
@@ -110,7 +113,11 @@ def search(cfg: Config, tracker: Tracker, classes: list[str]) -> Any:
         "seed": cfg.seed,
     }
     hypermodel = SearchModel(
-        fixed, cfg.tuner.learning_rate, classes, lambda hp: hparams.declare(hp, cfg.tuner.search_space)
+        architecture(cfg.model.name).build,
+        fixed,
+        cfg.tuner.learning_rate,
+        classes,
+        lambda hp: hparams.declare(hp, cfg.tuner.search_space),
     )
     tuner = make_tuner(cfg.tuner, hypermodel, Path(cfg.paths.tuning), cfg.seed, tracker)
     stop = keras.callbacks.EarlyStopping(
@@ -193,7 +200,7 @@ def run(cfg: Config) -> dict:
     started = time.perf_counter()
     classes = load_manifest(Path(cfg.paths.prepared))["classes"]
     check_objective(cfg.tuner.objective, classes)
-    hparams.check_space(cfg.tuner.search_space)
+    hparams.check_space(cfg.tuner.search_space, cfg.model)
     tracker = make_tracker(cfg.tracking)
     if cfg.tuner.kind == "none":
         hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None)

@@ -1,4 +1,6 @@
-"""The classifier: pure Keras 3, backend-agnostic, no I/O, no tracking, no config loading."""
+"""What every architecture shares: input scaling, augmentation, the head, metrics and compilation.
+
+Pure Keras 3, backend-agnostic, no I/O, no tracking, no config loading."""
 
 from __future__ import annotations
 
@@ -32,47 +34,32 @@ class TopOneAccuracy(keras.metrics.Metric):
         return ops.divide_no_nan(self.correct, self.count)
 
 
-def build_model(
-    num_classes: int,
-    image_size: int,
-    filters: Sequence[int] = (15, 30, 60),
-    kernel_size: int = 3,
-    units: int = 128,
-    dropout: float = 0.2,
-    l2: float = 0.01,
-    flip: bool = True,
-    rotation: float = 0.2,
-    zoom: float = 0.1,
-    resize: int | None = None,
-    seed: int | None = None,
-) -> keras.Model:
-    """The original notebook's CNN: raw 0..255 RGB pixels in, one sigmoid probability per class out.
+def pixels(image_size: int, resize: int | None) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """The served input (raw 0..255 RGB at image_size) and its pixels scaled to 0..1 at `resize`.
 
-    With `resize`, the model first scales its input down to resize x resize: the served contract
-    (image_size pixels) stays, the convolutions cost (resize / image_size)^2 as much.
+    With `resize`, the model first scales its input down: the served contract stays, the layers
+    after it cost (resize / image_size)^2 as much.
     """
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = layers.Resizing(resize, resize)(inputs) if resize and resize != image_size else inputs
-    x = layers.Rescaling(1.0 / 255)(x)
-    # Augmentation lives in the model so the served model takes raw pixels; it is idle at inference.
+    return inputs, layers.Rescaling(1.0 / 255)(x)
+
+
+def augmentation(x: keras.KerasTensor, flip: bool, rotation: float, zoom: float, seed: int | None) -> keras.KerasTensor:
+    """Random augmentation inside the model, so the served model takes raw pixels; idle at inference."""
     if flip:
         x = layers.RandomFlip("horizontal", seed=seed)(x)
     if rotation:
         x = layers.RandomRotation(rotation, seed=seed)(x)
     if zoom:
         x = layers.RandomZoom(zoom, seed=seed)(x)
-    for i, width in enumerate(filters):
-        x = layers.Conv2D(width, kernel_size, activation="relu")(x)
-        if i == 0:  # the original normalised before and after its first pooling
-            x = layers.BatchNormalization()(x)
-        x = layers.MaxPooling2D()(x)
-        x = layers.BatchNormalization()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(units, activation="relu", kernel_regularizer=keras.regularizers.L2(l2))(x)
-    x = layers.Dropout(dropout, seed=seed)(x)
+    return x
+
+
+def head(x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
+    """One independent sigmoid probability per class (an image can show several)."""
     # float32 output even under mixed precision, so probabilities stay exact.
-    outputs = layers.Dense(num_classes, activation="sigmoid", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="seed_cnn")
+    return layers.Dense(num_classes, activation="sigmoid", dtype="float32", name="probabilities")(x)
 
 
 def metrics(class_names: Sequence[str]) -> list[keras.metrics.Metric]:

@@ -1,0 +1,57 @@
+"""The model registry: `model.name` picks an architecture module of this package.
+
+An architecture is one module here, `models/<name>.py`, registering its typed parameters and its
+builder with `@register`, plus one `conf/model/<name>.yaml`. Nothing else names it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from op_classifier.errors import ConfigError
+
+NOT_ARCHITECTURES = frozenset({"common"})  # shared pieces, not architectures
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One registered architecture: its config schema and its builder."""
+
+    name: str
+    params: type  # a dataclass subclassing config.ModelBase: the model section's schema
+    build: Callable[..., Any]  # build(num_classes, image_size, seed, **args) -> keras.Model
+
+    def args(self) -> tuple[str, ...]:
+        """The builder's keyword arguments taken from config: the schema's keys, augment's flat."""
+        return self.params.args()
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register(name: str, params: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register `build` as architecture `name` with its schema `params`."""
+
+    def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
+        _REGISTRY[name] = Architecture(name, params, build)
+        return build
+
+    return decorate
+
+
+def names() -> list[str]:
+    """Every architecture this package holds, by module name."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_ARCHITECTURES)
+
+
+def get(name: str) -> Architecture:
+    """The architecture registered as `name` (importing its module); one line naming the key if unknown."""
+    if name not in _REGISTRY and name in names():
+        importlib.import_module(f"{__name__}.{name}")
+    if name not in _REGISTRY:
+        raise ConfigError(f"model.name: unknown architecture '{name}' (known: {', '.join(names())})")
+    return _REGISTRY[name]
