@@ -59,7 +59,9 @@ def test_params_yaml_validates() -> None:
         ("data.classes=[A]", "data.classes: needs at least two classes"),
         ("model=nope", "model/nope"),
         ("model.name=nope", "model.name: unknown architecture 'nope' \\(known: resnet, seed_cnn\\)"),
-        ("model.widths=[8]", "model.widths: unknown key"),  # a key of another architecture
+        ("model.widths=[8]", "model.widths: unknown key"),
+        ("train.optimizer=sgd", "train.optimizer: must be adam or adamw"),
+        ("train.warmup_epochs=60", "train.warmup_epochs: must be between 0 and 59"),  # a key of another architecture
     ],
 )
 def test_bad_override_is_an_error_naming_the_key(override: str, message: str) -> None:

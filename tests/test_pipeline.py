@@ -509,10 +509,12 @@ def test_seed_cnn_is_the_original_network_unchanged() -> None:
 
 
 def test_model_name_picks_the_builder_in_tune_and_train(project: Path, tmp_path: Path) -> None:
-    """model=resnet: the search and the final training both build the residual net."""
+    """model=resnet: the search and the final training both build the residual net (here with the
+    from-scratch recipe's AdamW, cosine schedule and label smoothing)."""
     kept = ("raw", "prepared")
     moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
-    cfg = _cfg(project, "model=resnet", "model.widths=[4,8]", "tuner.max_trials=1", "train.epochs=1", *moved)
+    recipe = ("train.optimizer=adamw", "train.weight_decay=0.05", "train.schedule=cosine", "train.label_smoothing=0.1")
+    cfg = _cfg(project, "model=resnet", "model.widths=[4,8]", "tuner.max_trials=1", "train.epochs=2", *recipe, *moved)
     tuned = tune.run(cfg)
     assert set(tuned["best"]) == {"dropout", "learning_rate"}
     train.run(cfg)
@@ -521,3 +523,14 @@ def test_model_name_picks_the_builder_in_tune_and_train(project: Path, tmp_path:
     model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
     assert model.name == "resnet"
     assert any(layer.__class__.__name__ == "GlobalAveragePooling2D" for layer in model.layers)
+    rates = [float(row.split(",")[-1]) for row in Path(cfg.paths.history).read_text().splitlines()[1:]]
+    assert rates[0] > rates[1]  # the cosine schedule decays the learning rate every step
+
+
+def test_cosine_schedule_warms_up_then_decays_to_a_hundredth() -> None:
+    cfg = compose("train.schedule=cosine", "train.epochs=10", "train.warmup_epochs=2").train
+    schedule = train.learning_rate_schedule(cfg, 1e-2, steps_per_epoch=5)
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(10)) == pytest.approx(1e-2)
+    assert float(schedule(50)) == pytest.approx(1e-4)
+    assert train.learning_rate_schedule(compose().train, 1e-2, 5) == 1e-2  # plateau: a constant

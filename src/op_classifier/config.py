@@ -314,9 +314,19 @@ class TrainConfig:
     lr_patience: int = MISSING
     device: str = MISSING
     mixed_precision: str = MISSING
+    optimizer: str = MISSING
+    weight_decay: float = MISSING
+    schedule: str = MISSING
+    warmup_epochs: int = MISSING
+    label_smoothing: float = MISSING
 
     def __post_init__(self) -> None:
         _check_range("train.learning_rate", self.learning_rate, POSITIVE)
+        require(self.optimizer in ("adam", "adamw"), "train.optimizer", "must be adam or adamw")
+        require(self.schedule in ("plateau", "cosine"), "train.schedule", "must be plateau or cosine")
+        _check_range("train.weight_decay", self.weight_decay, AT_LEAST_0)
+        _check_range("train.warmup_epochs", self.warmup_epochs, Range(0, self.epochs - 1))
+        _check_range("train.label_smoothing", self.label_smoothing, Range(0, 1, high_open=True))
         for name in ("batch_size", "epochs"):
             _check_range(f"train.{name}", getattr(self, name), AT_LEAST_1)
         for name in ("patience", "lr_patience"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import sys
@@ -80,16 +81,34 @@ def callbacks(cfg: Config, tracker: Tracker) -> list[keras.callbacks.Callback]:
         keras.callbacks.EarlyStopping(
             monitor=cfg.train.monitor, patience=cfg.train.patience, restore_best_weights=True, mode=mode
         ),
-        # A tuned learning rate that is right for 8 epochs can be too high for 60: decay on plateaus.
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=cfg.train.monitor,
-            factor=cfg.train.lr_factor,
-            patience=cfg.train.lr_patience,
-            min_lr=1e-5,
-            mode=mode,
-        ),
+        *_plateau(cfg.train, mode),
         tracker.epoch_callback(),
     ]
+
+
+def _plateau(cfg: TrainConfig, mode: str) -> list[keras.callbacks.Callback]:
+    if cfg.schedule != "plateau":  # a cosine schedule owns the learning rate
+        return []
+    # A tuned learning rate that is right for 8 epochs can be too high for 60: decay on plateaus.
+    return [
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=cfg.monitor, factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=1e-5, mode=mode
+        )
+    ]
+
+
+def learning_rate_schedule(cfg: TrainConfig, peak: float, steps_per_epoch: int) -> Any:
+    """The peak learning rate as train.schedule says: constant (plateau) or warm-up then cosine decay."""
+    if cfg.schedule == "plateau":
+        return peak
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        peak / 10 if warmup else peak,
+        decay_steps=max(1, cfg.epochs * steps_per_epoch - warmup),
+        alpha=0.01,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
 
 
 class AtomicBackup(keras.callbacks.BackupAndRestore):
@@ -206,7 +225,15 @@ def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras
     keras.utils.set_random_seed(cfg.seed)
     with scope:
         model = architecture(cfg.model.name).build(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
-        compile_model(model, learning_rate, classes)
+        steps = math.ceil(load_manifest(Path(cfg.paths.prepared))["counts"]["train"] / cfg.train.batch_size)
+        compile_model(
+            model,
+            learning_rate_schedule(cfg.train, learning_rate, steps),
+            classes,
+            optimizer=cfg.train.optimizer,
+            weight_decay=cfg.train.weight_decay,
+            label_smoothing=cfg.train.label_smoothing,
+        )
     return model, {
         "device": device,
         "mixed_precision": mixed,

@@ -76,11 +76,23 @@ def metrics(class_names: Sequence[str]) -> list[keras.metrics.Metric]:
     return [TopOneAccuracy(), keras.metrics.AUC(multi_label=True, name=AUC), *by_class]
 
 
-def compile_model(model: keras.Model, learning_rate: float, class_names: Sequence[str]) -> keras.Model:
-    """Adam and binary cross-entropy on multi-hot targets: each class an independent probability."""
+def compile_model(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    class_names: Sequence[str],
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> keras.Model:
+    """Adam (or AdamW: decoupled weight decay) and binary cross-entropy on multi-hot targets: each
+    class an independent probability."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
+        optimizer=(
+            keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+            if optimizer == "adamw"
+            else keras.optimizers.Adam(learning_rate)
+        ),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=metrics(class_names),
     )
     return model
