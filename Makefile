@@ -18,7 +18,7 @@ help:
 	@echo "make sample     (re)generate the built-in sample in data/raw"
 	@echo "make ui         the MLflow UI over this project's runs, on http://127.0.0.1:5000"
 	@echo "make serve      the champion model over REST on http://127.0.0.1:8501 (/invocations, /v1/models/op-classifier:predict; PORT=, MODEL=)"
-	@echo "make tracking-server       a team MLflow server on PostgreSQL, http://127.0.0.1:5001 (PORT=, HOST=); make tracking-server-stop"
+	@echo "make tracking-server       a team MLflow server on PostgreSQL, http://127.0.0.1:5001 (PORT=, HOST=, ALLOWED_HOSTS=, AUTH=1); make tracking-server-stop"
 	@echo "make bench      the pipeline benchmark: stage times and accuracy in a fresh copy"
 
 install: $(STAMP)
@@ -51,7 +51,7 @@ $(SERVER_STAMP): $(STAMP)
 	touch $@
 
 tracking-server: $(SERVER_STAMP)
-	$(BIN)/op-classifier tracking-server start --port $(or $(PORT),5001) --host $(or $(HOST),127.0.0.1)
+	$(BIN)/op-classifier tracking-server start --port $(or $(PORT),5001) --host $(or $(HOST),127.0.0.1)$(if $(ALLOWED_HOSTS), --allowed-hosts $(ALLOWED_HOSTS))$(if $(AUTH), --app-name basic-auth)
 
 tracking-server-stop: $(STAMP)
 	$(BIN)/op-classifier tracking-server stop
