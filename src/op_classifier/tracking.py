@@ -266,7 +266,7 @@ class MlflowTracker:
                 # the shared view is the runs table with the columns that matter (runs_table_link).
                 for key, value in (EXPERIMENT_KIND, (f"{SHARED_VIEW_PREFIX}{SHARED_VIEW_KEY}", SHARED_VIEW)):
                     if tags.get(key) != value:
-                        client.set_experiment_tag(self.experiment_id, key, value)
+                        _tag_experiment(client, self.experiment_id, key, value)
         except Exception as error:  # MLflow raises many types for a store it cannot reach
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TrackingError(
@@ -653,6 +653,19 @@ def _experiment(client: Any, name: str, artifact_location: str | None) -> tuple[
     if found is None:  # created and deleted in between: someone else's doing, not ours to guess at
         raise TrackingError(f"MLflow experiment {name!r} was created by another client and is gone again")
     return found.experiment_id, dict(found.tags)
+
+
+def _tag_experiment(client: Any, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag that concurrent clients may be setting to the same value at the same moment."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        # Two clients inserting the same new tag: PostgreSQL refuses the second (UniqueViolation on
+        # experiment_tag_pk, measured with six clients of the server). The winner's value is ours.
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            raise
 
 
 FIRST_USE_LOCK_TIMEOUT_S = 300
