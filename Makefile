@@ -10,7 +10,7 @@ comma := ,
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help install run lint test test-slow sample ui serve bench lock clean
+.PHONY: help install run lint test test-slow sample ui serve tracking-server tracking-server-stop bench lock clean
 
 help:
 	@echo "make run        the whole pipeline on the built-in sample (dvc repro)"
@@ -18,6 +18,7 @@ help:
 	@echo "make sample     (re)generate the built-in sample in data/raw"
 	@echo "make ui         the MLflow UI over this project's runs, on http://127.0.0.1:5000"
 	@echo "make serve      the champion model over REST on http://127.0.0.1:8501 (/invocations, /v1/models/op-classifier:predict; PORT=, MODEL=)"
+	@echo "make tracking-server       a team MLflow server on PostgreSQL, http://127.0.0.1:5001 (PORT=, HOST=, ALLOWED_HOSTS=, AUTH=1); make tracking-server-stop"
 	@echo "make bench      the pipeline benchmark: stage times and accuracy in a fresh copy"
 
 install: $(STAMP)
@@ -41,6 +42,19 @@ ui: $(STAMP)
 # The registered champion over REST (op-classifier serve); TensorFlow Serving's {"instances": ...} body.
 serve: $(STAMP)
 	$(BIN)/op-classifier serve --port $(or $(PORT),8501)$(if $(MODEL), --model $(MODEL))
+
+# PostgreSQL (initdb on first use into .mlflow-server/) and `mlflow server` on it, proxying artifacts;
+# prints the MLFLOW_TRACKING_URI to export. MLflow's PostgreSQL driver is the `server` extra.
+SERVER_STAMP := $(VENV)/.installed-server
+$(SERVER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[server]'
+	touch $@
+
+tracking-server: $(SERVER_STAMP)
+	$(BIN)/op-classifier tracking-server start --port $(or $(PORT),5001) --host $(or $(HOST),127.0.0.1)$(if $(ALLOWED_HOSTS), --allowed-hosts $(ALLOWED_HOSTS))$(if $(AUTH), --app-name basic-auth)
+
+tracking-server-stop: $(STAMP)
+	$(BIN)/op-classifier tracking-server stop
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py

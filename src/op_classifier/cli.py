@@ -91,6 +91,22 @@ def _ui(args: argparse.Namespace) -> None:
         raise OpClassifierError(f"cannot start {argv[0]}: {error.strerror or error}") from None
 
 
+def _tracking_server(args: argparse.Namespace) -> None:
+    from op_classifier import tracking_server
+
+    folder = Path(args.dir)
+    if args.action == "start":
+        pg_bin = Path(args.pg_bin) if args.pg_bin else None
+        summary = tracking_server.start(
+            folder, args.host, args.port, args.workers, args.allowed_hosts, args.app_name, pg_bin
+        )
+    elif args.action == "stop":
+        summary = tracking_server.stop(folder)
+    else:
+        summary = tracking_server.status(folder)
+    report(summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="op-classifier", description=__doc__)
@@ -149,6 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     )  # = serve.MAX_BODY_MB
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
+    # tracking-server: mlflow server on PostgreSQL for a team (src/op_classifier/tracking_server.py)
+    ts = sub.add_parser(
+        "tracking-server",
+        parents=[common],
+        help="start, stop or check a team MLflow server on a PostgreSQL store of this project (.mlflow-server/)",
+    )
+    ts.add_argument("action", choices=("start", "stop", "status"))
+    ts.add_argument(
+        "--dir", default=".mlflow-server", help="its folder: database, artifacts, logs (default: .mlflow-server)"
+    )
+    ts.add_argument("--host", default="127.0.0.1", help="interface mlflow listens on (default: 127.0.0.1)")
+    ts.add_argument("--port", type=int, default=5001, help="mlflow's port (default: 5001; make ui takes 5000)")
+    ts.add_argument("--workers", type=int, default=2, help="mlflow's worker processes (default: 2)")
+    ts.add_argument("--allowed-hosts", help="Host headers mlflow accepts, e.g. mlflow.example.com,10.0.0.7:5001")
+    ts.add_argument("--app-name", choices=("basic-auth",), help="basic-auth: MLflow's users and passwords")
+    ts.add_argument("--pg-bin", help="folder of initdb and postgres (default: PATH, then /usr/lib/postgresql/*/bin)")
+
     for name in STAGES:
         stage = sub.add_parser(
             name, parents=[common], help=f"run the {name} stage with conf/ + overrides (outside DVC)"
@@ -170,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _serve(args))
     elif args.command == "ui":
         code = guarded(lambda: _ui(args))
+    elif args.command == "tracking-server":
+        code = guarded(lambda: _tracking_server(args))
     elif args.command == "predict":
         code = guarded(lambda: _predict(args))
     else:

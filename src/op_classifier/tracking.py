@@ -258,25 +258,22 @@ class MlflowTracker:
         uri = tracking_uri(self.cfg)
         _set_uri_keeping_env(uri)
         try:
-            client = mlflow.MlflowClient()
-            found = client.get_experiment_by_name(self.cfg.experiment)
-            if found is None:
-                artifacts = _artifact_root(uri)
-                self.experiment_id = client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
-            else:
-                self.experiment_id = found.experiment_id
-            tags = {} if found is None else found.tags
-            # Without the kind MLflow 3's UI opens the experiment on its GenAI overview (traces, tokens);
-            # the shared view is the runs table with the columns that matter (runs_table_link).
-            for key, value in (EXPERIMENT_KIND, (f"{SHARED_VIEW_PREFIX}{SHARED_VIEW_KEY}", SHARED_VIEW)):
-                if tags.get(key) != value:
-                    client.set_experiment_tag(self.experiment_id, key, value)
+            # MlflowClient() builds the store, which creates the tables of a new SQLite file.
+            with _first_use_lock(uri):
+                client = mlflow.MlflowClient()
+                self.experiment_id, tags = _experiment(client, self.cfg.experiment, _artifact_root(uri))
+                # Without the kind MLflow 3's UI opens the experiment on its GenAI overview (traces, tokens);
+                # the shared view is the runs table with the columns that matter (runs_table_link).
+                for key, value in (EXPERIMENT_KIND, (f"{SHARED_VIEW_PREFIX}{SHARED_VIEW_KEY}", SHARED_VIEW)):
+                    if tags.get(key) != value:
+                        _tag_experiment(client, self.experiment_id, key, value)
         except Exception as error:  # MLflow raises many types for a store it cannot reach
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TrackingError(
                 f"MLflow store {uri} is unreachable ({first[:200]}); start it, fix tracking.uri / "
                 "MLFLOW_TRACKING_URI, or run without tracking: tracking=none"
             ) from None
+        # By id, never by name: concurrent clients must not race to create (or miss) it here.
         mlflow.set_experiment(experiment_id=self.experiment_id)
 
     @contextlib.contextmanager
@@ -313,6 +310,8 @@ class MlflowTracker:
         active = _store_call(
             lambda: mlflow.start_run(
                 run_id=run_id,
+                # Explicit: the process-wide active experiment is not trusted across clients and threads.
+                experiment_id=self.experiment_id,
                 run_name=None if run_id else name,
                 nested=nested,
                 log_system_metrics=system_metrics or None,
@@ -632,6 +631,71 @@ def _close_orphans(parent_id: str) -> None:
     )
     for orphan in orphans:
         client.set_terminated(orphan.info.run_id, status="KILLED")
+
+
+def _experiment(client: Any, name: str, artifact_location: str | None) -> tuple[str, dict[str, str]]:
+    """The id and tags of the experiment called name, created if missing, also when others create it at once.
+
+    Two clients may both find no experiment and both create it: the store refuses the second with
+    RESOURCE_ALREADY_EXISTS, and that client takes the winner's. Never falls back to Default.
+    """
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id, dict(found.tags)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location), {}
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    found = client.get_experiment_by_name(name)
+    if found is None:  # created and deleted in between: someone else's doing, not ours to guess at
+        raise TrackingError(f"MLflow experiment {name!r} was created by another client and is gone again")
+    return found.experiment_id, dict(found.tags)
+
+
+def _tag_experiment(client: Any, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag that concurrent clients may be setting to the same value at the same moment."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        # Two clients inserting the same new tag: PostgreSQL refuses the second (UniqueViolation on
+        # experiment_tag_pk, measured with six clients of the server). The winner's value is ours.
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            raise
+
+
+FIRST_USE_LOCK_TIMEOUT_S = 300
+
+
+@contextlib.contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold an exclusive lock (<file>.lock) while MLflow creates or migrates its schema.
+
+    MLflow creates a new SQLite store's tables on first use without any lock: six clients starting
+    on one new mlflow.db (as `dvc queue start -j 2` workers do) left one run and five failures
+    ("table experiments already exists", alembic row mismatches). Other stores (a server) need none.
+    """
+    path = sqlite_file(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        lock = FileLock(f"{path}.lock", timeout=FIRST_USE_LOCK_TIMEOUT_S)
+        lock.acquire()
+    except Timeout:
+        raise TrackingError(
+            f"MLflow store {uri}: {path}.lock was held for {FIRST_USE_LOCK_TIMEOUT_S} s by another process"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _artifact_root(uri: str) -> str | None:
