@@ -534,3 +534,12 @@ def test_cosine_schedule_warms_up_then_decays_to_a_hundredth() -> None:
     assert float(schedule(10)) == pytest.approx(1e-2)
     assert float(schedule(50)) == pytest.approx(1e-4)
     assert train.learning_rate_schedule(compose().train, 1e-2, 5) == 1e-2  # plateau: a constant
+
+
+def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path) -> None:
+    """dvc.yaml declares the search folder, best_hparams.yaml and the leaderboard: all three exist."""
+    moved = [f"paths.{key}={tmp_path / key}" for key in ("tuning", "best_hparams", "leaderboard")]
+    cfg = _cfg(project, "tuner=none", *moved)
+    assert tune.run(cfg) == {"tuner": "none", "best": {}}
+    assert Path(cfg.paths.tuning).is_dir() and Path(cfg.paths.leaderboard).is_file()
+    assert hparams.read_best(Path(cfg.paths.best_hparams))["values"] == {}

@@ -203,6 +203,7 @@ def run(cfg: Config) -> dict:
     hparams.check_space(cfg.tuner.search_space, cfg.model)
     tracker = make_tracker(cfg.tracking)
     if cfg.tuner.kind == "none":
+        Path(cfg.paths.tuning).mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it: an empty search
         hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None)
         write_leaderboard(Path(cfg.paths.leaderboard), [])
         return {"tuner": "none", "best": {}}
