@@ -543,3 +543,77 @@ def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path
     assert tune.run(cfg) == {"tuner": "none", "best": {}}
     assert Path(cfg.paths.tuning).is_dir() and Path(cfg.paths.leaderboard).is_file()
     assert hparams.read_best(Path(cfg.paths.best_hparams))["values"] == {}
+
+
+def _backbone_file(folder: Path, side: int) -> Path:
+    """A MobileNetV3Small backbone's weights file, as a user would bring one (random here: offline)."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    backbone = keras.applications.MobileNetV3Small(
+        input_shape=(side, side, 3), include_top=False, weights=None, include_preprocessing=True
+    )
+    path = folder / "backbone.weights.h5"
+    backbone.save_weights(path)
+    return path
+
+
+def test_a_backbone_from_a_weights_file_trains_its_head_then_fine_tunes_its_top(project: Path, tmp_path: Path) -> None:
+    """Phase one trains the head on the frozen backbone; phase two unfreezes its top layers, BatchNorm
+    excepted: the bottom keeps the file's weights, the top moves, BatchNorm statistics stay the file's."""
+    import keras
+
+    weights = _backbone_file(tmp_path, 32)
+    kept = ("raw", "prepared")
+    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    cfg = _cfg(
+        project,
+        *("model=mobilenet_v3_small", f"model.weights={weights}", "model.resize=null", "tuner=none"),
+        *("train.epochs=1", "train.fine_tune_epochs=1", "train.fine_tune_layers=8", "tracking=none", *moved),
+    )
+    tune.run(cfg)
+    summary = train.run(cfg)
+    assert summary["epochs_run"] == 1 and summary["fine_tune_epochs_run"] == 1
+    trained = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False).get_layer("backbone")
+    original = keras.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3), include_top=False, weights=str(weights), include_preprocessing=True
+    )
+    moved_layers = {
+        layer.name
+        for layer, before in zip(trained.layers, original.layers)
+        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before.get_weights()))
+    }
+    top = {layer.name for layer in original.layers[-8:] if layer.weights}
+    assert moved_layers and moved_layers <= top  # only the unfrozen top moved...
+    assert not any(isinstance(original.get_layer(name), keras.layers.BatchNormalization) for name in moved_layers)
+
+
+def test_imagenet_weights_offline_is_one_line_naming_the_alternatives(project: Path, monkeypatch) -> None:
+    from keras.src.utils import file_utils
+
+    def offline(*args: object, **kwargs: object) -> None:  # what Keras raises without a network (measured here)
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -2] Name or service")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    cfg = _cfg(project, "model=mobilenet_v3_small", "model.weights=imagenet", "model.resize=null", "tuner=none")
+    with pytest.raises(ConfigError, match=r"^model.weights=imagenet: the ImageNet weights cannot be downloaded .*null"):
+        train.build(cfg, ["a", "b"], {})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("model=efficientnet_v2_b0", "model.weights=missing.weights.h5"), "model.weights: no file missing.weights.h5"),
+        (
+            ("model=mobilenet_v3_small", "model.resize=16"),
+            "model.resize: mobilenet_v3_small takes images of at least 32",
+        ),
+        (
+            ("model=mobilenet_v3_small", "model.resize=null", "data.image_size=24"),
+            "data.image_size: mobilenet_v3_small",
+        ),
+    ],
+)
+def test_backbone_config_errors_name_the_key(overrides: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compose(*overrides)

@@ -75,7 +75,7 @@ class Rule:
     """What one model key (or the learning rate) takes: checked on the config and on every value the
     search space can give it, so no candidate the tuner draws fails inside Keras."""
 
-    kind: type  # int, float, bool, or list (of ints)
+    kind: type  # int, float, bool, str, or list (of ints)
     allowed: Optional[Range] = None  # the value's range (of each item for a list)
     nullable: bool = False
 
@@ -89,6 +89,8 @@ class Rule:
             return None if ok else f"must be a non-empty list of integers, each {self.allowed.describe()}, got {value}"
         if self.kind is bool:
             return None if isinstance(value, bool) else f"must be true or false, got {value}"
+        if self.kind is str:
+            return None if isinstance(value, str) else f"must be a string, got {value}"
         if not (_is_int(value) if self.kind is int else _is_number(value)):
             return f"must be {'an integer' if self.kind is int else 'a number'}, got {value}"
         if self.allowed is not None and value not in self.allowed:
@@ -319,6 +321,9 @@ class TrainConfig:
     schedule: str = MISSING
     warmup_epochs: int = MISSING
     label_smoothing: float = MISSING
+    fine_tune_epochs: int = MISSING
+    fine_tune_layers: int = MISSING
+    fine_tune_lr_factor: float = MISSING
 
     def __post_init__(self) -> None:
         _check_range("train.learning_rate", self.learning_rate, POSITIVE)
@@ -327,6 +332,9 @@ class TrainConfig:
         _check_range("train.weight_decay", self.weight_decay, AT_LEAST_0)
         _check_range("train.warmup_epochs", self.warmup_epochs, Range(0, self.epochs - 1))
         _check_range("train.label_smoothing", self.label_smoothing, Range(0, 1, high_open=True))
+        _check_range("train.fine_tune_epochs", self.fine_tune_epochs, AT_LEAST_0)
+        _check_range("train.fine_tune_layers", self.fine_tune_layers, AT_LEAST_1)
+        _check_range("train.fine_tune_lr_factor", self.fine_tune_lr_factor, Range(0, 1, low_open=True))
         for name in ("batch_size", "epochs"):
             _check_range(f"train.{name}", getattr(self, name), AT_LEAST_1)
         for name in ("patience", "lr_patience"):

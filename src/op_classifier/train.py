@@ -24,6 +24,7 @@ from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
+from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
 from op_classifier.tracking import Tracker, flatten, git_commit, make_tracker
 
@@ -31,6 +32,8 @@ from op_classifier.tracking import Tracker, flatten, git_commit, make_tracker
 PARAMS = ("seed", "data.image_size", "model", "train")
 RUN_ID_FILE = "mlflow_run_id"  # in paths.checkpoints: the MLflow run a killed training continues
 HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
+BACKUP, FINE_BACKUP = "backup", "backup-fine"  # in paths.checkpoints: each phase's resumable state
+PHASE_ONE_FILE = "phase-one.json"  # in paths.checkpoints: the head's phase ended after this many epochs
 
 
 def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, bool]:
@@ -69,7 +72,7 @@ def _hide_gpus() -> list[Any]:
     return []
 
 
-def callbacks(cfg: Config, tracker: Tracker) -> list[keras.callbacks.Callback]:
+def callbacks(cfg: Config, tracker: Tracker, backup: str = BACKUP) -> list[keras.callbacks.Callback]:
     """Whole history, checkpoint-and-resume, early stopping with best weights, LR decay, tracking."""
     # Keras cannot tell the direction of our custom `accuracy`; losses fall, every other metric rises.
     mode = "min" if is_loss(cfg.train.monitor) else "max"
@@ -77,7 +80,7 @@ def callbacks(cfg: Config, tracker: Tracker) -> list[keras.callbacks.Callback]:
     return [
         # First: an epoch is in the history before its backup exists, so no resume can lose a row.
         HistoryLog(checkpoints / HISTORY_FILE, Path(cfg.paths.history)),
-        AtomicBackup(str(checkpoints / "backup")),
+        AtomicBackup(str(checkpoints / backup)),
         keras.callbacks.EarlyStopping(
             monitor=cfg.train.monitor, patience=cfg.train.patience, restore_best_weights=True, mode=mode
         ),
@@ -201,21 +204,66 @@ def export_saved_model(model: keras.Model, path: Path) -> str:
     return str(path)
 
 
-def fit(cfg: Config, model: keras.Model, tracker: Tracker) -> dict:
-    """Train (resuming a killed run whose checkpoint matches this config); summary of the training."""
+def fit(cfg: Config, model: keras.Model, tracker: Tracker, classes: list[str], learning_rate: float) -> dict:
+    """Train (resuming a killed run whose checkpoint matches this config), then fine-tune a pretrained
+    backbone's top layers when train.fine_tune_epochs asks; summary of the training."""
     prepared = Path(cfg.paths.prepared)
     train, val = load_split(prepared, "train"), load_split(prepared, "val")
-    resuming = (Path(cfg.paths.checkpoints) / "backup").exists()
-    history = model.fit(
-        np.asarray(train.images),
-        train.labels,
-        validation_data=(np.asarray(val.images), val.labels),
-        epochs=cfg.train.epochs,
+    checkpoints = Path(cfg.paths.checkpoints)
+    resuming = any((checkpoints / name).exists() for name in (BACKUP, FINE_BACKUP, PHASE_ONE_FILE))
+    data = {"x": np.asarray(train.images), "y": train.labels, "validation_data": (np.asarray(val.images), val.labels)}
+    phase_one = checkpoints / PHASE_ONE_FILE
+    if phase_one.is_file():  # killed while fine-tuning: the head's phase is done, its result in the backup
+        first = json.loads(phase_one.read_text(encoding="utf-8"))["epochs"]
+    else:
+        history = _fit(cfg, model, tracker, data, BACKUP, 0, cfg.train.epochs)
+        first = history.epoch[-1] + 1 if history.epoch else cfg.train.epochs
+    backbone = frozen_backbone(model)
+    if backbone is None or cfg.train.fine_tune_epochs == 0:
+        return {"epochs_run": first, "resumed": resuming}
+    phase_one.write_text(json.dumps({"epochs": first}), encoding="utf-8")
+    unfreeze_top(backbone, cfg.train.fine_tune_layers)
+    _compile(cfg, model, classes, learning_rate * cfg.train.fine_tune_lr_factor, steps=0)
+    history = _fit(cfg, model, tracker, data, FINE_BACKUP, first, first + cfg.train.fine_tune_epochs)
+    phase_one.unlink()
+    return {"epochs_run": first, "fine_tune_epochs_run": len(history.epoch), "resumed": resuming}
+
+
+def _fit(cfg: Config, model: keras.Model, tracker: Tracker, data: dict, backup: str, start: int, end: int) -> Any:
+    return model.fit(
+        **data,
+        initial_epoch=start,
+        epochs=end,
         batch_size=cfg.train.batch_size,
-        callbacks=callbacks(cfg, tracker),
+        callbacks=callbacks(cfg, tracker, backup),
         verbose=2,
     )
-    return {"epochs_run": len(history.epoch), "resumed": resuming}
+
+
+def frozen_backbone(model: keras.Model) -> keras.Model | None:
+    """The model's pretrained backbone while it is still frozen (none for from-scratch models)."""
+    return next((layer for layer in model.layers if layer.name == BACKBONE and not layer.trainable), None)
+
+
+def unfreeze_top(backbone: keras.Model, count: int) -> None:
+    """Make the backbone's top `count` layers trainable, BatchNormalization excepted (its ImageNet
+    statistics would be overwritten by small batches of a small set)."""
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        top = i >= len(backbone.layers) - count
+        layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def _compile(cfg: Config, model: keras.Model, classes: list[str], learning_rate: float, steps: int) -> None:
+    """Compile with the configured optimizer and loss; the schedule over `steps` per epoch (0: constant)."""
+    compile_model(
+        model,
+        learning_rate_schedule(cfg.train, learning_rate, steps) if steps else learning_rate,
+        classes,
+        optimizer=cfg.train.optimizer,
+        weight_decay=cfg.train.weight_decay,
+        label_smoothing=cfg.train.label_smoothing,
+    )
 
 
 def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
@@ -226,14 +274,7 @@ def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras
     with scope:
         model = architecture(cfg.model.name).build(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
         steps = math.ceil(load_manifest(Path(cfg.paths.prepared))["counts"]["train"] / cfg.train.batch_size)
-        compile_model(
-            model,
-            learning_rate_schedule(cfg.train, learning_rate, steps),
-            classes,
-            optimizer=cfg.train.optimizer,
-            weight_decay=cfg.train.weight_decay,
-            label_smoothing=cfg.train.label_smoothing,
-        )
+        _compile(cfg, model, classes, learning_rate, steps)
     return model, {
         "device": device,
         "mixed_precision": mixed,
@@ -280,7 +321,7 @@ def run(cfg: Config) -> dict:
         raw = Path(cfg.paths.raw)
         digest = dvc_hash(raw) or made_by["data"]
         tracker.log_dataset(raw.name, digest, prepared, manifest["counts"], prepared_hash=made_by["data"])
-        summary = fit(cfg, model, tracker)
+        summary = fit(cfg, model, tracker, classes, described["learning_rate_used"])
         with progress.bar(2, "export", unit="step") as bar:  # seconds each: tracing, saving, MLflow's checks
             bar.set_postfix_str("model.keras, SavedModel")
             written = export(model, Path(cfg.paths.model))

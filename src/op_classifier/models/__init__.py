@@ -14,7 +14,7 @@ from typing import Any
 
 from op_classifier.errors import ConfigError
 
-NOT_ARCHITECTURES = frozenset({"common"})  # shared pieces, not architectures
+NOT_ARCHITECTURES = frozenset({"common", "pretrained"})  # shared pieces, not architectures
 
 
 @dataclass(frozen=True)

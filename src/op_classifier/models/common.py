@@ -34,15 +34,16 @@ class TopOneAccuracy(keras.metrics.Metric):
         return ops.divide_no_nan(self.correct, self.count)
 
 
-def pixels(image_size: int, resize: int | None) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """The served input (raw 0..255 RGB at image_size) and its pixels scaled to 0..1 at `resize`.
+def pixels(image_size: int, resize: int | None, rescale: bool = True) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """The served input (raw 0..255 RGB at image_size) and its pixels at `resize`, scaled to 0..1
+    unless `rescale` is off (pretrained backbones bring their own preprocessing).
 
     With `resize`, the model first scales its input down: the served contract stays, the layers
     after it cost (resize / image_size)^2 as much.
     """
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = layers.Resizing(resize, resize)(inputs) if resize and resize != image_size else inputs
-    return inputs, layers.Rescaling(1.0 / 255)(x)
+    return inputs, layers.Rescaling(1.0 / 255)(x) if rescale else x
 
 
 def augmentation(x: keras.KerasTensor, flip: bool, rotation: float, zoom: float, seed: int | None) -> keras.KerasTensor:

@@ -1,0 +1,94 @@
+"""What the keras.applications backbones share: their schema, weights loading and the model around them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Optional
+
+import keras
+from keras import layers
+from omegaconf import MISSING
+
+from op_classifier import config
+from op_classifier.config import ConfigError, ModelBase, Rule
+from op_classifier.models.common import augmentation, head, pixels
+
+BACKBONE = "backbone"  # the layer name train's fine-tuning phase looks for
+MIN_SIDE = 32  # the smallest input keras.applications' backbones accept
+
+
+@dataclass
+class Pretrained(ModelBase):
+    """A keras.applications backbone (ImageNet weights, none, or a local file) under a new head."""
+
+    RULES: ClassVar[Dict[str, Rule]] = {"weights": Rule(str, nullable=True)}
+    weights: Optional[str] = MISSING  # imagenet | null (random init) | path to the backbone's .weights.h5
+    dropout: float = MISSING
+    resize: Optional[int] = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weights not in (None, "imagenet"):
+            config.require(
+                self.weights.endswith(".weights.h5") and Path(self.weights).is_file(),
+                "model.weights",
+                f"no file {self.weights} (imagenet, null, or a path to the backbone's .weights.h5)",
+            )
+
+    def check(self, image_size: int, drawn: Mapping[str, list[Any]], where: Callable[..., str]) -> None:
+        """The backbone needs at least MIN_SIDE pixels a side."""
+        for resize in drawn["resize"]:
+            side = resize or image_size
+            config.require(
+                side >= MIN_SIDE,
+                where("resize") if resize else "data.image_size",
+                f"{self.name} takes images of at least {MIN_SIDE} pixels a side, got {side}",
+            )
+
+
+def build(
+    application: Callable[..., keras.Model],
+    name: str,
+    num_classes: int,
+    image_size: int,
+    weights: str | None,
+    dropout: float,
+    flip: bool,
+    rotation: float,
+    zoom: float,
+    resize: int | None,
+    seed: int | None,
+) -> keras.Model:
+    """Raw pixels -> augmentation -> backbone (its own preprocessing) -> global pooling -> sigmoid head.
+
+    With weights, the backbone starts frozen and runs in inference mode (its BatchNorm statistics are
+    ImageNet's, kept even when train.fine_tune_epochs unfreezes its top layers); without, it trains
+    from scratch like any other layer.
+    """
+    inputs, x = pixels(image_size, resize, rescale=False)
+    x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
+    side = resize or image_size
+    backbone = _backbone(application, side, weights)
+    backbone.name = BACKBONE
+    if weights:
+        backbone.trainable = False
+        x = backbone(x, training=False)
+    else:
+        x = backbone(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout, seed=seed)(x)
+    return keras.Model(inputs, head(x, num_classes), name=name)
+
+
+def _backbone(application: Callable[..., keras.Model], side: int, weights: str | None) -> keras.Model:
+    try:
+        return application(input_shape=(side, side, 3), include_top=False, weights=weights, include_preprocessing=True)
+    except Exception as error:  # keras.applications raises a bare Exception when the download fails
+        if weights == "imagenet" and "URL fetch failure" in str(error):
+            raise ConfigError(
+                "model.weights=imagenet: the ImageNet weights cannot be downloaded (offline?); "
+                "use model.weights=null or a local .weights.h5 file"
+            ) from None
+        raise
