@@ -71,7 +71,7 @@ def register_untrained(root: Path) -> None:
     """An untrained default-size model, registered as champion in root/mlflow.db."""
     from op_classifier import config
     from op_classifier.models.common import compile_model
-from op_classifier.models.seed_cnn import build_model
+    from op_classifier.models.seed_cnn import build_model
     from op_classifier.tracking import MlflowTracker
 
     cfg = config.validate(config.compose((f"tracking.uri=sqlite:///{root / 'mlflow.db'}",), conf_dir=root / "conf"))

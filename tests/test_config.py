@@ -58,7 +58,10 @@ def test_params_yaml_validates() -> None:
         ("data.val_fraction=1.5", "data.val_fraction: must be between 0 and 1"),
         ("data.classes=[A]", "data.classes: needs at least two classes"),
         ("model=nope", "model/nope"),
-        ("model.name=nope", "model.name: unknown architecture 'nope' \\(known: efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn\\)"),
+        (
+            "model.name=nope",
+            "model.name: unknown architecture 'nope' \\(known: efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn\\)",
+        ),
         ("model.widths=[8]", "model.widths: unknown key"),
         ("train.optimizer=sgd", "train.optimizer: must be adam or adamw"),
         ("train.warmup_epochs=60", "train.warmup_epochs: must be between 0 and 59"),  # a key of another architecture
@@ -167,7 +170,10 @@ def test_a_tuner_chosen_on_the_command_line_beats_the_preset() -> None:
         ("data.val_fraction=1.5", "data.val_fraction: must be between 0 and 1 (exclusive), got 1.5"),
         ("data.foo=1", "data.foo: unknown key"),
         ("tuner=nope", "In 'config': Could not find 'tuner/nope' (available: bayesian, hyperband, none, random)"),
-        ("model.name=nope", "model.name: unknown architecture 'nope' (known: efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn)"),
+        (
+            "model.name=nope",
+            "model.name: unknown architecture 'nope' (known: efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn)",
+        ),
     ],
 )
 def test_dvc_composition_refuses_a_bad_value_before_writing(tmp_path: Path, override: str, message: str) -> None:
