@@ -17,34 +17,60 @@ import keras
 import numpy as np
 
 from op_classifier import config, hparams, progress, state
+from op_classifier.backend import set_random_seed
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.model import build_model, compile_model
 from op_classifier.runner import stage_main
+from op_classifier.stream import split_stream
 from op_classifier.tracking import Tracker, flatten, git_commit, make_tracker
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "train")
 RUN_ID_FILE = "mlflow_run_id"  # in paths.checkpoints: the MLflow run a killed training continues
 HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags of native bfloat16 arithmetic
 
 
-def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, bool]:
-    """(scope to build the model in, device description, mixed precision on?) from train.device."""
+def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, str]:
+    """(scope to build the model in, device description, Keras dtype policy set) from train.device."""
     gpus = _gpus()
     if cfg.device == "gpu" and not gpus:
         raise OpClassifierError("train.device=gpu but no GPU is visible (check the CUDA install: make GPU=1)")
     if cfg.device == "cpu":
         gpus = _hide_gpus()
-    mixed = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and bool(gpus))
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    policy = precision_policy(cfg.mixed_precision, gpu=bool(gpus), native_bf16=cpu_has_native_bf16())
+    keras.mixed_precision.set_global_policy(policy)
     if len(gpus) > 1 and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.distribute.MirroredStrategy().scope(), f"{len(gpus)} GPUs (MirroredStrategy)", mixed
-    return contextlib.nullcontext(), ("GPU" if gpus else "CPU"), mixed
+        return tf.distribute.MirroredStrategy().scope(), f"{len(gpus)} GPUs (MirroredStrategy)", policy
+    return contextlib.nullcontext(), ("GPU" if gpus else "CPU"), policy
+
+
+def precision_policy(setting: str, gpu: bool, native_bf16: bool) -> str:
+    """The Keras dtype policy for train.mixed_precision (auto, on, off) on this device.
+
+    GPUs compute float16 fast. On a CPU, mixed precision means bfloat16, and `auto` takes it only where
+    the CPU computes bfloat16 natively: emulated, it trained slower than float32 (docs/decisions.md).
+    """
+    if setting == "off":
+        return "float32"
+    if gpu:
+        return "mixed_float16"
+    return "mixed_bfloat16" if setting == "on" or native_bf16 else "float32"
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """The CPU's flags list native bfloat16 arithmetic (AVX512_BF16 or AMX_BF16); False where unknown."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: no flags to read, so no claim of bfloat16 hardware
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool(BF16_FLAGS & set(flags))
 
 
 def _gpus() -> list[Any]:
@@ -184,14 +210,14 @@ def export_saved_model(model: keras.Model, path: Path) -> str:
 def fit(cfg: Config, model: keras.Model, tracker: Tracker) -> dict:
     """Train (resuming a killed run whose checkpoint matches this config); summary of the training."""
     prepared = Path(cfg.paths.prepared)
-    train, val = load_split(prepared, "train"), load_split(prepared, "val")
+    train = split_stream(prepared, "train", cfg.train.batch_size, seed=cfg.seed)
+    val = split_stream(prepared, "val", cfg.train.batch_size)
     resuming = (Path(cfg.paths.checkpoints) / "backup").exists()
     history = model.fit(
-        np.asarray(train.images),
-        train.labels,
-        validation_data=(np.asarray(val.images), val.labels),
+        train,
+        validation_data=val,
         epochs=cfg.train.epochs,
-        batch_size=cfg.train.batch_size,
+        shuffle=False,  # the stream shuffles each epoch itself, from the seed
         callbacks=callbacks(cfg, tracker),
         verbose=2,
     )
@@ -200,15 +226,15 @@ def fit(cfg: Config, model: keras.Model, tracker: Tracker) -> dict:
 
 def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
     """The compiled model from config plus tuned values, on the configured device; params describing it."""
-    scope, device, mixed = pick_device(cfg.train)
+    scope, device, policy = pick_device(cfg.train)
     args, learning_rate = hparams.final_args(cfg.model, cfg.train, tuned)
-    keras.utils.set_random_seed(cfg.seed)
+    set_random_seed(cfg.seed)
     with scope:
         model = build_model(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
         compile_model(model, learning_rate, classes)
     return model, {
         "device": device,
-        "mixed_precision": mixed,
+        "precision_policy": policy,  # what train.mixed_precision chose on this machine
         "learning_rate_used": learning_rate,
         "classes": json.dumps(classes),
         **{f"tuned.{k}": v for k, v in tuned.items()},
