@@ -31,7 +31,6 @@ from op_classifier.tracking import Tracker, flatten, git_commit, make_tracker
 PARAMS = ("seed", "data.image_size", "model", "train")
 RUN_ID_FILE = "mlflow_run_id"  # in paths.checkpoints: the MLflow run a killed training continues
 HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags of native bfloat16 arithmetic
 
 
 def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, str]:
@@ -41,7 +40,7 @@ def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, str]:
         raise OpClassifierError("train.device=gpu but no GPU is visible (check the CUDA install: make GPU=1)")
     if cfg.device == "cpu":
         gpus = _hide_gpus()
-    policy = precision_policy(cfg.mixed_precision, gpu=bool(gpus), native_bf16=cpu_has_native_bf16())
+    policy = precision_policy(cfg.mixed_precision, gpu=bool(gpus))
     keras.mixed_precision.set_global_policy(policy)
     if len(gpus) > 1 and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -50,27 +49,17 @@ def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, str]:
     return contextlib.nullcontext(), ("GPU" if gpus else "CPU"), policy
 
 
-def precision_policy(setting: str, gpu: bool, native_bf16: bool) -> str:
+def precision_policy(setting: str, gpu: bool) -> str:
     """The Keras dtype policy for train.mixed_precision (auto, on, off) on this device.
 
-    GPUs compute float16 fast. On a CPU, mixed precision means bfloat16, and `auto` takes it only where
-    the CPU computes bfloat16 natively: emulated, it trained slower than float32 (docs/decisions.md).
+    GPUs compute float16 fast. On a CPU, mixed precision means bfloat16, and `auto` keeps float32: on
+    the CPUs we measured, bfloat16 trained slower and no better (docs/decisions.md, benchmarks/precision.py).
     """
     if setting == "off":
         return "float32"
     if gpu:
         return "mixed_float16"
-    return "mixed_bfloat16" if setting == "on" or native_bf16 else "float32"
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """The CPU's flags list native bfloat16 arithmetic (AVX512_BF16 or AMX_BF16); False where unknown."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:  # not Linux: no flags to read, so no claim of bfloat16 hardware
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return bool(BF16_FLAGS & set(flags))
+    return "mixed_bfloat16" if setting == "on" else "float32"
 
 
 def _gpus() -> list[Any]:
