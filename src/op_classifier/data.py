@@ -63,6 +63,18 @@ def dvc_hash(raw: Path) -> str | None:
     return None
 
 
+def load_labels(prepared: Path, split: str) -> np.ndarray:
+    """One split's multi-hot labels (N x C, small enough to hold), after checking its images exist."""
+    folder = prepared / split
+    for name in ("images.npy", "labels.npy"):
+        if not (folder / name).is_file():
+            raise _missing(folder / name)
+    labels = np.load(folder / "labels.npy")
+    if len(labels) == 0:
+        raise DataError(f"{folder} holds no images: check the prepare stage's manifest")
+    return labels
+
+
 def load_split(prepared: Path, split: str) -> Split:
     """One split, its images memory-mapped so a large set need not fit in memory."""
     folder = prepared / split

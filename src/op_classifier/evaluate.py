@@ -17,17 +17,18 @@ from op_classifier.config import Config, ConfigError
 from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label
 from op_classifier.errors import DataError
 from op_classifier.runner import stage_main
+from op_classifier.stream import image_stream
 from op_classifier.tracking import flatten, make_tracker
 
 THRESHOLD = 0.5
 
 
-def predict(model: keras.Model, split: Split, batch_size: int = 64, desc: str = "evaluate") -> np.ndarray:
-    """Per-class probabilities for every image of a split (a bar on a terminal)."""
-    images = np.asarray(split.images)
-    with progress.bar(len(images), desc) as bar:
+def predict(model: keras.Model, prepared: Path, split: str, batch_size: int = 64, desc: str = "evaluate") -> np.ndarray:
+    """Per-class probabilities for every image of a split, streamed from disk (a bar on a terminal)."""
+    images = image_stream(prepared, split, batch_size)
+    with progress.bar(len(images.rows), desc) as bar:
         callback = progress.keras_callback(bar, batch_size)
-        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0, callbacks=[callback]))
+        return np.asarray(model.predict(images, verbose=0, callbacks=[callback]))
 
 
 def top1(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -83,7 +84,8 @@ def evaluate(
 ) -> tuple[dict[str, Any], dict[str, Split], dict[str, np.ndarray]]:
     """All metrics on val and test; also both splits and their predictions."""
     val, test = load_split(prepared, "val"), load_split(prepared, "test")
-    val_probs, test_probs = predict(model, val, desc="evaluate val"), predict(model, test, desc="evaluate test")
+    val_probs = predict(model, prepared, "val", desc="evaluate val")
+    test_probs = predict(model, prepared, "test", desc="evaluate test")
     both = np.concatenate([val.labels, test.labels]), np.concatenate([val_probs, test_probs])
     metrics = {
         "val_accuracy": top1(val.labels, val_probs),

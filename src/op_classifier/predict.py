@@ -297,8 +297,9 @@ def _predict_chunk(classifier: Classifier, chunk: list[Result | tuple[str, np.nd
 
 def _probabilities(model: Any, images: list[np.ndarray]) -> list[list[float]]:
     """Per-class probabilities of one batch, rounded to 6 decimals (float32 holds no more)."""
-    # One graph call per batch: model.predict() would also build a data pipeline on every call.
-    output = np.asarray(model.predict_on_batch(np.stack(images).astype(np.float32)), dtype=np.float64)
+    # One graph call per batch: model.predict() would also build a data pipeline on every call. The
+    # decoded uint8 pixels go in as they are: the model's float32 input casts them inside its graph.
+    output = np.asarray(model.predict_on_batch(np.stack(images)), dtype=np.float64)
     return np.round(output, 6).tolist()
 
 

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
+from op_classifier import arrays
 from op_classifier.config import Config, DataConfig
 from op_classifier.errors import DataError
 from op_classifier.images import ImageError, decode_image
@@ -329,8 +330,7 @@ def decode_all(
 ) -> tuple[list[str | None], list[str | None]]:
     """Decode every file over all cores into the staging array; return per-file sha256 and skip reason."""
     size = data.image_size
-    images = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    del images  # created; the workers write into it
+    arrays.create(staging, (len(paths), size, size, 3))  # the workers write their rows into it
     digests: list[str | None] = [None] * len(paths)
     reasons: list[str | None] = [None] * len(paths)
     if not paths:
@@ -347,15 +347,15 @@ def decode_all(
     return digests, reasons
 
 
-# Each worker's view of the staging array: writing rows there spares pickling every image to the parent.
-_staging: np.ndarray | None = None
+# Each worker's handle on the staging array: writing rows there spares pickling every image to the parent.
+_staging: arrays.RowFile | None = None
 
 
 def _start_worker(staging: str) -> None:
     global _staging
     # Ctrl-C is the parent's to handle; workers printing a traceback each would bury its message.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _staging = np.load(staging, mmap_mode="r+")
+    _staging = arrays.RowFile(Path(staging), writable=True)
 
 
 def _decode_file(job: tuple[int, str], size: int, max_pixels: int) -> tuple[int, str | None, str | None]:
@@ -367,7 +367,7 @@ def _decode_file(job: tuple[int, str], size: int, max_pixels: int) -> tuple[int,
         return index, None, f"cannot read file: {error.strerror or error}"
     digest = hashlib.sha256(data).hexdigest()
     try:
-        _staging[index] = decode_image(data, size, max_pixels)
+        _staging.write(index, decode_image(data, size, max_pixels)[None])
     except ImageError as error:
         return index, digest, str(error)
     return index, digest, None
@@ -496,20 +496,16 @@ def _round(x: float) -> int:
 
 def write_arrays(out: Path, staging: Path, kept: Kept, splits: Sequence[str], classes: Sequence[str]) -> None:
     """Write <split>/images.npy (copied in chunks from the staging array) and <split>/labels.npy."""
-    decoded = np.load(staging, mmap_mode="r")
-    for split in SPLITS:
-        members = [i for i, name in enumerate(splits) if name == split]
-        (out / split).mkdir()
-        images = np.lib.format.open_memmap(
-            out / split / "images.npy", mode="w+", dtype=np.uint8, shape=(len(members), *decoded.shape[1:])
-        )
-        for start in range(0, len(members), _COPY_ROWS):
-            rows = [kept.rows[i] for i in members[start : start + _COPY_ROWS]]
-            images[start : start + len(rows)] = decoded[rows]
-        images.flush()
-        del images
-        np.save(out / split / "labels.npy", multi_hot([kept.labels[i] for i in members], classes))
-    del decoded
+    with arrays.RowFile(staging) as decoded:
+        for split in SPLITS:
+            members = [i for i, name in enumerate(splits) if name == split]
+            (out / split).mkdir()
+            arrays.create(out / split / "images.npy", (len(members), *decoded.shape[1:]))
+            with arrays.RowFile(out / split / "images.npy", writable=True) as images:
+                for start in range(0, len(members), _COPY_ROWS):
+                    rows = [kept.rows[i] for i in members[start : start + _COPY_ROWS]]
+                    images.write(start, decoded.read(rows))
+            np.save(out / split / "labels.npy", multi_hot([kept.labels[i] for i in members], classes))
 
 
 def multi_hot(labels: Sequence[tuple[str, ...]], classes: Sequence[str]) -> np.ndarray:

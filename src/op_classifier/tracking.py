@@ -388,7 +388,7 @@ class MlflowTracker:
                     artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
                     signature=signature,
                     input_example=example,
-                    pip_requirements=_pip_requirements(),
+                    pip_requirements=pip_requirements(),
                 )
             )
         return f"runs:/{mlflow.active_run().info.run_id}/model"
@@ -728,10 +728,20 @@ def _champion(client: Any, name: str) -> dict[str, str] | None:
         return None
 
 
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
+# The distributions a logged model needs, by Keras backend: a JAX install has no `tensorflow`.
+BACKEND_REQUIREMENTS = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 
-    return [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "numpy")]
+
+def pip_requirements() -> list[str]:
+    """Pinned pip requirements of the logged model: Keras, numpy and the active backend's packages."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    backend = keras.backend.backend()
+    names = ("keras", *BACKEND_REQUIREMENTS.get(backend, ()), "numpy")
+    try:
+        return [f"{name}=={version(name)}" for name in names]
+    except PackageNotFoundError as error:
+        raise OpClassifierError(f"the {backend} backend's package {error} is not installed") from None
 
 
 def _metric_key(key: str) -> str:

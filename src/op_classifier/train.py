@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from op_classifier import config, hparams, progress, state
+from op_classifier.backend import set_random_seed
 from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
@@ -26,6 +27,7 @@ from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
+from op_classifier.stream import split_stream
 from op_classifier.tracking import Tracker, flatten, git_commit, make_tracker
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
@@ -36,20 +38,33 @@ BACKUP, FINE_BACKUP = "backup", "backup-fine"  # in paths.checkpoints: each phas
 PHASE_ONE_FILE = "phase-one.json"  # in paths.checkpoints: the head's phase ended after this many epochs
 
 
-def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, bool]:
-    """(scope to build the model in, device description, mixed precision on?) from train.device."""
+def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, str]:
+    """(scope to build the model in, device description, Keras dtype policy set) from train.device."""
     gpus = _gpus()
     if cfg.device == "gpu" and not gpus:
         raise OpClassifierError("train.device=gpu but no GPU is visible (check the CUDA install: make GPU=1)")
     if cfg.device == "cpu":
         gpus = _hide_gpus()
-    mixed = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and bool(gpus))
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    policy = precision_policy(cfg.mixed_precision, gpu=bool(gpus))
+    keras.mixed_precision.set_global_policy(policy)
     if len(gpus) > 1 and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.distribute.MirroredStrategy().scope(), f"{len(gpus)} GPUs (MirroredStrategy)", mixed
-    return contextlib.nullcontext(), ("GPU" if gpus else "CPU"), mixed
+        return tf.distribute.MirroredStrategy().scope(), f"{len(gpus)} GPUs (MirroredStrategy)", policy
+    return contextlib.nullcontext(), ("GPU" if gpus else "CPU"), policy
+
+
+def precision_policy(setting: str, gpu: bool) -> str:
+    """The Keras dtype policy for train.mixed_precision (auto, on, off) on this device.
+
+    GPUs compute float16 fast. On a CPU, mixed precision means bfloat16, and `auto` keeps float32: on
+    the CPUs we measured, bfloat16 trained slower and no better (docs/decisions.md, benchmarks/precision.py).
+    """
+    if setting == "off":
+        return "float32"
+    if gpu:
+        return "mixed_float16"
+    return "mixed_bfloat16" if setting == "on" else "float32"
 
 
 def _gpus() -> list[Any]:
@@ -208,10 +223,12 @@ def fit(cfg: Config, model: keras.Model, tracker: Tracker, classes: list[str], l
     """Train (resuming a killed run whose checkpoint matches this config), then fine-tune a pretrained
     backbone's top layers when train.fine_tune_epochs asks; summary of the training."""
     prepared = Path(cfg.paths.prepared)
-    train, val = load_split(prepared, "train"), load_split(prepared, "val")
     checkpoints = Path(cfg.paths.checkpoints)
     resuming = any((checkpoints / name).exists() for name in (BACKUP, FINE_BACKUP, PHASE_ONE_FILE))
-    data = {"x": np.asarray(train.images), "y": train.labels, "validation_data": (np.asarray(val.images), val.labels)}
+    data = {
+        "x": split_stream(prepared, "train", cfg.train.batch_size, seed=cfg.seed),
+        "validation_data": split_stream(prepared, "val", cfg.train.batch_size),
+    }
     phase_one = checkpoints / PHASE_ONE_FILE
     if phase_one.is_file():  # killed while fine-tuning: the head's phase is done, its result in the backup
         first = json.loads(phase_one.read_text(encoding="utf-8"))["epochs"]
@@ -234,7 +251,7 @@ def _fit(cfg: Config, model: keras.Model, tracker: Tracker, data: dict, backup: 
         **data,
         initial_epoch=start,
         epochs=end,
-        batch_size=cfg.train.batch_size,
+        shuffle=False,  # the stream shuffles each epoch itself, from the seed
         callbacks=callbacks(cfg, tracker, backup),
         verbose=2,
     )
@@ -268,16 +285,16 @@ def _compile(cfg: Config, model: keras.Model, classes: list[str], learning_rate:
 
 def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
     """The compiled model from config plus tuned values, on the configured device; params describing it."""
-    scope, device, mixed = pick_device(cfg.train)
+    scope, device, policy = pick_device(cfg.train)
     args, learning_rate = hparams.final_args(cfg.model, cfg.train, tuned)
-    keras.utils.set_random_seed(cfg.seed)
+    set_random_seed(cfg.seed)
     with scope:
         model = architecture(cfg.model.name).build(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
         steps = math.ceil(load_manifest(Path(cfg.paths.prepared))["counts"]["train"] / cfg.train.batch_size)
         _compile(cfg, model, classes, learning_rate, steps)
     return model, {
         "device": device,
-        "mixed_precision": mixed,
+        "precision_policy": policy,  # what train.mixed_precision chose on this machine
         "learning_rate_used": learning_rate,
         "classes": json.dumps(classes),
         **{f"tuned.{k}": v for k, v in tuned.items()},

@@ -11,16 +11,17 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
-import numpy as np
 
 from op_classifier import hparams, state
+from op_classifier.backend import set_random_seed
 from op_classifier.config import Config, ConfigError, TunerConfig, as_dict, run_name
-from op_classifier.data import data_hash, load_manifest, load_split
+from op_classifier.data import data_hash, load_manifest
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
+from op_classifier.stream import split_stream
 from op_classifier.tracking import Tracker, TrackingError, flatten, make_tracker
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
@@ -104,8 +105,9 @@ def _with_trial_runs(base: type, tracker: Tracker) -> type:
 def search(cfg: Config, tracker: Tracker, classes: list[str]) -> Any:
     """Run (or resume) the search; return the finished tuner."""
     prepared = Path(cfg.paths.prepared)
-    train, val = load_split(prepared, "train"), load_split(prepared, "val")
-    keras.utils.set_random_seed(cfg.seed)
+    train = split_stream(prepared, "train", cfg.tuner.batch_size, seed=cfg.seed)
+    val = split_stream(prepared, "val", cfg.tuner.batch_size)
+    set_random_seed(cfg.seed)
     fixed = {
         **hparams.model_args(cfg.model),
         "num_classes": len(classes),
@@ -124,11 +126,10 @@ def search(cfg: Config, tracker: Tracker, classes: list[str]) -> Any:
         monitor=cfg.tuner.objective, mode=cfg.tuner.direction, patience=cfg.tuner.patience
     )
     tuner.search(
-        np.asarray(train.images),
-        train.labels,
-        validation_data=(np.asarray(val.images), val.labels),
+        train,
+        validation_data=val,
         epochs=cfg.tuner.epochs,
-        batch_size=cfg.tuner.batch_size,
+        shuffle=False,  # the stream shuffles each epoch itself, from the seed
         callbacks=[stop, _FatalStoreErrors(tracker.epoch_callback())],
         verbose=2,
     )

@@ -1,0 +1,113 @@
+"""Backend-agnostic in fact: under KERAS_BACKEND=jax the stages run, log to MLflow and never import TensorFlow.
+
+Each check runs in a fresh Python (the backend is fixed when Keras is first imported) and ends by
+asserting that `tensorflow` is not in sys.modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytest.importorskip("jax")  # the test extra installs it; a bare install has only TensorFlow
+
+NO_TENSORFLOW = """
+import sys
+assert "tensorflow" not in sys.modules, "tensorflow was imported under KERAS_BACKEND=jax"
+print("NO_TENSORFLOW")
+"""
+
+
+def _run_under_jax(code: str, cwd: Path) -> str:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code) + NO_TENSORFLOW],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "NO_TENSORFLOW" in done.stdout
+    return done.stdout
+
+
+def test_stages_import_seed_stream_and_train_under_jax_without_tensorflow(tmp_path: Path) -> None:
+    """The fast smoke: every stage module imports, seeding and one streamed epoch work, requirements name jax."""
+    out = _run_under_jax(
+        f"""
+        import json
+        from pathlib import Path
+        import keras
+        import numpy as np
+        from op_classifier import evaluate, predict, prepare, train, tune
+        from op_classifier.backend import set_random_seed
+        from op_classifier.models.common import compile_model
+        from op_classifier.models.seed_cnn import build_model
+        from op_classifier.stream import ImageStream
+        from op_classifier.tracking import pip_requirements
+
+        assert keras.backend.backend() == "jax"
+        set_random_seed(1)
+        path = Path({str(tmp_path)!r}) / "images.npy"
+        np.save(path, np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
+        labels = np.eye(2, dtype=np.float32)[np.arange(12) % 2]
+        model = compile_model(build_model(2, 16, filters=(4,), units=8, seed=1), 1e-3, ["a", "b"])
+        model.fit(ImageStream(path, labels, batch_size=4, seed=1), epochs=1, shuffle=False, verbose=0)
+        probs = model.predict(ImageStream(path, None, batch_size=5), verbose=0)
+        assert probs.shape == (12, 2)
+        print(json.dumps(pip_requirements()))
+        """,
+        tmp_path,
+    )
+    requirements = json.loads(out.splitlines()[-2])
+    assert any(r.startswith("jax==") for r in requirements)
+    assert not any(r.startswith("tensorflow") for r in requirements)
+
+
+@pytest.mark.slow
+def test_the_tiny_pipeline_runs_and_logs_under_jax_without_tensorflow(tmp_path: Path) -> None:
+    """prepare, a Keras Tuner search, train, evaluate (MLflow on SQLite) and predict, all under JAX."""
+    subprocess.run(["cp", "-r", str(REPO / "conf"), str(tmp_path / "conf")], check=True)
+    out = _run_under_jax(
+        f"""
+        import json
+        from pathlib import Path
+        import mlflow
+        from op_classifier import config, evaluate, predict, prepare, sample, train, tune
+
+        root = Path({str(tmp_path)!r})
+        defaults = vars(config.validate(config.compose(())).paths)
+        paths = [f"paths.{{key}}={{root / value}}" for key, value in defaults.items()]
+        store = f"sqlite:///{{root / 'mlflow.db'}}"
+        cfg = config.validate(config.compose(("experiment=tiny", "tuner.max_trials=1", *paths, f"tracking.uri={{store}}")))
+        sample.generate(root / "data/raw", per_class=8, scenes=4)
+        prepare.run(cfg)
+        tuned = tune.run(cfg)
+        trained = train.run(cfg)
+        evaluated = evaluate.run(cfg)
+        results = predict.run([str(root / "data/raw/Luffy")], model=str(root / "experiments/model"), as_json=True)
+        client = mlflow.MlflowClient(store)
+        run = client.get_run(trained["run_id"])
+        requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{{run.info.run_id}}/model/requirements.txt", tracking_uri=store)).read_text()
+        print(json.dumps({{"trials": tuned["trials"], "saved_model": "saved_model" in trained, "val": evaluated["val_accuracy"],
+                          "predicted": len(results), "policy": run.data.params["precision_policy"],
+                          "logged_val": run.data.metrics.get("val_accuracy"), "requirements": requirements}}))
+        """,
+        tmp_path,
+    )
+    summary = json.loads(out.splitlines()[-2])
+    assert summary["trials"] == 1 and summary["predicted"] == 8
+    assert not summary["saved_model"]  # the SavedModel needs TensorFlow: skipped with a note
+    assert summary["policy"] == "float32"  # train.mixed_precision=auto on a CPU
+    assert summary["logged_val"] == summary["val"]
+    assert "jax==" in summary["requirements"] and "tensorflow" not in summary["requirements"]
