@@ -47,7 +47,7 @@ def cfg(work, *overrides):
 """
 
 PREPARE = """
-from op_classifier import prepare
+from op_classifier.stages import prepare
 c = cfg({work!r})
 started = time.perf_counter()
 summary = prepare.run(c)
@@ -78,7 +78,7 @@ print(json.dumps({{"seconds": round(seconds, 1), "peak_rss_mb": own}}))
 """
 
 TRAIN = """
-from op_classifier import train
+from op_classifier.stages import train
 from op_classifier.data import load_labels
 from op_classifier.tracking import make_tracker
 c = cfg({work!r}, "train.epochs=1")

@@ -26,7 +26,8 @@ import json, sys, time
 sys.path.insert(0, {src!r})
 from pathlib import Path
 import keras
-from op_classifier import config, train
+from op_classifier import config
+from op_classifier.stages import train
 from op_classifier.stream import split_stream
 
 root = Path({work!r})

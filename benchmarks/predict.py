@@ -94,7 +94,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, work: Path) -> None:
     """Time every path on generated photos; print the figures."""
-    from op_classifier import predict
+    from op_classifier.serving import predict
 
     model_dir = Path(args.model) if args.model else make_model(work)
     files = make_photos(work / "photos", args.images, tuple(int(side) for side in args.photo.split("x")))
@@ -128,8 +128,8 @@ def measure(args: argparse.Namespace, work: Path) -> None:
 
 def throughputs(classifier: Any, files: list[str], ready: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
     """Images/s: the CLI path, decoding alone, and the model alone on ready arrays."""
-    from op_classifier import predict
     from op_classifier.images import load_image
+    from op_classifier.serving import predict
 
     model, n = classifier.model, len(files)
 
@@ -155,7 +155,7 @@ def throughputs(classifier: Any, files: list[str], ready: np.ndarray, batch: int
 
 def latencies(classifier: Any, file: str, one: np.ndarray) -> dict[str, float]:
     """Milliseconds for one image: the CLI path on a file, the model alone on a ready array."""
-    from op_classifier import predict
+    from op_classifier.serving import predict
 
     model = classifier.model
     return {

@@ -72,7 +72,7 @@ def register_untrained(root: Path) -> None:
     from op_classifier import config
     from op_classifier.models.common import compile_model
     from op_classifier.models.seed_cnn import build_model
-    from op_classifier.tracking import MlflowTracker
+    from op_classifier.tracking.runs import MlflowTracker
 
     cfg = config.validate(config.compose((f"tracking.uri=sqlite:///{root / 'mlflow.db'}",), conf_dir=root / "conf"))
     model = compile_model(build_model(4, SIZE, resize=96, seed=0), 1e-3, ["Luffy", "Nami", "Sanji", "Zoro"])
@@ -106,9 +106,10 @@ def photo_jpeg(size: tuple[int, int]) -> bytes:
 
 def server_work(pyfunc: Any) -> tuple[Any, Callable[[bytes], object]]:
     """The served model as the server holds it, and what the server does with a request body minus HTTP."""
-    from op_classifier import serve, tracking
+    from op_classifier.serving import serve
+    from op_classifier.tracking import served as serving_model
 
-    served = tracking.ServedModel(pyfunc, (SIZE, SIZE, 3))
+    served = serving_model.ServedModel(pyfunc, (SIZE, SIZE, 3))
 
     def work(body: bytes) -> object:
         status, answer = serve.score(served, body)
@@ -122,8 +123,9 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
     """The steps of a request, each alone."""
     import orjson
 
-    from op_classifier import serve, tracking
     from op_classifier.images import decode_image
+    from op_classifier.serving import serve
+    from op_classifier.tracking import served as serving_model
 
     nested = orjson.loads(pixels_body)["instances"]
     array = np.asarray(nested)
@@ -131,7 +133,7 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
     image = decode_image(jpeg, SIZE, serve.MAX_PIXELS)[None]
     return [
         ("pixels: serve.pixel_array (the server's)", lambda: serve.pixel_array(pixels_body, served.shape)),
-        ("pixels: checks (dtype, NaN, range)", lambda: tracking._checked_pixels(array, served.shape)),
+        ("pixels: checks (dtype, NaN, range)", lambda: serving_model._checked_pixels(array, served.shape)),
         ("pixels, general path: serve.scan_json", lambda: serve.scan_json(pixels_body)),
         ("pixels, general path: orjson.loads", lambda: orjson.loads(pixels_body)),
         ("pixels, general path: np.asarray(lists)", lambda: np.asarray(nested)),

@@ -49,12 +49,13 @@ def test_stages_import_seed_stream_and_train_under_jax_without_tensorflow(tmp_pa
         from pathlib import Path
         import keras
         import numpy as np
-        from op_classifier import evaluate, predict, prepare, train, tune
+        from op_classifier.serving import predict
+        from op_classifier.stages import evaluate, prepare, train, tune
         from op_classifier.backend import set_random_seed
         from op_classifier.models.common import compile_model
         from op_classifier.models.seed_cnn import build_model
         from op_classifier.stream import ImageStream
-        from op_classifier.tracking import pip_requirements
+        from op_classifier.tracking.runs import pip_requirements
 
         assert keras.backend.backend() == "jax"
         set_random_seed(1)
@@ -83,7 +84,9 @@ def test_the_tiny_pipeline_runs_and_logs_under_jax_without_tensorflow(tmp_path: 
         import json
         from pathlib import Path
         import mlflow
-        from op_classifier import config, evaluate, predict, prepare, sample, train, tune
+        from op_classifier import config, sample
+        from op_classifier.serving import predict
+        from op_classifier.stages import evaluate, prepare, train, tune
 
         root = Path({str(tmp_path)!r})
         defaults = vars(config.validate(config.compose(())).paths)

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from op_classifier import evaluate, hparams, models, prepare, sample, train, tune
+from op_classifier import hparams, models, sample
 from op_classifier.config import Config, ConfigError
 from op_classifier.errors import DataError
 from op_classifier.metric_names import metric_names
 from op_classifier.models.common import metrics
+from op_classifier.stages import evaluate, prepare, train, tune
 from op_classifier.tracking import TrackingError
 from tests.conftest import REPO, compose, free_port
 

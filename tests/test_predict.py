@@ -173,7 +173,7 @@ def test_image_suffixes_cover_every_format_predict_decodes() -> None:
     from PIL import Image
 
     from op_classifier import images as image_module
-    from op_classifier.predict import IMAGE_SUFFIXES
+    from op_classifier.serving.predict import IMAGE_SUFFIXES
 
     Image.init()
     decoded = set(image_module._formats())
@@ -253,7 +253,8 @@ def test_champion_from_the_mlflow_registry(
     """models:/op-classifier@champion from the project's store (its mlflow.db, found from the cwd)."""
     import keras
 
-    from op_classifier.tracking import MlflowTracker, flatten
+    from op_classifier.tracking import flatten
+    from op_classifier.tracking.runs import MlflowTracker
 
     monkeypatch.chdir(tmp_path)
     tracker = MlflowTracker(compose(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}").tracking)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from op_classifier import config, prepare
+from op_classifier import config
 from op_classifier.errors import DataError
+from op_classifier.stages import prepare
 from tests.conftest import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
@@ -479,7 +480,7 @@ def test_dvc_entry_point_reads_params_yaml(raw: Path, tmp_path: Path) -> None:
     write_dataset(raw)
     overrides = (f"paths.raw={raw}", f"paths.prepared={tmp_path / 'prepared'}", f"data.image_size={SIZE}")
     (tmp_path / "params.yaml").write_text(config.to_yaml(config.compose(overrides, conf_dir=REPO / "conf")))
-    command = [sys.executable, "-m", "op_classifier.prepare"]
+    command = [sys.executable, "-m", "op_classifier.stages.prepare"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["train"] > 0

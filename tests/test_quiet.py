@@ -66,8 +66,8 @@ def test_quiet_defaults_are_set_and_verbose_takes_them_away_in_children_too() ->
 
 
 def test_a_dvc_stage_says_only_its_own_line_unless_op_classifier_verbose(tmp_path: Path) -> None:
-    """`python -m op_classifier.evaluate` imports TensorFlow at its top; here it then stops: no params.yaml."""
-    command = [sys.executable, "-m", "op_classifier.evaluate"]
+    """`python -m op_classifier.stages.evaluate` imports TensorFlow at its top; here it then stops: no params.yaml."""
+    command = [sys.executable, "-m", "op_classifier.stages.evaluate"]
     env = {k: v for k, v in os.environ.items() if k not in (quiet.VERBOSE_ENV, quiet.SET_MARK, *quiet.QUIET_ENV)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)

@@ -24,11 +24,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from op_classifier import cli, tracking
+from op_classifier import cli
 from op_classifier.images import load_image
 from op_classifier.models.common import compile_model
 from op_classifier.models.seed_cnn import build_model
-from op_classifier.tracking import MlflowTracker
+from op_classifier.tracking import served as serving_model
+from op_classifier.tracking.runs import MlflowTracker
 from tests.conftest import REPO, compose, free_port
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
@@ -477,7 +478,7 @@ def test_taken_port_or_unknown_alias_is_a_one_line_error(
     def no_load(*args: object) -> None:  # a passing check must not turn this test process into a server
         raise AssertionError("serve got past its checks")
 
-    monkeypatch.setattr(tracking, "served_model", no_load)
+    monkeypatch.setattr(serving_model, "served_model", no_load)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(champion[0])
     port = server.rsplit(":", 1)[1]
@@ -520,7 +521,7 @@ def test_max_body_mb_defaults_to_16() -> None:
 def test_the_json_scan_counts_nesting_and_finds_booleans_outside_strings(
     body: bytes, depth: int, has_bool: bool
 ) -> None:
-    from op_classifier.serve import scan_json
+    from op_classifier.serving.serve import scan_json
 
     assert scan_json(body) == (depth, has_bool)
 
@@ -536,7 +537,7 @@ def _pixel_body(images: np.ndarray, key: str = "instances", **dumps: Any) -> byt
     "shape", [(2, SIZE, SIZE, 3), (1, 1, 1, 1), (3, 2, 5, 3)], ids=["two images", "one pixel", "3x2x5"]
 )
 def test_the_fast_pixel_reader_reads_what_json_and_numpy_read(shape: tuple[int, ...], dumps: dict) -> None:
-    from op_classifier.serve import pixel_array
+    from op_classifier.serving.serve import pixel_array
 
     images = np.random.default_rng(0).integers(0, 256, shape)
     images.flat[: min(images.size, 6)] = [0, 9, 10, 99, 100, 255][: min(images.size, 6)]
@@ -580,7 +581,7 @@ GOOD = json.dumps({"instances": np.ones((1, 2, 2, 3), int).tolist()})
     ],
 )
 def test_the_fast_pixel_reader_leaves_anything_else_to_the_general_path(body: str) -> None:
-    from op_classifier.serve import pixel_array
+    from op_classifier.serving.serve import pixel_array
 
     assert pixel_array(GOOD.encode(), (2, 2, 3)) is not None
     assert pixel_array(body.encode(), (2, 2, 3)) is None
@@ -590,7 +591,7 @@ def test_the_fast_pixel_reader_never_reads_what_json_would_not() -> None:
     """Random edits of small bodies: pixel_array reads exactly json.loads' array, or nothing."""
     import random
 
-    from op_classifier.serve import pixel_array
+    from op_classifier.serving.serve import pixel_array
 
     rng, alphabet = random.Random(0), b'0123456789[], \n-.e"{}:'
     for _ in range(3000):
@@ -610,7 +611,7 @@ def test_the_fast_pixel_reader_never_reads_what_json_would_not() -> None:
 def test_the_serving_function_is_the_keras_model_chunk_by_chunk(champion: tuple) -> None:
     _, images, expected, model = champion
     batch = np.concatenate([images] * 3).astype(np.uint8)  # 6 images in chunks of 4: two calls
-    forward = tracking.serving_function(model, (SIZE, SIZE, 3), chunk=4)
+    forward = serving_model.serving_function(model, (SIZE, SIZE, 3), chunk=4)
     out = forward(batch)
     assert out.dtype == np.float32 and out.shape == (6, 4)
     np.testing.assert_allclose(out, np.concatenate([expected] * 3), atol=1e-5)
@@ -625,6 +626,6 @@ def test_a_pyfunc_of_another_kind_is_served_through_its_own_predict() -> None:
             assert images.dtype == np.float32
             return images.mean(axis=(1, 2, 3))[:, None]
 
-    served = tracking.ServedModel(Other(), (2, 2, 3))
+    served = serving_model.ServedModel(Other(), (2, 2, 3))
     np.testing.assert_allclose(served.predict_images(np.full((2, 2, 2, 3), 6, np.uint8)), [[6.0], [6.0]])
     np.testing.assert_allclose(served.predict(np.full((1, 2, 2, 3), 3).tolist()), [[3.0]])

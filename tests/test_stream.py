@@ -11,8 +11,8 @@ import pytest
 from op_classifier import arrays
 from op_classifier.errors import DataError
 from op_classifier.models.seed_cnn import build_model
+from op_classifier.stages.train import precision_policy
 from op_classifier.stream import ImageStream
-from op_classifier.train import precision_policy
 
 
 def _images(n: int, size: int = 4) -> np.ndarray:

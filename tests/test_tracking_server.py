@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from op_classifier import tracking_server
+from op_classifier.tracking import server as tracking_server
 from tests.conftest import REPO, free_port, run_in
 
 CLI = str(Path(sys.executable).parent / "op-classifier")

@@ -14,10 +14,10 @@ from op_classifier.runner import guarded, report
 
 # Stage name -> module with `run(cfg) -> dict`; imported only when asked for (TensorFlow is slow).
 STAGES = {
-    "prepare": "op_classifier.prepare",
-    "tune": "op_classifier.tune",
-    "train": "op_classifier.train",
-    "evaluate": "op_classifier.evaluate",
+    "prepare": "op_classifier.stages.prepare",
+    "tune": "op_classifier.stages.tune",
+    "train": "op_classifier.stages.train",
+    "evaluate": "op_classifier.stages.evaluate",
 }
 
 
@@ -45,7 +45,7 @@ def _stage(name: str, overrides: Sequence[str]) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from op_classifier import predict
+    from op_classifier.serving import predict
 
     predict.run(
         args.paths,
@@ -58,7 +58,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from op_classifier import serve
+    from op_classifier.serving import serve
 
     serve.run(args.model, host=args.host, port=args.port, max_body_mb=args.max_body_mb, overrides=args.overrides)
 
@@ -67,11 +67,12 @@ def _ui(args: argparse.Namespace) -> None:
     import os
 
     from op_classifier import tracking
+    from op_classifier.tracking.store import runs_table_link
 
     cfg = config.validate(config.compose(tuple(args.overrides)))
     store = tracking.tracking_uri(cfg.tracking)
     print(
-        f"runs of {store}, compared: {tracking.runs_table_link(cfg.tracking, f'http://{args.host}:{args.port}')}",
+        f"runs of {store}, compared: {runs_table_link(cfg.tracking, f'http://{args.host}:{args.port}')}",
         flush=True,
     )
     argv = [
@@ -92,7 +93,7 @@ def _ui(args: argparse.Namespace) -> None:
 
 
 def _tracking_server(args: argparse.Namespace) -> None:
-    from op_classifier import tracking_server
+    from op_classifier.tracking import server as tracking_server
 
     folder = Path(args.dir)
     if args.action == "start":
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--scenes", type=int, help="multi-character scenes (default: per-class / 2)")
     smp.add_argument("--seed", type=int, help="random seed (default: the one data.dvc was made with)")
 
-    # predict: class probabilities of image files (src/op_classifier/predict.py)
+    # predict: class probabilities of image files (src/op_classifier/serving/predict.py)
     pred = sub.add_parser(
         "predict", parents=[common], help="class probabilities of images: files, folders, quoted globs"
     )
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report to this file")
     pred.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
 
-    # serve: the champion model over REST (src/op_classifier/serve.py)
+    # serve: the champion model over REST (src/op_classifier/serving/serve.py)
     ui = sub.add_parser(
         "ui", parents=[common], help="the MLflow UI over this project's store; prints the link to the runs table"
     )
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # = serve.MAX_BODY_MB
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
-    # tracking-server: mlflow server on PostgreSQL for a team (src/op_classifier/tracking_server.py)
+    # tracking-server: mlflow server on PostgreSQL for a team (src/op_classifier/tracking/server.py)
     ts = sub.add_parser(
         "tracking-server",
         parents=[common],

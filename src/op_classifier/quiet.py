@@ -23,7 +23,7 @@ Also off: MLflow's INFO lines (MLFLOW_LOGGING_LEVEL=WARNING; its warnings stay) 
 is no terminal, MLflow's artifact download bar (our bars, like prepare's, draw only on a terminal).
 
 `configure()` runs when the package is imported (op_classifier/__init__.py): the DVC stages
-(`python -m op_classifier.train`) import TensorFlow at the top of their modules, before any
+(`python -m op_classifier.stages.train`) import TensorFlow at the top of their modules, before any
 main() could run. It only sets defaults (a variable the user set wins; the ones it set are named
 in OP_CLASSIFIER_QUIET_SET for child processes) and arms the filter for the first
 `import tensorflow`; `op-classifier --verbose` undoes both before TensorFlow is loaded.

@@ -2,6 +2,10 @@
 
 An architecture is one module here, `models/<name>.py`, registering its typed parameters and its
 builder with `@register`, plus one `conf/model/<name>.yaml`. Nothing else names it.
+
+Architecture modules import Keras inside their builders, never at the top: every composition
+(`op-classifier compose`, `dvc exp run -S`, each stage's start) imports the chosen module for its
+schema, and Keras with TensorFlow would make that 6 s instead of 0.5 s (docs/decisions.md).
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import keras
+from typing import TYPE_CHECKING
 
 from op_classifier.models import pretrained, register
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
@@ -28,7 +30,7 @@ def build_model(
 ) -> keras.Model:
     """EfficientNetV2B0 under global pooling, dropout and one sigmoid per class; raw 0..255 pixels in."""
     return pretrained.build(
-        keras.applications.EfficientNetV2B0,
+        "EfficientNetV2B0",  # resolved in keras.applications when built
         "efficientnet_v2_b0",
         num_classes,
         image_size,

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional
 
-import keras
-from keras import layers
 from omegaconf import MISSING
 
 from op_classifier import config
 from op_classifier.config import ConfigError, ModelBase, Rule
-from op_classifier.models.common import augmentation, head, pixels
+
+if TYPE_CHECKING:
+    import keras
 
 BACKBONE = "backbone"  # the layer name train's fine-tuning phase looks for
 MIN_SIDE = 32  # the smallest input keras.applications' backbones accept
@@ -49,7 +49,7 @@ class Pretrained(ModelBase):
 
 
 def build(
-    application: Callable[..., keras.Model],
+    application: str,
     name: str,
     num_classes: int,
     image_size: int,
@@ -67,10 +67,15 @@ def build(
     ImageNet's, kept even when train.fine_tune_epochs unfreezes its top layers); without, it trains
     from scratch like any other layer.
     """
+    import keras
+    from keras import layers
+
+    from op_classifier.models.common import augmentation, head, pixels
+
     inputs, x = pixels(image_size, resize, rescale=False)
     x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
     side = resize or image_size
-    backbone = _backbone(application, side, weights)
+    backbone = _backbone(getattr(keras.applications, application), side, weights)
     backbone.name = BACKBONE
     if weights:
         backbone.trainable = False

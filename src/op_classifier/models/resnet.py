@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional
 
-import keras
-from keras import layers
 from omegaconf import MISSING
 
 from op_classifier import config
 from op_classifier.config import AT_LEAST_1, ModelBase, Range, Rule
 from op_classifier.models import register
-from op_classifier.models.common import augmentation, head, pixels
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
@@ -49,12 +49,16 @@ class ResNet(ModelBase):
 
 def conv_bn(x: keras.KerasTensor, width: int, momentum: float, stride: int = 1, kernel: int = 3) -> keras.KerasTensor:
     """Convolution without bias, then BatchNorm (the residual add comes before the activation)."""
+    from keras import layers
+
     x = layers.Conv2D(width, kernel, strides=stride, padding="same", use_bias=False)(x)
     return layers.BatchNormalization(momentum=momentum)(x)
 
 
 def residual_block(x: keras.KerasTensor, width: int, stride: int, momentum: float) -> keras.KerasTensor:
     """Two 3x3 convolutions plus a shortcut (1x1 projection when the shape changes)."""
+    from keras import layers
+
     shortcut = x
     y = layers.Activation("relu")(conv_bn(x, width, momentum, stride))
     y = conv_bn(y, width, momentum)
@@ -79,6 +83,11 @@ def build_model(
     seed: int | None = None,
 ) -> keras.Model:
     """Stem, one stage per width (each halves the side), global average pooling, dropout, sigmoid head."""
+    import keras
+    from keras import layers
+
+    from op_classifier.models.common import augmentation, head, pixels
+
     inputs, x = pixels(image_size, resize)
     x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
     x = layers.Activation("relu")(conv_bn(x, widths[0], bn_momentum, stem_stride))

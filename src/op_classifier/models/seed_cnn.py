@@ -5,16 +5,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional
 
-import keras
-from keras import layers
 from omegaconf import MISSING
 
 from op_classifier import config
 from op_classifier.config import AT_LEAST_1, ModelBase, Rule
 from op_classifier.models import register
-from op_classifier.models.common import augmentation, head, pixels
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
@@ -67,6 +67,11 @@ def build_model(
     With `resize`, the model first scales its input down to resize x resize: the served contract
     (image_size pixels) stays, the convolutions cost (resize / image_size)^2 as much.
     """
+    import keras
+    from keras import layers
+
+    from op_classifier.models.common import augmentation, head, pixels
+
     inputs, x = pixels(image_size, resize)
     x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
     for i, width in enumerate(filters):

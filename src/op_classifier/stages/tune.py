@@ -232,7 +232,7 @@ def run(cfg: Config) -> dict:
 
 
 def main() -> None:
-    """DVC entry point: `python -m op_classifier.tune`."""
+    """DVC entry point: `python -m op_classifier.stages.tune`."""
     stage_main(run)
 
 

@@ -169,7 +169,7 @@ def _champion_score(flat: dict[str, Any], metric: str) -> float:
 
 
 def main() -> None:
-    """DVC entry point: `python -m op_classifier.evaluate`."""
+    """DVC entry point: `python -m op_classifier.stages.evaluate`."""
     stage_main(run)
 
 

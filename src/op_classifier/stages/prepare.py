@@ -129,7 +129,7 @@ def prepare_into(out: Path, raw: Path, inventory: Inventory, cfg: Config) -> dic
 
 
 def main() -> None:
-    """DVC stage entry point: `python -m op_classifier.prepare` with params.yaml."""
+    """DVC stage entry point: `python -m op_classifier.stages.prepare` with params.yaml."""
     from op_classifier.runner import stage_main
 
     stage_main(run)

@@ -27,7 +27,7 @@ message of at most MESSAGE_MAX characters that never quotes the request:
        More b64 images in one request than max_images (8 times the limit as decoded pixels)
   415  a Content-Type other than application/json (missing included), or a charset other than UTF-8
 
-This module imports neither MLflow nor TensorFlow: tracking.served_model loads the model when serving starts.
+This module imports neither MLflow nor TensorFlow: tracking/served.py loads the model when serving starts.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Served(Protocol):
-    """What the app serves (tracking.ServedModel): probabilities of pixel arrays or of decoded images."""
+    """What the app serves (tracking.served.ServedModel): probabilities of pixel arrays or of decoded images."""
 
     shape: tuple[int, ...]  # of one image, (S, S, 3)
 
@@ -103,13 +103,13 @@ def default_model(cfg: config.Config) -> str:
 
 def check_registered(model_uri: str, store: str, cfg: config.Config) -> str | None:
     """Fail in one line when a models:/<name>@<alias> URI points to nothing in the store; else its version."""
-    from op_classifier import tracking
+    from op_classifier.tracking.store import alias_version
 
     scheme, _, rest = model_uri.partition(":/")
     name, _, alias = rest.strip("/").partition("@")
     if scheme != "models" or not alias:
         return None  # other URIs (versions, runs:/, paths): loading the model reports those
-    version = tracking.alias_version(store, name, alias)
+    version = alias_version(store, name, alias)
     if version is not None:
         return str(version)
     if alias == CHAMPION and name == cfg.tracking.model_name:
@@ -601,7 +601,7 @@ def _score(served: Served, body: bytes, tf_serving: bool, most: int, max_pixels:
         probabilities = served.predict(instances) if images is None else served.predict_images(images)
     except BadRequest as refused:
         return refused.status, error_body(refused.status, str(refused))
-    except DataError as bad:  # the pixel checks of tracking.ServedModel.predict
+    except DataError as bad:  # the pixel checks of tracking.served.ServedModel.predict
         return 400, error_body(400, str(bad))
     except Exception as error:  # the model itself failed: logged whole, answered short
         log.exception("prediction failed")
@@ -676,6 +676,7 @@ def run(
     import uvicorn
 
     from op_classifier import tracking
+    from op_classifier.tracking.served import served_model
 
     cfg = config.validate(config.compose(tuple(overrides)))
     store = tracking.tracking_uri(cfg.tracking)
@@ -683,7 +684,7 @@ def run(
     version = check_registered(model_uri, store, cfg)
     name, version = served_name(model_uri, version, cfg)
     check_port(host, port)  # before the model's seconds of loading: a taken port fails at once
-    served = tracking.served_model(model_uri, store)
+    served = served_model(model_uri, store)
     sock = _bind(host, port)  # again: taken meanwhile is the same one-line error, not uvicorn's traceback
     max_body = int(max_body_mb * 2**20)
     print(

@@ -363,7 +363,7 @@ def _example(split: Split) -> np.ndarray:
 
 
 def main() -> None:
-    """DVC entry point: `python -m op_classifier.train`."""
+    """DVC entry point: `python -m op_classifier.stages.train`."""
     stage_main(run)
 
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from op_classifier.images import to_rgb
 
 if TYPE_CHECKING:  # predict imports this module: the type only, no import cycle at run time
-    from op_classifier.predict import Result
+    from op_classifier.serving.predict import Result
 
 
 def percent(fraction: float) -> str:

@@ -58,8 +58,8 @@ from op_classifier.config import PARAMS_FILE, ConfigError
 from op_classifier.data import RUN_FILE
 from op_classifier.errors import DataError, first_line
 from op_classifier.images import ImageError, load_image
-from op_classifier.prepare import cpu_count, list_files
-from op_classifier.report import percent, write_report
+from op_classifier.serving.report import percent, write_report
+from op_classifier.stages.prepare import cpu_count, list_files
 
 FALLBACK_MODEL = "experiments/model"
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image_pixels' default
@@ -219,10 +219,10 @@ def _from_folder(source: str) -> Classifier:
 
 
 def _from_mlflow(uri: str) -> Classifier:
-    from op_classifier import tracking
+    from op_classifier.tracking.served import fetch_model
 
     with tempfile.TemporaryDirectory(prefix="op-classifier-model-") as tmp:
-        keras_file, classes = tracking.fetch_model(uri, Path(tmp))
+        keras_file, classes = fetch_model(uri, Path(tmp))
         if not classes:
             raise DataError(
                 f"{uri}: its training run logged no class list (param data.classes); "

@@ -1,0 +1,189 @@
+"""Tracking: the Tracker protocol the stages use, the null tracker, and where the store is.
+
+`tracking.kind` picks the tracker (make_tracker). Everything MLflow lives in this package and nowhere
+else: store.py (connections, experiments, locks), runs.py (MlflowTracker: runs, metrics, models),
+registry.py (the champion alias), served.py (the logged pyfunc and how it is served), server.py (the
+team server). This module imports neither MLflow nor Keras, so a run with tracking=none loads neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from op_classifier.config import TrackingConfig
+from op_classifier.errors import OpClassifierError
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+# The user's setting, read once: mlflow.set_tracking_uri() writes this variable too, and must not
+# make one run's store the next run's in the same process.
+_ENV_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+class TrackingError(OpClassifierError):
+    """The MLflow store cannot be used."""
+
+
+def project_root() -> Path:
+    """The repository root: $DVC_ROOT under DVC (queued experiments run in a copy), else the cwd."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    """MLFLOW_TRACKING_URI, else the configured uri, else MLflow's SQLite default at the root."""
+    return _ENV_URI or cfg.uri or default_store()
+
+
+SQLITE = "sqlite:///"
+
+
+def default_store() -> str:
+    """MLflow's own default, a SQLite file at the project root: sqlite:///<root>/mlflow.db."""
+    return f"{SQLITE}{project_root() / 'mlflow.db'}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The file of a sqlite:/// store URI, or None for any other store."""
+    return Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) else None
+
+
+def missing_sqlite(uri: str) -> bool:
+    """A SQLite store whose file does not exist yet (asking it anything would create it)."""
+    path = sqlite_file(uri)
+    return path is not None and not path.is_file()
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}; lists are kept as their text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def git_commit() -> str | None:
+    """The checked-out commit, or None outside git."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root())
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+class Tracker(Protocol):
+    """What a stage asks of tracking; `tracking.kind` picks the implementation (make_tracker)."""
+
+    def run(
+        self,
+        name: str,
+        resume_file: Path | None = None,
+        nested: bool = False,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        system_metrics: bool = False,
+    ) -> AbstractContextManager[str | None]:
+        """A run (new, continued or resumed) as a context; it yields the run's id, or None."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Parameters of the active run."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Numeric metrics of the active run."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags of the active run."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """A file attached to the active run."""
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A Keras callback logging each epoch's metrics."""
+
+    def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> AbstractContextManager[None]:
+        """A nested run for one tuner trial."""
+
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
+        """The served model, logged; its URI, or None."""
+
+    def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
+        """The run's input data."""
+
+    def register(
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+    ) -> dict[str, Any]:
+        """Register a logged model; whether it became the champion, and why."""
+
+
+def make_tracker(cfg: TrackingConfig) -> Tracker:
+    """The tracker `tracking.kind` names: mlflow, or none (records nothing)."""
+    if cfg.kind != "mlflow":
+        return NullTracker()
+    from op_classifier.tracking.runs import MlflowTracker  # MLflow loads only when it is used
+
+    return MlflowTracker(cfg)
+
+
+class NullTracker:
+    """tracking.kind=none: every call does nothing, so stages never ask whether tracking is on."""
+
+    @contextlib.contextmanager
+    def run(self, name: str, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """No run: yields None."""
+        yield None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Nothing to log to."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Nothing to log to."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Nothing to tag."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Nothing to attach to."""
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """Keras's base callback, which does nothing."""
+        import keras
+
+        return keras.callbacks.Callback()
+
+    @contextlib.contextmanager
+    def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> Iterator[None]:
+        """No nested run."""
+        yield
+
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
+        """No model logged: None."""
+        return None
+
+    def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
+        """Nothing to record."""
+
+    def register(
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+    ) -> dict[str, Any]:
+        """No registry: an empty summary."""
+        return {}
+
+
+def __getattr__(name: str) -> Any:
+    # Models logged before this package was split pickled their wrapper as op_classifier.tracking.
+    # PixelClassifier: they must keep loading (and serving) after an upgrade.
+    if name == "PixelClassifier":
+        from op_classifier.tracking.served import PixelClassifier
+
+        return PixelClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

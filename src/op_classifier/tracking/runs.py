@@ -1,0 +1,261 @@
+"""MlflowTracker: runs, nested trial runs, metrics, the logged model and its registration in MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from op_classifier.config import CHAMPION, TrackingConfig
+from op_classifier.errors import OpClassifierError
+from op_classifier.tracking import TrackingError, tracking_uri
+from op_classifier.tracking.registry import DATA_HASH_TAG, champion_decision, champion_tags
+from op_classifier.tracking.store import (
+    EXPERIMENT_KIND,
+    SHARED_VIEW,
+    SHARED_VIEW_KEY,
+    SHARED_VIEW_PREFIX,
+    artifact_root,
+    client_env,
+    close_orphans,
+    end_active_run,
+    experiment,
+    first_use_lock,
+    same_params,
+    set_uri_keeping_env,
+    store_call,
+    tag_experiment,
+    unfinished_run,
+)
+
+
+class MlflowTracker:
+    """tracking.kind=mlflow: runs, nested trial runs, models and the registry in an MLflow store."""
+
+    def __init__(self, cfg: TrackingConfig) -> None:
+        self.cfg = cfg
+        self.experiment_id: str | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        import mlflow
+
+        client_env()
+        uri = tracking_uri(self.cfg)
+        set_uri_keeping_env(uri)
+        try:
+            # MlflowClient() builds the store, which creates the tables of a new SQLite file.
+            with first_use_lock(uri):
+                client = mlflow.MlflowClient()
+                self.experiment_id, tags = experiment(client, self.cfg.experiment, artifact_root(uri))
+                # Without the kind MLflow 3's UI opens the experiment on its GenAI overview (traces, tokens);
+                # the shared view is the runs table with the columns that matter (runs_table_link).
+                for key, value in (EXPERIMENT_KIND, (f"{SHARED_VIEW_PREFIX}{SHARED_VIEW_KEY}", SHARED_VIEW)):
+                    if tags.get(key) != value:
+                        tag_experiment(client, self.experiment_id, key, value)
+        except Exception as error:  # MLflow raises many types for a store it cannot reach
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TrackingError(
+                f"MLflow store {uri} is unreachable ({first[:200]}); start it, fix tracking.uri / "
+                "MLFLOW_TRACKING_URI, or run without tracking: tracking=none"
+            ) from None
+        # By id, never by name: concurrent clients must not race to create (or miss) it here.
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        name: str,
+        resume_file: Path | None = None,
+        nested: bool = False,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        system_metrics: bool = False,
+    ) -> Iterator[str | None]:
+        """Start a run (logging params), or continue run_id, or resume_file's unfinished run; yield its id.
+
+        The unfinished run is continued only when its params match `params`; otherwise it is closed as
+        KILLED and a new run starts. A run that raises ends FAILED (KILLED on Ctrl-C), even when the
+        store itself is what failed: then the error is the store's, in one line.
+        """
+        import mlflow
+
+        resumed = None if run_id else unfinished_run(resume_file)
+        if resumed and params is not None and not same_params(resumed, params):
+            print(
+                f"note: MLflow run {resumed} was logged with other params; closing it and starting a new run",
+                file=sys.stderr,
+                flush=True,
+            )
+            store_call(lambda: mlflow.MlflowClient().set_terminated(resumed, status="KILLED"))
+            resumed = None
+        run_id = run_id or resumed
+        if system_metrics:  # CPU, memory, disk (and GPU with pynvml) every 5 s, beside the curves
+            mlflow.set_system_metrics_sampling_interval(5)
+        active = store_call(
+            lambda: mlflow.start_run(
+                run_id=run_id,
+                # Explicit: the process-wide active experiment is not trusted across clients and threads.
+                experiment_id=self.experiment_id,
+                run_name=None if run_id else name,
+                nested=nested,
+                log_system_metrics=system_metrics or None,
+            )
+        )
+        try:
+            if resumed:
+                close_orphans(resumed)
+            if resume_file is not None:
+                resume_file.parent.mkdir(parents=True, exist_ok=True)
+                resume_file.write_text(active.info.run_id, encoding="utf-8")
+            self.set_tags(tags or {})
+            self.log_params(params or {})
+            yield active.info.run_id
+        except BaseException as error:
+            end_active_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            raise
+        store_call(mlflow.end_run)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log parameters to the active run (MLflow takes at most 100 per call)."""
+        import mlflow
+
+        items = [(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            store_call(lambda chunk=dict(items[start : start + 100]): mlflow.log_params(chunk))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log numeric metrics to the active run."""
+        import mlflow
+
+        clean = {_metric_key(k): float(v) for k, v in metrics.items() if _is_number(v)}
+        store_call(lambda: mlflow.log_metrics(clean, step=step))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tag the active run."""
+        import mlflow
+
+        store_call(lambda: mlflow.set_tags({k: v for k, v in tags.items() if v is not None}))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Attach a file to the active run."""
+        if path.exists():
+            import mlflow
+
+            store_call(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A Keras callback logging every epoch's metrics to the active run, as `epoch_<name>` curves."""
+        return _EpochLogger(self)
+
+    @contextlib.contextmanager
+    def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> Iterator[None]:
+        """A nested run for one tuner trial, under the active (parent) run."""
+        with self.run(f"trial-{trial_id}", nested=True, tags={"trial_id": trial_id}, params=hparams):
+            yield
+
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
+        """Log the model as a pixel-checking pyfunc with its signature and an input example; return its URI."""
+        import tempfile
+
+        import mlflow
+        from mlflow.models import infer_signature
+
+        from op_classifier.tracking.served import PixelClassifier
+
+        signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+        with tempfile.TemporaryDirectory() as tmp:
+            keras_file = Path(tmp) / "model.keras"
+            model.save(keras_file)
+            # A LoggedModel (MLflow 3): linked to the run, listed in the runs table's Models column.
+            store_call(
+                lambda: mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=PixelClassifier(),
+                    artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=pip_requirements(),
+                )
+            )
+        return f"runs:/{mlflow.active_run().info.run_id}/model"
+
+    def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
+        """Record the data as the run's input (the runs table's Dataset column): digest, split sizes."""
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        dataset = MetaDataset(resolve_dataset_source(str(source.resolve())), name=name, digest=digest)
+        tags = {**{f"{split}_images": str(count) for split, count in sizes.items()}, "prepared_hash": prepared_hash}
+        store_call(lambda: mlflow.log_input(dataset, context="training", tags=tags))
+
+    def register(
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+    ) -> dict[str, Any]:
+        """Register the model; move the champion alias to it only if it meets target and beats it.
+
+        Scores are compared only when both were measured on the same prepared data (same files, same
+        split): a champion scored on other data keeps its alias, and the summary says why.
+        """
+        return store_call(lambda: self._register(model_uri, score, target, metric, data_hash))
+
+    def _register(
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None
+    ) -> dict[str, Any]:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        version = mlflow.register_model(model_uri, self.cfg.model_name).version
+        client.set_model_version_tag(self.cfg.model_name, version, metric, str(score))
+        if data_hash:
+            client.set_model_version_tag(self.cfg.model_name, version, DATA_HASH_TAG, data_hash)
+        current = champion_tags(client, self.cfg.model_name)
+        decision = champion_decision(score, target, data_hash, metric, current)
+        if decision["champion"]:
+            client.set_registered_model_alias(self.cfg.model_name, CHAMPION, version)
+        return {"registered_version": int(version), **decision}
+
+
+class _EpochLogger(keras.callbacks.Callback):
+    def __init__(self, tracker: MlflowTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # Prefixed as TensorBoard does: the plain names (val_accuracy) belong to the evaluated model, and
+        # MLflow's runs table shows a key's highest-step value, which would otherwise be the last epoch's.
+        self.tracker.log_metrics({f"epoch_{k}": v for k, v in (logs or {}).items()}, step=epoch)
+
+
+# The distributions a logged model needs, by Keras backend: a JAX install has no `tensorflow`.
+BACKEND_REQUIREMENTS = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
+def pip_requirements() -> list[str]:
+    """Pinned pip requirements of the logged model: Keras, numpy and the active backend's packages."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    backend = keras.backend.backend()
+    names = ("keras", *BACKEND_REQUIREMENTS.get(backend, ()), "numpy")
+    try:
+        return [f"{name}=={version(name)}" for name in names]
+    except PackageNotFoundError as error:
+        raise OpClassifierError(f"the {backend} backend's package {error} is not installed") from None
+
+
+def _metric_key(key: str) -> str:
+    return key.replace("@", "_at_")
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return np.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,246 @@
+"""The MLflow store: client settings, experiments, the first-use lock, calls that fail in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from op_classifier.config import TrackingConfig
+from op_classifier.errors import first_line
+from op_classifier.tracking import TrackingError, missing_sqlite, sqlite_file, tracking_uri
+
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+# The MLflow UI reads a runs-table view (sort, columns) from this experiment tag when a link names
+# its key (?viewStateShareKey=...): the link `make ui` prints opens on the columns that matter.
+SHARED_VIEW_PREFIX, SHARED_VIEW_KEY = "mlflow.sharedViewState.", "op-classifier"
+
+SHARED_VIEW = json.dumps(
+    {
+        "orderByKey": "metrics.`val_accuracy`",
+        "orderByAsc": False,
+        "searchFilter": "",
+        "selectedColumns": [
+            f"{kind}.`{name}`"
+            for kind, name in (
+                ("metrics", "val_accuracy"),
+                ("metrics", "test_accuracy"),
+                ("params", "model.name"),
+                ("params", "learning_rate_used"),
+                ("params", "tuned.units"),
+                ("params", "model.units"),
+                ("params", "tuned.learning_rate"),
+            )
+        ],
+    }
+)
+
+# Fail in seconds, not after MLflow's default minutes of retries against a dead server; and no usage
+# telemetry, which would only time out on machines without internet.
+CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+def client_env(**extra: str) -> None:
+    """MLflow's client settings for this project (CLIENT_ENV and extra), unless the user set them."""
+    for key, value in {**CLIENT_ENV, **extra}.items():
+        os.environ.setdefault(key, value)
+
+
+def alias_version(store_uri: str, name: str, alias: str) -> str | None:
+    """The version `name@alias` points to in the registry at store_uri; None if the model or alias is missing."""
+    if missing_sqlite(store_uri):
+        return None  # asking would create an empty store as a side effect
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client_env()
+    try:
+        return (
+            mlflow.MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
+            .get_model_version_by_alias(name, alias)
+            .version
+        )
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise TrackingError(f"MLflow store {store_uri} cannot be read ({first_line(error)})") from None
+    except Exception as error:  # MLflow raises many types for a store it cannot reach
+        raise TrackingError(f"MLflow store {store_uri} is unreachable ({first_line(error)})") from None
+
+
+def runs_table_link(cfg: TrackingConfig, base_url: str) -> str:
+    """The MLflow UI page comparing this project's runs (val/test accuracy, model, learning rate, units)."""
+    store = tracking_uri(cfg)
+    experiment = None
+    if not missing_sqlite(store):
+        import mlflow
+
+        with contextlib.suppress(Exception):  # no store or no run yet: the UI's home page still helps
+            experiment = mlflow.MlflowClient(store).get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        return f"{base_url}/#/experiments"
+    return f"{base_url}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
+
+
+def set_uri_keeping_env(uri: str) -> None:
+    """Point MLflow at uri without leaving it in MLFLOW_TRACKING_URI for later runs and children."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # also exports the variable
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+T = TypeVar("T")
+
+
+def store_call(call: Callable[[], T]) -> T:
+    """Run one MLflow call; a store that fails mid-run becomes a one-line TrackingError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call()
+    except TrackingError:
+        raise
+    except (MlflowException, OSError, ConnectionError) as error:
+        raise TrackingError(f"MLflow store {current_uri()} failed ({first_line(error)})") from None
+    except Exception as error:  # requests, SQLAlchemy and others: MLflow does not wrap them all
+        raise TrackingError(
+            f"MLflow store {current_uri()} failed ({type(error).__name__}: {first_line(error)})"
+        ) from None
+
+
+def current_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def end_active_run(status: str) -> None:
+    """End the active run with status; if the store cannot be told, say so and forget the run locally."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except Exception as error:  # the store is gone: the run stays RUNNING there; resuming continues it
+        print(f"note: could not mark the MLflow run {status} ({first_line(error)})", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            mlflow.tracking.fluent._active_run_stack.get().pop()
+
+
+def same_params(run_id: str, params: Mapping[str, Any]) -> bool:
+    """Whether every param the run already logged equals the new value (as MLflow stores it, text)."""
+    import mlflow
+
+    logged = store_call(lambda: mlflow.MlflowClient().get_run(run_id).data.params)
+    return all(logged[key] == str(value) for key, value in params.items() if key in logged)
+
+
+def close_orphans(parent_id: str) -> None:
+    """Mark KILLED the nested runs a killed process left RUNNING under a run we now resume."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    orphans = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+    )
+    for orphan in orphans:
+        client.set_terminated(orphan.info.run_id, status="KILLED")
+
+
+def experiment(client: Any, name: str, artifact_location: str | None) -> tuple[str, dict[str, str]]:
+    """The id and tags of the experiment called name, created if missing, also when others create it at once.
+
+    Two clients may both find no experiment and both create it: the store refuses the second with
+    RESOURCE_ALREADY_EXISTS, and that client takes the winner's. Never falls back to Default.
+    """
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id, dict(found.tags)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location), {}
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    found = client.get_experiment_by_name(name)
+    if found is None:  # created and deleted in between: someone else's doing, not ours to guess at
+        raise TrackingError(f"MLflow experiment {name!r} was created by another client and is gone again")
+    return found.experiment_id, dict(found.tags)
+
+
+def tag_experiment(client: Any, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag that concurrent clients may be setting to the same value at the same moment."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        # Two clients inserting the same new tag: PostgreSQL refuses the second (UniqueViolation on
+        # experiment_tag_pk, measured with six clients of the server). The winner's value is ours.
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            raise
+
+
+FIRST_USE_LOCK_TIMEOUT_S = 300
+
+
+@contextlib.contextmanager
+def first_use_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold an exclusive lock (<file>.lock) while MLflow creates or migrates its schema.
+
+    MLflow creates a new SQLite store's tables on first use without any lock: six clients starting
+    on one new mlflow.db (as `dvc queue start -j 2` workers do) left one run and five failures
+    ("table experiments already exists", alembic row mismatches). Other stores (a server) need none.
+    """
+    path = sqlite_file(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        lock = FileLock(f"{path}.lock", timeout=FIRST_USE_LOCK_TIMEOUT_S)
+        lock.acquire()
+    except Timeout:
+        raise TrackingError(
+            f"MLflow store {uri}: {path}.lock was held for {FIRST_USE_LOCK_TIMEOUT_S} s by another process"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def artifact_root(uri: str) -> str | None:
+    """Beside a SQLite store, `mlartifacts/` (as `mlflow server` lays it out); a server decides itself."""
+    path = sqlite_file(uri)
+    return (path.parent / "mlartifacts").as_uri() if path is not None else None
+
+
+def unfinished_run(resume_file: Path | None) -> str | None:
+    """The run id recorded in resume_file if that run exists and has not finished."""
+    if resume_file is None or not resume_file.is_file():
+        return None
+    import mlflow
+
+    run_id = resume_file.read_text(encoding="utf-8").strip()
+    try:
+        status = mlflow.MlflowClient().get_run(run_id).info.status
+    except Exception:  # a run of another store, or deleted: start a new one
+        return None
+    return run_id if status != "FINISHED" else None
