@@ -37,11 +37,11 @@ sample: $(STAMP)
 
 # Prints the link to the runs table with the columns that matter, then runs MLflow's UI.
 ui: $(STAMP)
-	$(BIN)/op-classifier ui --port $(or $(PORT),5000)
+	$(BIN)/op-classifier ui$(if $(PORT), --port $(PORT))
 
 # The registered champion over REST (op-classifier serve); TensorFlow Serving's {"instances": ...} body.
 serve: $(STAMP)
-	$(BIN)/op-classifier serve --port $(or $(PORT),8501)$(if $(MODEL), --model $(MODEL))
+	$(BIN)/op-classifier serve$(if $(PORT), --port $(PORT))$(if $(MODEL), --model $(MODEL))
 
 # PostgreSQL (initdb on first use into .mlflow-server/) and `mlflow server` on it, proxying artifacts;
 # prints the MLFLOW_TRACKING_URI to export. MLflow's PostgreSQL driver is the `server` extra.
@@ -51,7 +51,7 @@ $(SERVER_STAMP): $(STAMP)
 	touch $@
 
 tracking-server: $(SERVER_STAMP)
-	$(BIN)/op-classifier tracking-server start --port $(or $(PORT),5001) --host $(or $(HOST),127.0.0.1)$(if $(ALLOWED_HOSTS), --allowed-hosts $(ALLOWED_HOSTS))$(if $(AUTH), --app-name basic-auth)
+	$(BIN)/op-classifier tracking-server start$(if $(PORT), --port $(PORT))$(if $(HOST), --host $(HOST))$(if $(ALLOWED_HOSTS), --allowed-hosts $(ALLOWED_HOSTS))$(if $(AUTH), --app-name basic-auth)
 
 tracking-server-stop: $(STAMP)
 	$(BIN)/op-classifier tracking-server stop

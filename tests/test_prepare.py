@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from op_classifier import config
+from op_classifier import config, splits
+from op_classifier import raw as raw_folder
 from op_classifier.errors import DataError
 from op_classifier.stages import prepare
 from tests.conftest import png_header_only
@@ -117,7 +118,7 @@ def test_bad_file_is_skipped_with_reason(make_cfg, raw: Path, case: str) -> None
     cfg, summary, manifest = run_prepare(make_cfg)
     entry = skipped(manifest, "Nami/bad.jpg")
     assert expected in entry["reason"].lower()
-    assert entry["kind"] == prepare.UNREADABLE
+    assert entry["kind"] == raw_folder.UNREADABLE
     assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 1
     assert "Nami/bad.jpg" not in {e["path"] for e in manifest["files"]}
 
@@ -225,7 +226,7 @@ def test_link_to_an_image_outside_raw_is_skipped(make_cfg, raw: Path, tmp_path: 
     (raw / "Luffy" / "secret.png").symlink_to(secret)
     cfg, summary, manifest = run_prepare(make_cfg)
     entry = skipped(manifest, "Luffy/secret.png")
-    assert "link points outside paths.raw" in entry["reason"] and entry["kind"] == prepare.LINK_OUT
+    assert "link points outside paths.raw" in entry["reason"] and entry["kind"] == raw_folder.LINK_OUT
     assert "Luffy/secret.png" not in {e["path"] for e in manifest["files"]}
     assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 1
     assert "1 links not followed" in prepare.summary_line(manifest, Path("m.json"))
@@ -270,7 +271,7 @@ def test_non_utf8_file_name_is_skipped_and_named(make_cfg, raw: Path) -> None:
     cfg, summary, manifest = run_prepare(make_cfg)
     for path in ("Nami/caf\\xe9.png", "Zor\\xf6"):
         entry = skipped(manifest, path)
-        assert "not valid UTF-8" in entry["reason"] and entry["kind"] == prepare.BAD_NAME
+        assert "not valid UTF-8" in entry["reason"] and entry["kind"] == raw_folder.BAD_NAME
     assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 2
     text = (Path(cfg.paths.prepared) / prepare.MANIFEST).read_bytes().decode("utf-8")
     json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
@@ -281,7 +282,7 @@ def test_labels_file_cannot_reach_outside_raw(make_cfg, raw: Path, tmp_path: Pat
     save(distinct_image(840), tmp_path / "outside.png")
     (raw / "labels.csv").write_text(f"path,labels\n../outside.png,Luffy\n{tmp_path / 'outside.png'},Nami\n")
     _, _, manifest = run_prepare(make_cfg)
-    refused = [e for e in manifest["skipped"] if e["kind"] == prepare.BAD_LABELS]
+    refused = [e for e in manifest["skipped"] if e["kind"] == raw_folder.BAD_LABELS]
     assert [e["line"] for e in refused] == [2, 3]
     assert all("must be relative to paths.raw" in e["reason"] for e in refused)
     assert sum(manifest["counts"].values()) == 12
@@ -382,7 +383,7 @@ def test_duplicates_dropped_before_split_with_labels_merged(make_cfg, raw: Path)
     assert merged == [{"path": "Luffy/000.png", "labels": ["Luffy", "Nami"]}]
     assert len(files) == 16 and summary["duplicates"] == 2
     assert len({entry["sha256"] for entry in files.values()}) == len(files)
-    arrays = [np.load(Path(cfg.paths.prepared) / split / "images.npy") for split in prepare.SPLITS]
+    arrays = [np.load(Path(cfg.paths.prepared) / split / "images.npy") for split in splits.SPLITS]
     rows = [row.tobytes() for images in arrays for row in images]
     assert len(set(rows)) == len(rows)  # no picture in two splits, nor twice in one
 
@@ -395,14 +396,14 @@ def test_split_is_stratified(make_cfg, raw: Path) -> None:
     _, _, manifest = run_prepare(make_cfg, "data.val_fraction=0.2", "data.test_fraction=0.1")
     assert manifest["counts"] == {"train": 84, "val": 24, "test": 12}
     for name in ("Sanji", "Zoro"):
-        assert [manifest["class_counts"][split][name] for split in prepare.SPLITS] == [14, 4, 2]
+        assert [manifest["class_counts"][split][name] for split in splits.SPLITS] == [14, 4, 2]
     assert manifest["multi_label_counts"] == {"train": 28, "val": 8, "test": 4}
 
 
 def test_every_class_in_every_split_even_when_small(make_cfg, raw: Path) -> None:
     write_dataset(raw, per_class=3)  # round(3 * 0.1) == 0, yet test gets one of each
     _, _, manifest = run_prepare(make_cfg)
-    for split in prepare.SPLITS:
+    for split in splits.SPLITS:
         assert manifest["class_counts"][split] == dict.fromkeys(CLASSES, 1)
     assert manifest["warnings"]["classes_missing_from_split"] == {}
 
@@ -425,7 +426,7 @@ def test_manifest_matches_arrays(make_cfg, raw: Path) -> None:
     cfg, summary, manifest = run_prepare(make_cfg)
     prepared = Path(cfg.paths.prepared)
     assert sorted(p.name for p in prepared.iterdir()) == ["manifest.json", "test", "train", "val"]
-    for split in prepare.SPLITS:
+    for split in splits.SPLITS:
         images = np.load(prepared / split / "images.npy", mmap_mode="r")
         targets = np.load(prepared / split / "labels.npy", mmap_mode="r")
         entries = sorted((e for e in manifest["files"] if e["split"] == split), key=lambda e: e["index"])

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from op_classifier import config, quiet
+from op_classifier import config, defaults, quiet
 from op_classifier.errors import OpClassifierError
 from op_classifier.runner import guarded, report
 
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.val_fraction=0.25")
 
     smp = sub.add_parser("sample", parents=[common], help="render the built-in synthetic Straw Hat image set")
-    smp.add_argument("--out", default="data/raw", help="output folder (default: data/raw)")
+    smp.add_argument("--out", default=defaults.SAMPLE_OUT, help="output folder (default: %(default)s)")
     smp.add_argument("--per-class", type=int, help="single-character images per class (default: the built-in size)")
     smp.add_argument("--scenes", type=int, help="multi-character scenes (default: per-class / 2)")
     smp.add_argument("--seed", type=int, help="random seed (default: the one data.dvc was made with)")
@@ -137,33 +137,43 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: paths.model of params.yaml, experiments/model)",
     )
     pred.add_argument(
-        "--threshold", type=float, default=0.5, help="a class counts from this probability (default: 0.5)"
+        "--threshold",
+        type=float,
+        default=defaults.PREDICT_THRESHOLD,
+        help="a class counts from this probability (default: %(default)s)",
     )
     pred.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
     pred.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report to this file")
-    pred.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    pred.add_argument(
+        "--batch-size", type=int, default=defaults.PREDICT_BATCH, help="images per model call (default: %(default)s)"
+    )
 
     # serve: the champion model over REST (src/op_classifier/serving/serve.py)
     ui = sub.add_parser(
         "ui", parents=[common], help="the MLflow UI over this project's store; prints the link to the runs table"
     )
-    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    ui.add_argument("--host", default=defaults.HOST, help="interface to listen on (default: %(default)s)")
+    ui.add_argument("--port", type=int, default=defaults.UI_PORT, help="port (default: %(default)s)")
     ui.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
     srv = sub.add_parser(
         "serve", parents=[common], help="serve the registered champion model over REST (TensorFlow Serving's body)"
     )
     srv.add_argument("--model", help="MLflow model URI (default: models:/<tracking.model_name>@champion)")
-    srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=8501, help="port (default: 8501, TensorFlow Serving's REST port)")
+    srv.add_argument("--host", default=defaults.HOST, help="interface to listen on (default: %(default)s)")
+    srv.add_argument(
+        "--port",
+        type=int,
+        default=defaults.SERVE_PORT,
+        help="port (default: %(default)s, TensorFlow Serving's REST port)",
+    )
     srv.add_argument(
         "--max-body-mb",
         type=float,
-        default=16,
+        default=defaults.MAX_BODY_MB,
         metavar="MIB",
-        help="refuse request bodies over this many MiB with HTTP 413 (default: 16, about 30 images of 180x180 as JSON)",
-    )  # = serve.MAX_BODY_MB
+        help="refuse request bodies over this many MiB with HTTP 413 (default: %(default)s, about 30 images of 180x180 as JSON)",
+    )
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
     # tracking-server: mlflow server on PostgreSQL for a team (src/op_classifier/tracking/server.py)
@@ -174,11 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ts.add_argument("action", choices=("start", "stop", "status"))
     ts.add_argument(
-        "--dir", default=".mlflow-server", help="its folder: database, artifacts, logs (default: .mlflow-server)"
+        "--dir", default=".mlflow-server", help="its folder: database, artifacts, logs (default: %(default)s)"
     )
-    ts.add_argument("--host", default="127.0.0.1", help="interface mlflow listens on (default: 127.0.0.1)")
-    ts.add_argument("--port", type=int, default=5001, help="mlflow's port (default: 5001; make ui takes 5000)")
-    ts.add_argument("--workers", type=int, default=2, help="mlflow's worker processes (default: 2)")
+    ts.add_argument("--host", default=defaults.HOST, help="interface mlflow listens on (default: %(default)s)")
+    ts.add_argument(
+        "--port",
+        type=int,
+        default=defaults.TRACKING_SERVER_PORT,
+        help="mlflow's port (default: %(default)s; make ui takes the UI's)",
+    )
+    ts.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.TRACKING_SERVER_WORKERS,
+        help="mlflow's worker processes (default: %(default)s)",
+    )
     ts.add_argument("--allowed-hosts", help="Host headers mlflow accepts, e.g. mlflow.example.com,10.0.0.7:5001")
     ts.add_argument("--app-name", choices=("basic-auth",), help="basic-auth: MLflow's users and passwords")
     ts.add_argument("--pg-bin", help="folder of initdb and postgres (default: PATH, then /usr/lib/postgresql/*/bin)")

@@ -17,11 +17,7 @@ import colorsys
 import csv
 import io
 import math
-import multiprocessing
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from op_classifier.errors import DataError
+from op_classifier.files import chunk_size, cpu_count, staged_output, worker_pool
 
 CLASSES = ("Luffy", "Nami", "Sanji", "Zoro")
 PER_CLASS = 400
@@ -674,9 +671,8 @@ def _results(jobs: list[Job], workers: int) -> Iterator[tuple[str, bytes, tuple[
     if workers <= 1:
         yield from map(_render, jobs)
         return
-    # spawn, not fork: the caller may have TensorFlow's threads running
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_render, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8))))
+    with worker_pool(workers) as pool:
+        yield from pool.imap(_render, jobs, chunksize=chunk_size(len(jobs), workers))
 
 
 def _write(tmp: Path, jobs: list[Job], workers: int) -> None:
@@ -694,18 +690,11 @@ def _write(tmp: Path, jobs: list[Job], workers: int) -> None:
 
 
 def _render_into(out: Path, jobs: list[Job], workers: int) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Render into a sibling temp folder and move it into place: a crash leaves no half-made set
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # Never over a folder that holds files: `out` was checked empty, and is still refused if filled meanwhile.
+    with staged_output(out, overwrite=False) as tmp:
         for folder in (*CLASSES, SCENES_DIR):
             (tmp / folder).mkdir()
         _write(tmp, jobs, workers)
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        os.replace(tmp, out)  # replaces an empty `out`, never a non-empty one
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def generate(
@@ -715,7 +704,7 @@ def generate(
     out = Path(out)
     scenes = per_class // 2 if scenes is None else scenes
     _check_args(out, per_class, scenes)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cpu_count()
     jobs = [(seed, k, i) for k in range(len(CLASSES)) for i in range(per_class)]
     jobs += [(seed, len(CLASSES), i) for i in range(scenes)]
     start = time.perf_counter()

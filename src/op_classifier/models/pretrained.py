@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,13 @@ def build(
 
 def _backbone(application: Callable[..., keras.Model], side: int, weights: str | None) -> keras.Model:
     try:
-        return application(input_shape=(side, side, 3), include_top=False, weights=weights, include_preprocessing=True)
+        with warnings.catch_warnings():
+            # keras.applications warns for every side but 224 that ImageNet weights are 224's: the
+            # backbone is convolutional and global-pooled, so they apply at any side (as fine-tuning does).
+            warnings.filterwarnings("ignore", message=".*input_shape. is undefined or non-square", category=UserWarning)
+            return application(
+                input_shape=(side, side, 3), include_top=False, weights=weights, include_preprocessing=True
+            )
     except Exception as error:  # keras.applications raises a bare Exception when the download fails
         if weights == "imagenet" and "URL fetch failure" in str(error):
             raise ConfigError(

@@ -56,10 +56,12 @@ import yaml
 from op_classifier import progress
 from op_classifier.config import PARAMS_FILE, ConfigError
 from op_classifier.data import RUN_FILE
+from op_classifier.defaults import PREDICT_BATCH, PREDICT_THRESHOLD
 from op_classifier.errors import DataError, first_line
+from op_classifier.files import cpu_count
 from op_classifier.images import ImageError, load_image
+from op_classifier.raw import list_files
 from op_classifier.serving.report import percent, write_report
-from op_classifier.stages.prepare import cpu_count, list_files
 
 FALLBACK_MODEL = "experiments/model"
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image_pixels' default
@@ -336,10 +338,10 @@ def to_json(source: str, threshold: float, classes: Sequence[str], results: Sequ
 def run(
     paths: Sequence[str],
     model: str | None = None,
-    threshold: float = 0.5,
+    threshold: float = PREDICT_THRESHOLD,
     as_json: bool = False,
     report: str | None = None,
-    batch_size: int = 64,
+    batch_size: int = PREDICT_BATCH,
     out: TextIO | None = None,
 ) -> list[Result]:
     """Predict every file the paths name; print lines or JSON, write the report; DataError if any failed."""

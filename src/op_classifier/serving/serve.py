@@ -52,15 +52,13 @@ import orjson
 
 from op_classifier import config
 from op_classifier.config import CHAMPION
+from op_classifier.defaults import HOST, MAX_BODY_MB, SERVE_PORT
 from op_classifier.errors import DataError, OpClassifierError
 from op_classifier.images import ImageError, decode_image
 
-HOST = "127.0.0.1"
-PORT = 8501  # TensorFlow Serving's REST port, as the original served on
 # 16 MiB: about 30 images of 180x180 as JSON integers (0.49 MiB each), which json.loads turns into
 # about 6 times as many bytes of Python objects (8 for floats): a request peaks near 100-130 MiB of
 # memory. MLflow's scoring server had no limit; raise this one with --max-body-mb for larger batches.
-MAX_BODY_MB = 16
 MESSAGE_MAX = 200  # characters of an error message, at most
 MAX_PIXELS = 89_478_485  # of one b64 image: data.max_image_pixels' default (Pillow's decompression-bomb limit)
 INPUT_KEYS = ("instances", "inputs")  # TensorFlow Serving's row and columnar bodies: one input, the same here
@@ -666,7 +664,7 @@ def app(served: Served, max_body: int, name: str, version: str = "1", max_pixels
 def run(
     model_uri: str | None = None,
     host: str = HOST,
-    port: int = PORT,
+    port: int = SERVE_PORT,
     max_body_mb: float = MAX_BODY_MB,
     overrides: Sequence[str] = (),
 ) -> None:

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import psutil
 
+from op_classifier.defaults import HOST, TRACKING_SERVER_PORT, TRACKING_SERVER_WORKERS
 from op_classifier.errors import OpClassifierError, first_line
 
 DEFAULT_DIR = ".mlflow-server"
-DEFAULT_PORT = 5001  # 5000 is `make ui`'s
 DB_USER = DB_NAME = "mlflow"
 STATE_FILE = "server.json"
 # initdb and postgres refuse to run as root; as root we run them as this user (Debian's package makes
@@ -99,9 +99,9 @@ class State:
 
 def start(
     folder: Path,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    workers: int = 2,
+    host: str = HOST,
+    port: int = TRACKING_SERVER_PORT,
+    workers: int = TRACKING_SERVER_WORKERS,
     allowed_hosts: str | None = None,
     app_name: str | None = None,
     pg_bin: Path | None = None,
