@@ -528,6 +528,66 @@ def test_model_name_picks_the_builder_in_tune_and_train(project: Path, tmp_path:
     assert rates[0] > rates[1]  # the cosine schedule decays the learning rate every step
 
 
+def _leaderboard(cfg: Config) -> list[dict[str, str]]:
+    import csv
+
+    with open(cfg.paths.leaderboard, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_search_picks_the_architecture_with_a_sub_space_each(project: Path, tmp_path: Path) -> None:
+    """tuner.search_space.name: each trial draws an architecture and only that one's own entries."""
+    kept = ("raw", "prepared")
+    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    choice = "+tuner.search_space.name={type: choice, values: [seed_cnn, resnet]}"
+    cfg = _cfg(project, choice, "tuner.max_trials=4", "train.epochs=1", *moved)
+    tuned = tune.run(cfg)
+    rows = _leaderboard(cfg)
+    assert {row["name"] for row in rows} == {"seed_cnn", "resnet"}  # seeded: both drawn in 4 trials
+    for row in rows:
+        own = {key for key, value in row.items() if "." in key and value}
+        assert own == ({"resnet.dropout"} if row["name"] == "resnet" else {"seed_cnn.units"})
+    best = hparams.read_best(Path(cfg.paths.best_hparams))
+    drawn = tuned["best"]["name"]
+    assert best["architecture"]["name"] == drawn and set(tuned["best"]) == {
+        "name",
+        "learning_rate",
+        "dropout" if drawn == "resnet" else "units",
+    }
+    train.run(cfg)
+    import keras
+
+    model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
+    assert model.name == drawn
+
+
+def test_a_searched_architecture_other_than_model_name_is_what_train_builds(project: Path, tmp_path: Path) -> None:
+    """model.name is seed_cnn, the search may only draw resnet: resnet's conf/model section is trained."""
+    kept = ("raw", "prepared")
+    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    cfg = _cfg(project, "+tuner.search_space.name={type: choice, values: [resnet]}", "tuner.max_trials=1", *moved)
+    assert cfg.model.name == "seed_cnn"
+    tuned = tune.run(cfg)
+    assert tuned["best"]["name"] == "resnet" and "units" not in tuned["best"]
+    record = hparams.read_best(Path(cfg.paths.best_hparams))
+    assert record["architecture"]["widths"] == compose("model=resnet").model.widths  # from conf/model/resnet.yaml
+    summary = train.run(cfg)
+    import keras
+
+    model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
+    assert model.name == "resnet" and summary["epochs_run"] == 2
+    run_id = json.loads((Path(cfg.paths.model) / "run.json").read_text())["run_id"]
+    params = _client(project).get_run(run_id).data.params
+    assert params["architecture_used"] == "resnet" and params["model.name"] == "seed_cnn"
+
+
+def test_an_architecture_choice_names_registered_architectures_only(project: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tuner.search_space.name.values: unknown architecture 'vgg' \(known: "):
+        _cfg(project, "+tuner.search_space.name={type: choice, values: [seed_cnn, vgg]}")
+    with pytest.raises(ConfigError, match="tuner.search_space.name.type: the architecture is a choice, not bool"):
+        _cfg(project, "+tuner.search_space.name={type: bool}")
+
+
 def test_cosine_schedule_warms_up_then_decays_to_a_hundredth() -> None:
     cfg = compose("train.schedule=cosine", "train.epochs=10", "train.warmup_epochs=2").train
     schedule = train.learning_rate_schedule(cfg, 1e-2, steps_per_epoch=5)

@@ -259,6 +259,21 @@ class TunerConfig:
         _check_range("tuner.learning_rate", self.learning_rate, POSITIVE)
 
 
+# The search-space entry that picks model.name: each architecture it names brings its own section and
+# search-space entries (its conf/model file's; model.name's from this config), active when it is drawn.
+ARCHITECTURE = "name"
+
+
+def _check_architecture_choice(spec: SearchParam) -> None:
+    """tuner.search_space.name: a choice among registered architectures."""
+    key = f"tuner.search_space.{ARCHITECTURE}"
+    require(spec.type == "choice", f"{key}.type", f"the architecture is a choice, not {spec.type}")
+    require(bool(spec.values), key, "type choice needs a non-empty values list")
+    known = models.names()
+    for value in spec.values:
+        require(value in known, f"{key}.values", f"unknown architecture '{value}' (known: {', '.join(known)})")
+
+
 def _check_search_param(key: str, name: str, spec: SearchParam, rules: Dict[str, Rule]) -> None:
     """A known name, a well-formed entry, and every value it can draw allowed for that name."""
     require(spec.type in SEARCH_TYPES, f"{key}.type", f"'{spec.type}' is not one of {', '.join(SEARCH_TYPES)}")
@@ -392,10 +407,15 @@ class Config:
     def _check_search_space(self) -> None:
         """Every entry names a key of this model, within its rule; cross-key checks (shapes) for the
         configured model and for every extreme the search can draw."""
-        space = self.tuner.search_space if self.tuner.kind != "none" else {}
+        space = (
+            {k: v for k, v in self.tuner.search_space.items() if k != ARCHITECTURE} if self.tuner.kind != "none" else {}
+        )
         rules = self.model.rules()
         for name, spec in self.tuner.search_space.items():
-            _check_search_param(f"tuner.search_space.{name}", name, spec, rules)
+            if name == ARCHITECTURE:
+                _check_architecture_choice(spec)
+            else:
+                _check_search_param(f"tuner.search_space.{name}", name, spec, rules)
         configured = {name: [getattr(self.model, name, None)] for name in self.model.args()}
         self.model.check(self.data.image_size, configured, lambda *keys: f"model.{keys[0]}")
         drawn = {
@@ -434,6 +454,20 @@ def validate(raw: Any) -> Config:
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"{missing[0]}: missing value")
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error)) from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(first_line(error)) from None
+
+
+def validate_model(section: Any) -> ModelBase:
+    """Check one model section (a mapping with its `name`) against its architecture's schema."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(_model_schema(section.get("name"))), section)
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"model.{missing[0]}: missing value")
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None

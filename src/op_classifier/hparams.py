@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from op_classifier.config import ConfigError, ModelBase, SearchParam, TrainConfig
+from op_classifier import models
+from op_classifier.config import ARCHITECTURE, ConfigError, ModelBase, SearchParam, TrainConfig, validate_model
 from op_classifier.errors import DataError
 
 
@@ -20,7 +21,7 @@ def model_args(cfg: ModelBase) -> dict[str, Any]:
 
 def check_space(space: Mapping[str, SearchParam], model: ModelBase) -> None:
     """Refuse a search-space entry that names nothing the model or the optimiser takes."""
-    tunable = (*model.args(), "learning_rate")
+    tunable = (*model.args(), "learning_rate", ARCHITECTURE)
     for name in space:
         if name not in tunable:
             raise ConfigError(f"tuner.search_space.{name}: not a tunable name (one of {', '.join(tunable)})")
@@ -43,10 +44,18 @@ def declare(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
     return values
 
 
-def write_best(path: Path, values: Mapping[str, Any], score: float | None, tuning_run_id: str | None) -> None:
-    """Record the tuned values for the train stage."""
+def write_best(
+    path: Path,
+    values: Mapping[str, Any],
+    score: float | None,
+    tuning_run_id: str | None,
+    architecture: Mapping[str, Any] | None = None,
+) -> None:
+    """Record the tuned values for the train stage (and the drawn architecture's section, when searched)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"values": dict(values), "score": score, "tuning_run_id": tuning_run_id}
+    if architecture is not None:
+        record["architecture"] = dict(architecture)
     path.write_text(yaml.safe_dump(record, sort_keys=True), encoding="utf-8")
 
 
@@ -61,3 +70,15 @@ def final_args(model_cfg: ModelBase, train_cfg: TrainConfig, tuned: Mapping[str,
     """Model arguments and learning rate for training: config, with every tuned key taking its value."""
     args = {**model_args(model_cfg), **{k: v for k, v in tuned.items() if k in model_cfg.args()}}
     return args, float(tuned.get("learning_rate", train_cfg.learning_rate))
+
+
+def trained_model(model_cfg: ModelBase, best: Mapping[str, Any]) -> ModelBase:
+    """The model section to train: the config's, or the searched architecture's when the search drew another."""
+    drawn = (best.get("values") or {}).get(ARCHITECTURE)
+    if drawn is None or drawn == model_cfg.name:
+        return model_cfg
+    section = best.get("architecture")
+    if not section or section.get("name") != drawn:
+        raise DataError(f"best_hparams.yaml names architecture {drawn} without its section: run the tune stage again")
+    models.get(drawn)  # an architecture removed since the search is one line, not a traceback
+    return validate_model(section)

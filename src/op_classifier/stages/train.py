@@ -19,7 +19,7 @@ import numpy as np
 
 from op_classifier import config, hparams, progress, state
 from op_classifier.backend import set_random_seed
-from op_classifier.config import Config, ConfigError, TrainConfig, as_dict
+from op_classifier.config import Config, ConfigError, ModelBase, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
@@ -283,28 +283,33 @@ def _compile(cfg: Config, model: keras.Model, classes: list[str], learning_rate:
     )
 
 
-def build(cfg: Config, classes: list[str], tuned: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
-    """The compiled model from config plus tuned values, on the configured device; params describing it."""
+def build(
+    cfg: Config, classes: list[str], tuned: dict[str, Any], model_cfg: ModelBase | None = None
+) -> tuple[keras.Model, dict[str, Any]]:
+    """The compiled model (model_cfg, else cfg.model, plus tuned values) on the configured device; its params."""
+    model_cfg = model_cfg or cfg.model
     scope, device, policy = pick_device(cfg.train)
-    args, learning_rate = hparams.final_args(cfg.model, cfg.train, tuned)
+    args, learning_rate = hparams.final_args(model_cfg, cfg.train, tuned)
     set_random_seed(cfg.seed)
     with scope:
-        model = architecture(cfg.model.name).build(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
+        model = architecture(model_cfg.name).build(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
         steps = math.ceil(load_manifest(Path(cfg.paths.prepared))["counts"]["train"] / cfg.train.batch_size)
         _compile(cfg, model, classes, learning_rate, steps)
     return model, {
         "device": device,
         "precision_policy": policy,  # what train.mixed_precision chose on this machine
         "learning_rate_used": learning_rate,
+        "architecture_used": model_cfg.name,  # model.name, or the architecture the search drew
         "classes": json.dumps(classes),
         **{f"tuned.{k}": v for k, v in tuned.items()},
     }
 
 
-def claim_checkpoints(cfg: Config, tuned: dict[str, Any]) -> dict[str, Any]:
+def claim_checkpoints(cfg: Config, tuned: dict[str, Any], model_cfg: ModelBase | None = None) -> dict[str, Any]:
     """Keep the checkpoint folder only if it was made by this config, data, code and tuned values."""
     prepared = Path(cfg.paths.prepared)
-    made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(prepared), tuned=tuned)
+    drawn = {} if model_cfg is None or model_cfg is cfg.model else {"architecture": as_dict(model_cfg)}
+    made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(prepared), tuned=tuned, **drawn)
     state.claim(Path(cfg.paths.checkpoints), made_by, "training checkpoint", keep=(RUN_ID_FILE,))
     return made_by
 
@@ -318,8 +323,9 @@ def run(cfg: Config) -> dict:
         raise ConfigError(f"train.monitor: the model does not report '{cfg.train.monitor}'")
     best = hparams.read_best(Path(cfg.paths.best_hparams))
     tuned = best.get("values") or {}
-    made_by = claim_checkpoints(cfg, tuned)
-    model, described = build(cfg, classes, tuned)
+    model_cfg = hparams.trained_model(cfg.model, best)
+    made_by = claim_checkpoints(cfg, tuned, model_cfg)
+    model, described = build(cfg, classes, tuned, model_cfg)
     tracker = make_tracker(cfg.tracking)
     tags = {
         "stage": "train",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,18 @@ import keras_tuner as kt
 
 from op_classifier import hparams, state
 from op_classifier.backend import set_random_seed
-from op_classifier.config import Config, ConfigError, TunerConfig, as_dict, run_name
+from op_classifier.config import (
+    ARCHITECTURE,
+    Config,
+    ConfigError,
+    ModelBase,
+    SearchParam,
+    TunerConfig,
+    as_dict,
+    compose,
+    run_name,
+    validate,
+)
 from op_classifier.data import data_hash, load_manifest
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
@@ -29,30 +41,79 @@ PARAMS = ("seed", "data.image_size", "model", "tuner")
 RUN_ID_FILE = "mlflow_run_id"  # in paths.tuning: the MLflow run an interrupted search continues
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """An architecture the search may build: its model section and its own search-space entries."""
+
+    section: ModelBase
+    space: dict[str, SearchParam]
+
+
 class SearchModel(kt.HyperModel):
-    """Keras Tuner's hypermodel: its hyperparameters onto the builder's arguments and the learning rate."""
+    """Keras Tuner's hypermodel: its hyperparameters onto the builder's arguments and the learning rate.
+
+    With `tuner.search_space.name`, it draws the architecture first; each architecture's own entries
+    are declared in its conditional scope (as `<name>.<key>`), so a trial holds only the drawn one's.
+    """
 
     def __init__(
         self,
-        build: Callable[..., keras.Model],
-        fixed: dict[str, Any],
+        candidates: Mapping[str, Candidate],
+        shared: Mapping[str, SearchParam],
+        choice: SearchParam | None,
+        fixed: Mapping[str, Any],
         learning_rate: float,
         class_names: Sequence[str],
-        declare: Callable[[Any], dict[str, Any]],
     ) -> None:
         super().__init__()
-        self.build_model = build
-        self.fixed = dict(fixed)
+        self.candidates = dict(candidates)
+        self.shared = dict(shared)
+        self.choice = choice
+        self.fixed = dict(fixed)  # num_classes, image_size, seed
         self.learning_rate = learning_rate
         self.class_names = list(class_names)
-        self.declare = declare
+
+    def draw(self, hp: Any) -> tuple[str, dict[str, Any]]:
+        """The architecture and the values Keras Tuner drew (unprefixed)."""
+        values = hparams.declare(hp, self.shared)
+        if self.choice is None:
+            (name,) = self.candidates
+            return name, values
+        name = hp.Choice(ARCHITECTURE, list(self.choice.values))
+        with hp.conditional_scope(ARCHITECTURE, [name]):
+            own = hparams.declare(hp, {f"{name}.{key}": spec for key, spec in self.candidates[name].space.items()})
+        return name, {**values, **{key.split(".", 1)[1]: value for key, value in own.items()}}
 
     def build(self, hp: Any) -> keras.Model:
         """Build and compile one candidate with the values Keras Tuner drew."""
-        values = self.declare(hp)
+        name, values = self.draw(hp)
         learning_rate = values.pop("learning_rate", self.learning_rate)
-        model = self.build_model(**{**self.fixed, **values})
-        return compile_model(model, learning_rate, self.class_names)
+        args = {**hparams.model_args(self.candidates[name].section), **self.fixed, **values}
+        return compile_model(architecture(name).build(**args), learning_rate, self.class_names)
+
+
+def candidates(cfg: Config) -> tuple[dict[str, Candidate], dict[str, SearchParam], SearchParam | None]:
+    """The architectures the search may build, the entries they share, and the architecture choice (if any).
+
+    The configured architecture brings its section and entries from this config; any other the choice
+    names, from its conf/model/<name>.yaml (a dep of this stage in dvc.yaml), at this data.image_size.
+    """
+    space = dict(cfg.tuner.search_space)
+    choice = space.pop(ARCHITECTURE, None)
+    if choice is None:
+        return {cfg.model.name: Candidate(cfg.model, {})}, space, None
+    own = {key: spec for key, spec in space.items() if key in cfg.model.args()}
+    shared = {key: spec for key, spec in space.items() if key not in own}
+    found = {}
+    for name in choice.values:
+        if name == cfg.model.name:
+            found[name] = Candidate(cfg.model, own)
+            continue
+        other = validate(compose((f"model={name}", f"data.image_size={cfg.data.image_size}")))
+        found[name] = Candidate(
+            other.model, {k: v for k, v in other.tuner.search_space.items() if k in other.model.args()}
+        )
+    return found, shared, choice
 
 
 def check_objective(objective: str, classes: list[str]) -> None:
@@ -102,25 +163,12 @@ def _with_trial_runs(base: type, tracker: Tracker) -> type:
     return Tracked
 
 
-def search(cfg: Config, tracker: Tracker, classes: list[str]) -> Any:
+def search(cfg: Config, tracker: Tracker, classes: list[str], hypermodel: SearchModel) -> Any:
     """Run (or resume) the search; return the finished tuner."""
     prepared = Path(cfg.paths.prepared)
     train = split_stream(prepared, "train", cfg.tuner.batch_size, seed=cfg.seed)
     val = split_stream(prepared, "val", cfg.tuner.batch_size)
     set_random_seed(cfg.seed)
-    fixed = {
-        **hparams.model_args(cfg.model),
-        "num_classes": len(classes),
-        "image_size": cfg.data.image_size,
-        "seed": cfg.seed,
-    }
-    hypermodel = SearchModel(
-        architecture(cfg.model.name).build,
-        fixed,
-        cfg.tuner.learning_rate,
-        classes,
-        lambda hp: hparams.declare(hp, cfg.tuner.search_space),
-    )
     tuner = make_tuner(cfg.tuner, hypermodel, Path(cfg.paths.tuning), cfg.seed, tracker)
     stop = keras.callbacks.EarlyStopping(
         monitor=cfg.tuner.objective, mode=cfg.tuner.direction, patience=cfg.tuner.patience
@@ -150,9 +198,14 @@ class _FatalStoreErrors(keras.callbacks.Callback):
             raise type("StoreLost", (kt.errors.FatalError, TrackingError), {})(str(error)) from None
 
 
-def searched_values(values: dict[str, Any], space: dict) -> dict[str, Any]:
-    """Only the search space's names (Hyperband adds its own `tuner/...` bookkeeping values)."""
-    return {name: value for name, value in values.items() if name in space}
+def searched_values(values: dict[str, Any], hypermodel: SearchModel) -> dict[str, Any]:
+    """The drawn values by their config names (Hyperband adds `tuner/...` bookkeeping; drop it)."""
+    if hypermodel.choice is None:
+        return {name: value for name, value in values.items() if name in hypermodel.shared}
+    name = values[ARCHITECTURE]
+    own = {key.split(".", 1)[1]: value for key, value in values.items() if key.startswith(f"{name}.")}
+    shared = {key: value for key, value in values.items() if key in hypermodel.shared}
+    return {ARCHITECTURE: name, **shared, **own}
 
 
 def leaderboard(tuner: Any) -> list[dict[str, Any]]:
@@ -189,11 +242,27 @@ def _require_a_result(tuner: Any, rows: list[dict[str, Any]]) -> None:
     raise OpClassifierError(f"no tuning trial finished with a score ({why})")
 
 
-def claim_search(cfg: Config) -> str:
-    """Keep the tuner's folder only if this config, data and code made it; its fingerprint id."""
-    made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)))
+def claim_search(cfg: Config, hypermodel: SearchModel) -> str:
+    """Keep the tuner's folder only if this config, data, code (and other architectures' sections) made it."""
+    others = {
+        name: {"model": as_dict(c.section), "space": {k: as_dict(v) for k, v in c.space.items()}}
+        for name, c in hypermodel.candidates.items()
+        if name != cfg.model.name
+    }
+    made_by = state.fingerprint(
+        state.select(as_dict(cfg), PARAMS),
+        data_hash(Path(cfg.paths.prepared)),
+        **({"architectures": others} if others else {}),
+    )
     state.claim(Path(cfg.paths.tuning), made_by, "tuner search", keep=(RUN_ID_FILE,))
     return made_by["id"]
+
+
+def hypermodel_of(cfg: Config, classes: list[str]) -> SearchModel:
+    """The search's hypermodel: every candidate architecture composed and checked before any training."""
+    found, shared, choice = candidates(cfg)
+    fixed = {"num_classes": len(classes), "image_size": cfg.data.image_size, "seed": cfg.seed}
+    return SearchModel(found, shared, choice, fixed, cfg.tuner.learning_rate, classes)
 
 
 def run(cfg: Config) -> dict:
@@ -209,18 +278,21 @@ def run(cfg: Config) -> dict:
         write_leaderboard(Path(cfg.paths.leaderboard), [])
         return {"tuner": "none", "best": {}}
     folder = Path(cfg.paths.tuning)
-    made_by = claim_search(cfg)
+    hypermodel = hypermodel_of(cfg, classes)
+    made_by = claim_search(cfg, hypermodel)
     params = {**flatten(state.select(as_dict(cfg), PARAMS)), "state_fingerprint": made_by}
     tags = {"stage": "tune", "tuner": cfg.tuner.kind, "data_hash": data_hash(Path(cfg.paths.prepared))}
     with tracker.run(run_name("tune", cfg), resume_file=folder / RUN_ID_FILE, tags=tags, params=params) as run_id:
-        tuner = search(cfg, tracker, classes)
+        tuner = search(cfg, tracker, classes, hypermodel)
         rows = leaderboard(tuner)
         _require_a_result(tuner, rows)
-        best = searched_values(tuner.get_best_hyperparameters(1)[0].values, cfg.tuner.search_space)
+        best = searched_values(tuner.get_best_hyperparameters(1)[0].values, hypermodel)
         score = rows[0]["score"]
         tracker.log_metrics({f"best_{cfg.tuner.objective}": score} if score is not None else {})
     state.mark_complete(folder)
-    hparams.write_best(Path(cfg.paths.best_hparams), best, score, run_id)
+    drawn = best.get(ARCHITECTURE)
+    section = as_dict(hypermodel.candidates[drawn].section) if drawn is not None else None
+    hparams.write_best(Path(cfg.paths.best_hparams), best, score, run_id, architecture=section)
     write_leaderboard(Path(cfg.paths.leaderboard), rows)
     return {
         "tuner": cfg.tuner.kind,
