@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from op_classifier import config, defaults, quiet
-from op_classifier.errors import OpClassifierError
+from op_classifier.errors import ConfigError, OpClassifierError
 from op_classifier.runner import guarded, report
 
 # Stage name -> module with `run(cfg) -> dict`; imported only when asked for (TensorFlow is slow).
@@ -38,8 +38,15 @@ def _sample(args: argparse.Namespace) -> None:
     report(sample.generate(Path(args.out), **{k: v for k, v in given.items() if v is not None}))
 
 
-def _stage(name: str, overrides: Sequence[str]) -> None:
+def _stage(name: str, overrides: Sequence[str], workers: int | None = None) -> None:
     cfg = config.validate(config.compose(tuple(overrides)))
+    if workers is not None:  # the chief and each worker compose the same config themselves
+        from op_classifier import tuner_cluster
+
+        if cfg.tuner.kind == "none":
+            raise ConfigError("--workers: tuner.kind is none, there is no search to distribute")
+        report(tuner_cluster.launch(workers, overrides))
+        return
     module = importlib.import_module(STAGES[name])
     report(module.run(cfg))
 
@@ -208,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=[common], help=f"run the {name} stage with conf/ + overrides (outside DVC)"
         )
         stage.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
+        if name == "tune":
+            stage.add_argument(
+                "--workers",
+                type=int,
+                metavar="N",
+                help="a distributed search on this machine: a Keras Tuner chief and N workers (one GPU each)",
+            )
     return parser
 
 
@@ -229,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "predict":
         code = guarded(lambda: _predict(args))
     else:
-        code = guarded(lambda: _stage(args.command, args.overrides))
+        code = guarded(lambda: _stage(args.command, args.overrides, getattr(args, "workers", None)))
     sys.exit(code)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from op_classifier import hparams, state
+from op_classifier import hparams, state, tuner_cluster
 from op_classifier.backend import set_random_seed
 from op_classifier.config import (
     ARCHITECTURE,
@@ -155,21 +155,25 @@ def _with_trial_runs(base: type, tracker: Tracker) -> type:
         def on_trial_end(self, trial: Any) -> None:
             super().on_trial_end(trial)
             tracker.set_tags({"status": str(trial.status)})
-            if trial.score is not None:
-                tracker.log_metrics({"objective": trial.score})
+            # A worker's trial gets its score from the chief's oracle, which ended it.
+            score = trial.score if trial.score is not None else self.oracle.get_trial(trial.trial_id).score
+            if score is not None:
+                tracker.log_metrics({"objective": score})
             self._trial_run.close()
 
     Tracked.__name__ = base.__name__
     return Tracked
 
 
-def search(cfg: Config, tracker: Tracker, classes: list[str], hypermodel: SearchModel) -> Any:
-    """Run (or resume) the search; return the finished tuner."""
+def search(
+    cfg: Config, tracker: Tracker, classes: list[str], hypermodel: SearchModel, folder: Path | None = None
+) -> Any:
+    """Run (or resume) the search in folder (paths.tuning); return the finished tuner."""
     prepared = Path(cfg.paths.prepared)
     train = split_stream(prepared, "train", cfg.tuner.batch_size, seed=cfg.seed)
     val = split_stream(prepared, "val", cfg.tuner.batch_size)
     set_random_seed(cfg.seed)
-    tuner = make_tuner(cfg.tuner, hypermodel, Path(cfg.paths.tuning), cfg.seed, tracker)
+    tuner = make_tuner(cfg.tuner, hypermodel, folder or Path(cfg.paths.tuning), cfg.seed, tracker)
     stop = keras.callbacks.EarlyStopping(
         monitor=cfg.tuner.objective, mode=cfg.tuner.direction, patience=cfg.tuner.patience
     )
@@ -242,18 +246,20 @@ def _require_a_result(tuner: Any, rows: list[dict[str, Any]]) -> None:
     raise OpClassifierError(f"no tuning trial finished with a score ({why})")
 
 
-def claim_search(cfg: Config, hypermodel: SearchModel) -> str:
-    """Keep the tuner's folder only if this config, data, code (and other architectures' sections) made it."""
+def search_fingerprint(cfg: Config, hypermodel: SearchModel) -> dict[str, Any]:
+    """What the search's state depends on: this config, data, code (and other architectures' sections)."""
     others = {
         name: {"model": as_dict(c.section), "space": {k: as_dict(v) for k, v in c.space.items()}}
         for name, c in hypermodel.candidates.items()
         if name != cfg.model.name
     }
-    made_by = state.fingerprint(
-        state.select(as_dict(cfg), PARAMS),
-        data_hash(Path(cfg.paths.prepared)),
-        **({"architectures": others} if others else {}),
-    )
+    extra = {"architectures": others} if others else {}
+    return state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)), **extra)
+
+
+def claim_search(cfg: Config, hypermodel: SearchModel) -> str:
+    """Keep the tuner's folder only if the same config, data and code made it; its fingerprint id."""
+    made_by = search_fingerprint(cfg, hypermodel)
     state.claim(Path(cfg.paths.tuning), made_by, "tuner search", keep=(RUN_ID_FILE,))
     return made_by["id"]
 
@@ -268,6 +274,9 @@ def hypermodel_of(cfg: Config, classes: list[str]) -> SearchModel:
 def run(cfg: Config) -> dict:
     """Search, then write best_hparams.yaml and the leaderboard; tuner=none records no values."""
     started = time.perf_counter()
+    cluster = tuner_cluster.role()  # a bad or taken address is refused before anything is read or written
+    if cluster is not None and cluster.chief:
+        tuner_cluster.check_port_free(cluster)
     classes = load_manifest(Path(cfg.paths.prepared))["classes"]
     check_objective(cfg.tuner.objective, classes)
     hparams.check_space(cfg.tuner.search_space, cfg.model)
@@ -277,6 +286,8 @@ def run(cfg: Config) -> dict:
         hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None)
         write_leaderboard(Path(cfg.paths.leaderboard), [])
         return {"tuner": "none", "best": {}}
+    if cluster is not None and not cluster.chief:
+        return work(cfg, cluster, classes, tracker)
     folder = Path(cfg.paths.tuning)
     hypermodel = hypermodel_of(cfg, classes)
     made_by = claim_search(cfg, hypermodel)
@@ -299,6 +310,28 @@ def run(cfg: Config) -> dict:
         "trials": len(rows),
         "best": best,
         "score": score,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def work(cfg: Config, worker: tuner_cluster.Role, classes: list[str], tracker: Tracker) -> dict:
+    """A worker of a distributed search: trials from the chief until it says stop; the chief records results.
+
+    Its Keras Tuner folder is its own (paths.tuning/worker-<id>), and its trials nest under the chief's
+    tuning run, found by the fingerprint of config, data and code: a worker that differs finds none.
+    """
+    started = time.perf_counter()
+    hypermodel = hypermodel_of(cfg, classes)
+    made_by = search_fingerprint(cfg, hypermodel)["id"]
+    timeout = tuner_cluster.wait_s()
+    tuner_cluster.wait_for_chief(worker, timeout)
+    folder = Path(cfg.paths.tuning) / f"worker-{worker.tuner_id}"
+    with tracker.join("state_fingerprint", made_by, timeout):
+        search(cfg, tracker, classes, hypermodel, folder)
+    return {
+        "tuner": cfg.tuner.kind,
+        "worker": worker.tuner_id,
+        "trials_run": len(list(folder.glob("trial_*"))),
         "seconds": round(time.perf_counter() - started, 1),
     }
 

@@ -113,6 +113,9 @@ class Tracker(Protocol):
     def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> AbstractContextManager[None]:
         """A nested run for one tuner trial."""
 
+    def join(self, param: str, value: str, timeout: float) -> AbstractContextManager[str | None]:
+        """Nest this process's trials under another process's running run (its `param` is `value`)."""
+
     def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
         """The served model, logged; its URI, or None."""
 
@@ -164,6 +167,11 @@ class NullTracker:
     def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> Iterator[None]:
         """No nested run."""
         yield
+
+    @contextlib.contextmanager
+    def join(self, param: str, value: str, timeout: float) -> Iterator[str | None]:
+        """No run to join: yields None."""
+        yield None
 
     def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
         """No model logged: None."""

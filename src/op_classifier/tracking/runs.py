@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class MlflowTracker:
     def __init__(self, cfg: TrackingConfig) -> None:
         self.cfg = cfg
         self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None  # another process's run this one's trials nest under (join)
         self._connect()
 
     def _connect(self) -> None:
@@ -104,7 +106,8 @@ class MlflowTracker:
                 # Explicit: the process-wide active experiment is not trusted across clients and threads.
                 experiment_id=self.experiment_id,
                 run_name=None if run_id else name,
-                nested=nested,
+                nested=nested and self.parent_run_id is None,
+                parent_run_id=self.parent_run_id if nested else None,
                 log_system_metrics=system_metrics or None,
             )
         )
@@ -156,9 +159,32 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def trial(self, trial_id: str, hparams: Mapping[str, Any]) -> Iterator[None]:
-        """A nested run for one tuner trial, under the active (parent) run."""
+        """A nested run for one tuner trial, under the active (parent) run, or the joined one."""
+        if self.parent_run_id is not None:  # a restarted worker re-runs its trial: the killed attempt ends
+            close_orphans(self.parent_run_id, f"tags.trial_id = '{trial_id}'")
         with self.run(f"trial-{trial_id}", nested=True, tags={"trial_id": trial_id}, params=hparams):
             yield
+
+    @contextlib.contextmanager
+    def join(self, param: str, value: str, timeout: float) -> Iterator[str | None]:
+        """Nest this process's trials under the RUNNING run whose param `param` is `value` (another
+        process's, e.g. a Keras Tuner chief's), waiting up to timeout seconds for it; never end it."""
+        import mlflow
+
+        query = f"params.{param} = '{value}' and attributes.status = 'RUNNING'"
+        deadline = time.monotonic() + timeout
+        while not (found := store_call(lambda: mlflow.MlflowClient().search_runs([self.experiment_id], query))):
+            if time.monotonic() > deadline:
+                raise TrackingError(
+                    f"no running MLflow run with {param}={value} in {tracking_uri(self.cfg)} after {timeout:g} s "
+                    "(is the chief running, with the same config, data and code, and the same store?)"
+                )
+            time.sleep(1)
+        self.parent_run_id = found[0].info.run_id
+        try:
+            yield self.parent_run_id
+        finally:
+            self.parent_run_id = None
 
     def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
         """Log the model as a pixel-checking pyfunc with its signature and an input example; return its URI."""

@@ -148,16 +148,14 @@ def same_params(run_id: str, params: Mapping[str, Any]) -> bool:
     return all(logged[key] == str(value) for key, value in params.items() if key in logged)
 
 
-def close_orphans(parent_id: str) -> None:
-    """Mark KILLED the nested runs a killed process left RUNNING under a run we now resume."""
+def close_orphans(parent_id: str, where: str = "") -> None:
+    """Mark KILLED the nested runs a killed process left RUNNING under parent_id (those matching `where`)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_id)
-    orphans = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
-    )
-    for orphan in orphans:
+    query = f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+    for orphan in client.search_runs([parent.info.experiment_id], f"{query} and {where}" if where else query):
         client.set_terminated(orphan.info.run_id, status="KILLED")
 
 
