@@ -448,26 +448,27 @@ def _describe(error: OmegaConfBaseException) -> str:
 
 def validate(raw: Any) -> Config:
     """Check a plain or OmegaConf mapping against the schema and return the typed config."""
-    try:
+
+    def merge() -> DictConfig:
         schema = _model_schema(OmegaConf.select(OmegaConf.create(raw), "model.name", default=None))
-        merged = OmegaConf.merge(OmegaConf.structured(Config), {"model": OmegaConf.structured(schema)}, raw)
-        missing = sorted(OmegaConf.missing_keys(merged))
-        if missing:
-            raise ConfigError(f"{missing[0]}: missing value")
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(_describe(error)) from None
-    except (TypeError, ValueError) as error:
-        raise ConfigError(first_line(error)) from None
+        return OmegaConf.merge(OmegaConf.structured(Config), {"model": OmegaConf.structured(schema)}, raw)
+
+    return _typed(merge)
 
 
 def validate_model(section: Any) -> ModelBase:
     """Check one model section (a mapping with its `name`) against its architecture's schema."""
+    schema = _model_schema(section.get("name"))
+    return _typed(lambda: OmegaConf.merge({"model": OmegaConf.structured(schema)}, {"model": section}))["model"]
+
+
+def _typed(merge: Callable[[], DictConfig]) -> Any:
+    """The merged config as objects; an OmegaConf or value error is one line naming the key."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(_model_schema(section.get("name"))), section)
+        merged = merge()
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
-            raise ConfigError(f"model.{missing[0]}: missing value")
+            raise ConfigError(f"{missing[0]}: missing value")
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
