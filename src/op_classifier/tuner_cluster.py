@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from op_classifier.errors import ConfigError, OpClassifierError
+from op_classifier.net import free_port, port_problem
 
 ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 CHIEF = "chief"
@@ -72,13 +72,11 @@ def wait_s() -> float:
 
 def check_port_free(chief: Role) -> None:
     """Refuse a taken port before the search starts (gRPC would share it, or fail in a traceback)."""
-    with socket.socket() as probe:
-        try:
-            probe.bind((chief.ip, chief.port))
-        except OSError as error:
-            raise OpClassifierError(
-                f"KERASTUNER_ORACLE_PORT {chief.port} on {chief.ip} cannot be used ({error.strerror}): pick another"
-            ) from None
+    reason = port_problem(chief.ip, chief.port)
+    if reason is not None:
+        raise OpClassifierError(
+            f"KERASTUNER_ORACLE_PORT {chief.port} on {chief.ip} cannot be used ({reason}): pick another"
+        )
 
 
 def wait_for_chief(worker: Role, timeout: float) -> None:
@@ -95,13 +93,6 @@ def wait_for_chief(worker: Role, timeout: float) -> None:
         ) from None
     finally:
         channel.close()
-
-
-def free_port(ip: str = "127.0.0.1") -> int:
-    """A TCP port of ip that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((ip, 0))
-        return probe.getsockname()[1]
 
 
 def visible_gpus() -> list[str]:

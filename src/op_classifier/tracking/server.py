@@ -11,14 +11,12 @@ not imported: this module only starts and stops processes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ import psutil
 
 from op_classifier.defaults import HOST, TRACKING_SERVER_PORT, TRACKING_SERVER_WORKERS
 from op_classifier.errors import OpClassifierError, first_line
+from op_classifier.net import free_port, port_problem
 
 DEFAULT_DIR = ".mlflow-server"
 DB_USER = DB_NAME = "mlflow"
@@ -129,7 +128,7 @@ def start(
             password = _initdb(binaries, pgdata, folder, user)
         else:
             password = (pgdata / ".mlflow-password").read_text(encoding="utf-8").strip()
-        pg_port = _free_port()
+        pg_port = free_port()
         postgres = _start_postgres(binaries, pgdata, folder, pg_port, user)
         undo.append(lambda: _stop(postgres, "postgres", signal.SIGINT))  # SIGINT: PostgreSQL's fast shutdown
         if created:
@@ -213,18 +212,12 @@ def _client_host(host: str) -> str:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    # Bound as uvicorn binds (SO_REUSEADDR), so a port in TIME_WAIT counts as free and a listener as taken.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            reason = "taken" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
-            raise ServerError(
-                f"port {port} on {host} is {reason}: stop what listens there or pick another port "
-                "(--port, or make tracking-server PORT=...)"
-            ) from None
+    reason = port_problem(host, port)
+    if reason is not None:
+        raise ServerError(
+            f"port {port} on {host} is {reason}: stop what listens there or pick another port "
+            "(--port, or make tracking-server PORT=...)"
+        )
 
 
 def _check_driver() -> None:
@@ -339,12 +332,6 @@ def _run(argv: list[str], what: str, user: str | None, env: dict[str, str] | Non
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         raise ServerError(f"{what} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _start_postgres(binaries: Path, pgdata: Path, folder: Path, pg_port: int, user: str | None) -> Process:

@@ -1,0 +1,29 @@
+"""Ports on this machine: one that is free now, and why one cannot be listened on."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port of host that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on ("taken", or the system's reason), or None when it can.
+
+    Bound with SO_REUSEADDR as servers bind: a port left in TIME_WAIT is free, one with a listener is
+    not (also one held with SO_REUSEPORT, as gRPC holds its ports).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return "taken" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+    return None
