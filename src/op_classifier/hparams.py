@@ -8,7 +8,6 @@ from typing import Any
 
 import yaml
 
-from op_classifier import models
 from op_classifier.config import ARCHITECTURE, ConfigError, ModelBase, SearchParam, TrainConfig, validate_model
 from op_classifier.errors import DataError
 
@@ -80,5 +79,4 @@ def trained_model(model_cfg: ModelBase, best: Mapping[str, Any]) -> ModelBase:
     section = best.get("architecture")
     if not section or section.get("name") != drawn:
         raise DataError(f"best_hparams.yaml names architecture {drawn} without its section: run the tune stage again")
-    models.get(drawn)  # an architecture removed since the search is one line, not a traceback
-    return validate_model(section)
+    return validate_model(section)  # an architecture removed since the search: one line naming it

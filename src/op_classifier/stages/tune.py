@@ -82,7 +82,7 @@ class SearchModel(kt.HyperModel):
         name = hp.Choice(ARCHITECTURE, list(self.choice.values))
         with hp.conditional_scope(ARCHITECTURE, [name]):
             own = hparams.declare(hp, {f"{name}.{key}": spec for key, spec in self.candidates[name].space.items()})
-        return name, {**values, **{key.split(".", 1)[1]: value for key, value in own.items()}}
+        return name, {**values, **own_values(own, name)}
 
     def build(self, hp: Any) -> keras.Model:
         """Build and compile one candidate with the values Keras Tuner drew."""
@@ -90,6 +90,12 @@ class SearchModel(kt.HyperModel):
         learning_rate = values.pop("learning_rate", self.learning_rate)
         args = {**hparams.model_args(self.candidates[name].section), **self.fixed, **values}
         return compile_model(architecture(name).build(**args), learning_rate, self.class_names)
+
+
+def own_values(values: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Architecture `name`'s drawn values (`<name>.<key>` in Keras Tuner) by their model keys."""
+    prefix = f"{name}."
+    return {key[len(prefix) :]: value for key, value in values.items() if key.startswith(prefix)}
 
 
 def candidates(cfg: Config) -> tuple[dict[str, Candidate], dict[str, SearchParam], SearchParam | None]:
@@ -207,7 +213,7 @@ def searched_values(values: dict[str, Any], hypermodel: SearchModel) -> dict[str
     if hypermodel.choice is None:
         return {name: value for name, value in values.items() if name in hypermodel.shared}
     name = values[ARCHITECTURE]
-    own = {key.split(".", 1)[1]: value for key, value in values.items() if key.startswith(f"{name}.")}
+    own = own_values(values, name)
     shared = {key: value for key, value in values.items() if key in hypermodel.shared}
     return {ARCHITECTURE: name, **shared, **own}
 
