@@ -38,8 +38,14 @@ def _sample(args: argparse.Namespace) -> None:
     report(sample.generate(Path(args.out), **{k: v for k, v in given.items() if v is not None}))
 
 
-def _stage(name: str, overrides: Sequence[str]) -> None:
+def _stage(name: str, overrides: Sequence[str], processes: int = 1, verbose: bool = False) -> None:
     cfg = config.validate(config.compose(tuple(overrides)))
+    if processes > 1:  # this command again, once per process, joined on 127.0.0.1 (distributed.py)
+        from op_classifier import distributed
+
+        distributed.check_batch(cfg.train.batch_size, processes)
+        distributed.launch(["-m", "op_classifier.cli", name, *overrides], processes, verbose=verbose)
+        return
     module = importlib.import_module(STAGES[name])
     report(module.run(cfg))
 
@@ -187,7 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=[common], help=f"run the {name} stage with conf/ + overrides (outside DVC)"
         )
         stage.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
+    sub.choices["train"].add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        metavar="N",
+        help="data-parallel training in N local processes on JAX (train.batch_size is split across them)",
+    )
     return parser
+
+
+def _processes(text: str) -> int:
+    """--processes: a whole number, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, at least 1, not {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -208,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "predict":
         code = guarded(lambda: _predict(args))
     else:
-        code = guarded(lambda: _stage(args.command, args.overrides))
+        processes = getattr(args, "processes", 1)
+        code = guarded(lambda: _stage(args.command, args.overrides, processes, args.verbose))
     sys.exit(code)
 
 
