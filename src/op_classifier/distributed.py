@@ -16,12 +16,14 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +128,33 @@ def join(batch_size: int) -> Cluster:
         keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
     )
     return cluster
+
+
+@contextlib.contextmanager
+def fail_fast(cluster: Cluster) -> Iterator[None]:
+    """In a multi-process run, an error ends this process at once, its one line printed.
+
+    A normal exit waits at JAX's exit barrier for every process, while the others wait for this one in
+    their next collective step: a deadlock. Ended at once, its heartbeats stop and JAX ends the others.
+    """
+    if cluster.processes == 1:
+        yield
+        return
+    try:
+        yield
+    except OpClassifierError as error:
+        _exit(f"error: {error}", error.exit_code)
+    except KeyboardInterrupt:
+        _exit("interrupted", 130)
+    except BaseException:
+        traceback.print_exc()
+        _exit(f"error: training process {cluster.rank} failed", 1)
+
+
+def _exit(line: str, code: int) -> None:
+    print(line, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def check_batch(batch_size: int, processes: int) -> None:
@@ -299,6 +328,8 @@ def launch(argv: Sequence[str], processes: int, verbose: bool = False) -> None:
     if from_env(os.environ) is not None:
         raise DistributedError(f"--processes starts its own run: unset {ADDRESS_ENV}, {COUNT_ENV} and {RANK_ENV}")
     port = free_port()
+    # SIGTERM (a kill, DVC stopping) as Ctrl-C: the children are stopped before this process ends.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="op-classifier-train-") as folder:
         logs = [Path(folder) / f"process-{rank}.log" for rank in range(processes)]
         children: list[subprocess.Popen] = []
@@ -311,8 +342,13 @@ def launch(argv: Sequence[str], processes: int, verbose: bool = False) -> None:
         finally:
             for child in children:
                 stop(child)
+            signal.signal(signal.SIGTERM, previous)
         _replay_notes(logs[0])
         _compare_digests([shown.text, *(log.read_text(encoding="utf-8", errors="replace") for log in logs[1:])])
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _start(argv: Sequence[str], cluster: Cluster, log: Path, verbose: bool) -> subprocess.Popen:

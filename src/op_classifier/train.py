@@ -356,6 +356,11 @@ def run(cfg: Config) -> dict:
     """
     started = time.perf_counter()
     cluster = distributed.join(cfg.train.batch_size)  # first: nothing is written before every check passed
+    with distributed.fail_fast(cluster):
+        return _run(cfg, cluster, started)
+
+
+def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
     prepared = Path(cfg.paths.prepared)
     classes = load_manifest(prepared)["classes"]
     if cfg.train.monitor not in metric_names(classes):
