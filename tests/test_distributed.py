@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from op_classifier import distributed, prepare, sample
+from op_classifier import distributed, hparams, prepare, sample
 from op_classifier.distributed import ADDRESS_ENV, COUNT_ENV, RANK_ENV, TIMEOUT_ENV, Cluster, DistributedError
 from op_classifier.stream import split_stream
 from tests.conftest import REPO, free_port
@@ -148,6 +148,7 @@ def test_replicas_that_differ_are_an_error() -> None:
 def test_two_processes_train_identical_replicas_and_only_the_chief_logs(prepared: Path, tmp_path: Path) -> None:
     """`train --processes 2` on loopback: equal weights on both, one MLflow run, the model written once."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    hparams.write_best(tmp_path / "best.yaml", {}, None, None)  # tuner=none's record
     args = [
         "train",
         "--processes",
@@ -191,4 +192,4 @@ def test_two_processes_train_identical_replicas_and_only_the_chief_logs(prepared
     )
     assert [run.info.run_id for run in runs] == [summary["run_id"]]  # rank 1 logged nothing
     assert runs[0].data.params["processes"] == "2"
-    assert runs[0].data.metrics["val_accuracy"] >= 0
+    assert "epoch_val_accuracy" in runs[0].data.metrics  # the chief logged its epochs
