@@ -218,8 +218,8 @@ class ShardStream(ImageStream):
     """One process's contiguous share of every global batch of the seeded epoch order.
 
     All processes draw the same order (seed, epoch), so together they feed exactly the global batch a
-    single process would. A last partial batch is cut to a multiple of the process count (under
-    `processes` rows an epoch left out; the shuffle leaves out others each epoch).
+    single process would, in its row order. A last partial batch is cut to a multiple of the process
+    count (under `processes` rows an epoch left out; the shuffle leaves out others each epoch).
     """
 
     def __init__(self, images: Path, labels: np.ndarray, batch_size: int, seed: int, cluster: Cluster) -> None:
@@ -232,10 +232,11 @@ class ShardStream(ImageStream):
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
-        start = index * self.batch_size
-        share = min(self.batch_size, len(self.rows) - start) // self.cluster.processes
-        mine = self.order[start + self.cluster.rank * share : start + (self.cluster.rank + 1) * share]
-        rows = np.sort(mine)
+        batch = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        share = len(batch) // self.cluster.processes
+        # The sorted global batch cut in rank order: the processes' shares side by side are the batch one
+        # process reads, row for row (augmentation draws, by position, then fall on the same images).
+        rows = batch[self.cluster.rank * share : (self.cluster.rank + 1) * share]
         return self.rows.read(rows), self.labels[rows]
 
 
