@@ -144,29 +144,28 @@ def test_replicas_that_differ_are_an_error() -> None:
         distributed._compare_digests(outputs)
 
 
-@pytest.mark.slow
-def test_two_processes_train_identical_replicas_and_only_the_chief_logs(prepared: Path, tmp_path: Path) -> None:
-    """`train --processes 2` on loopback: equal weights on both, one MLflow run, the model written once."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _launch_args(prepared: Path, tmp_path: Path, *extra: str) -> list[str]:
     hparams.write_best(tmp_path / "best.yaml", {}, None, None)  # tuner=none's record
-    args = [
+    return [
         "train",
         "--processes",
         "2",
         "experiment=tiny",
         "tuner=none",
-        "train.epochs=2",
         f"paths.prepared={prepared / 'data/prepared'}",
         f"paths.raw={prepared / 'data/raw'}",
         f"paths.best_hparams={tmp_path / 'best.yaml'}",
         f"paths.checkpoints={tmp_path / 'ckpt'}",
         f"paths.model={tmp_path / 'model'}",
         f"paths.history={tmp_path / 'history.csv'}",
-        f"tracking.uri={store}",
+        *extra,
     ]
+
+
+def _launcher(prepared: Path, args: list[str]) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if key not in JOIN_ENV}
     env |= {"PYTHONPATH": str(REPO / "src")}
-    launcher = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "op_classifier.cli", *args],
         cwd=prepared,
         env=env,
@@ -174,22 +173,58 @@ def test_two_processes_train_identical_replicas_and_only_the_chief_logs(prepared
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _finish(launcher: subprocess.Popen, timeout: float = 900) -> tuple[str, str]:
+    """Its output once it ended; a launcher still running then is stopped by its pid (it stops its children)."""
     try:
-        out, err = launcher.communicate(timeout=900)
+        return launcher.communicate(timeout=timeout)
     finally:
-        if launcher.poll() is None:  # the launcher stops its own children (by their pids) on SIGTERM
+        if launcher.poll() is None:
             os.kill(launcher.pid, signal.SIGTERM)
             launcher.communicate(timeout=60)
-    assert launcher.returncode == 0, err[-3000:]
-    summary = json.loads(out[out.rindex("\n{\n") :])
+
+
+def _summary(out: str) -> dict:
+    return json.loads(out[out.rindex("\n{\n") :])
+
+
+@pytest.mark.slow
+def test_two_processes_train_identical_replicas_and_only_the_chief_logs(prepared: Path, tmp_path: Path) -> None:
+    """`train --processes 2` on loopback: equal weights on both, one MLflow run, the model written once."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out, err = _finish(_launcher(prepared, _launch_args(prepared, tmp_path, "train.epochs=2", f"tracking.uri={store}")))
+    assert "error" not in err, err[-3000:]
+    summary = _summary(out)
     assert summary["device"].startswith("2 processes")
     assert f"2 processes ended with identical weights (sha256 {summary['weights_sha256'][:16]})" in err
     assert (tmp_path / "model" / "model.keras").is_file()
     import mlflow
 
-    runs = mlflow.MlflowClient(store).search_runs(
-        [e.experiment_id for e in mlflow.MlflowClient(store).search_experiments()]
-    )
-    assert [run.info.run_id for run in runs] == [summary["run_id"]]  # rank 1 logged nothing
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [run.info.run_id for run in runs] == [summary["run_id"]]  # process 1 logged nothing
     assert runs[0].data.params["processes"] == "2"
     assert "epoch_val_accuracy" in runs[0].data.metrics  # the chief logged its epochs
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_training_resumes_on_both(prepared: Path, tmp_path: Path) -> None:
+    """Stopped after 2 epochs, run again: both processes restore the chief's checkpoint and go on."""
+    args = _launch_args(prepared, tmp_path, "train.epochs=6", "train.patience=100", "tracking=none")
+    history = tmp_path / "history.csv"
+    first = _launcher(prepared, args)
+    deadline = time.monotonic() + 600
+    while not (history.is_file() and len(history.read_text().splitlines()) >= 3):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+        time.sleep(0.2)
+    time.sleep(0.5)  # the backup follows the history row
+    os.kill(first.pid, signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
+    out, err = _finish(_launcher(prepared, args))
+    summary = _summary(out)
+    assert summary["resumed"] and summary["epochs_run"] == 6, err[-3000:]
+    assert "identical weights" in err
+    epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
+    assert epochs == list(range(6))
