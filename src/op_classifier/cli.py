@@ -41,6 +41,9 @@ def _sample(args: argparse.Namespace) -> None:
 def _stage(name: str, overrides: Sequence[str], processes: int = 1, verbose: bool = False) -> None:
     cfg = config.validate(config.compose(tuple(overrides)))
     if processes > 1:  # this command again, once per process, joined on 127.0.0.1 (distributed.py)
+        import os
+
+        os.environ["KERAS_BACKEND"] = "jax"  # the engine's backend: this launcher then loads no TensorFlow
         from op_classifier import distributed
 
         distributed.check_batch(cfg.train.batch_size, processes)
