@@ -248,7 +248,7 @@ def fit(
     backbone's top layers when train.fine_tune_epochs asks; summary of the training.
 
     In a multi-process run each process reads its share of every train batch and the whole val split
-    (its metrics are then exactly a single process's); only the chief reads and writes the checkpoint.
+    (its metrics are then exactly a single process's); all restore the checkpoint, only the chief writes.
     """
     prepared = Path(cfg.paths.prepared)
     checkpoints = Path(cfg.paths.checkpoints)
