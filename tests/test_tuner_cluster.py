@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,13 +25,22 @@ KT_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder (conf/, the tiny sample prepared) that commands run in, as a user's checkout."""
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conf/ and the tiny sample prepared, made once for the module."""
     root = tmp_path_factory.mktemp("cluster")
     subprocess.run(["cp", "-r", str(REPO / "conf"), str(root / "conf")], check=True)
     sample.generate(root / "data/raw", per_class=8, scenes=4)
     paths = [f"paths.{key}={root / value}" for key, value in vars(compose().paths).items()]
     prepare.run(compose(*TINY, *paths))
+    return root
+
+
+@pytest.fixture
+def project(prepared: Path, tmp_path: Path) -> Path:
+    """A fresh project folder per test, as a user's checkout: its own store, so no MLflow client cached
+    in this process reads another test's (deleted) store."""
+    root = tmp_path / "project"
+    shutil.copytree(prepared, root)
     return root
 
 
@@ -54,22 +65,23 @@ def _trial_runs(root: Path) -> tuple[list, list]:
 
 
 def _running_trials(root: Path) -> int:
-    """Trial runs RUNNING now; 0 while the store is still being made (the chief creates it)."""
-    if not (root / "mlflow.db").is_file():
+    """Trial runs RUNNING now, read from the store read-only (an MLflow client here would race the chief
+    making the schema); 0 while the store is still being made."""
+    import sqlite3
+
+    database = root / "mlflow.db"
+    if not database.is_file():
         return 0
     try:
-        return len([t for t in _trial_runs(root)[1] if t.info.status == "RUNNING"])
-    except Exception:  # tables being created or locked by the processes under test
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as db:
+            query = "SELECT COUNT(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid"
+            return db.execute(f"{query} WHERE runs.status = 'RUNNING' AND tags.key = 'trial_id'").fetchone()[0]
+    except sqlite3.Error:  # tables not made yet, or locked by the processes under test
         return 0
-
-
-def _fresh(root: Path) -> None:
-    subprocess.run(["rm", "-rf", str(root / "experiments"), str(root / "mlflow.db"), str(root / "mlartifacts")])
 
 
 @pytest.mark.slow
 def test_a_chief_and_two_workers_finish_six_trials_as_one_tracked_search(project: Path) -> None:
-    _fresh(project)
     done = subprocess.run(
         [CLI, "tune", "--workers", "2", *TINY, "tuner.max_trials=6"],
         cwd=project,
@@ -102,7 +114,6 @@ def _worker_pid(launcher: int, tuner_id: str) -> int | None:
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_is_restarted_under_its_id_and_the_search_ends(project: Path) -> None:
-    _fresh(project)
     log = project / "launcher.err"
     with open(log, "w") as err:
         launcher = subprocess.Popen(
@@ -138,7 +149,6 @@ def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int
 def test_bad_cluster_input_is_one_line_and_writes_nothing(
     project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    _fresh(project)
     monkeypatch.chdir(project)
     for name in KT_ENV:
         monkeypatch.delenv(name, raising=False)

@@ -38,7 +38,9 @@ def _sample(args: argparse.Namespace) -> None:
     report(sample.generate(Path(args.out), **{k: v for k, v in given.items() if v is not None}))
 
 
-def _stage(name: str, overrides: Sequence[str], workers: int | None = None) -> None:
+def _stage(
+    name: str, overrides: Sequence[str], workers: int | None = None, processes: int = 1, verbose: bool = False
+) -> None:
     cfg = config.validate(config.compose(tuple(overrides)))
     if workers is not None:  # the chief and each worker compose the same config themselves
         from op_classifier import tuner_cluster
@@ -46,6 +48,15 @@ def _stage(name: str, overrides: Sequence[str], workers: int | None = None) -> N
         if cfg.tuner.kind == "none":
             raise ConfigError("--workers: tuner.kind is none, there is no search to distribute")
         report(tuner_cluster.launch(workers, overrides))
+        return
+    if processes > 1:  # this command again, once per process, joined on 127.0.0.1 (distributed.py)
+        import os
+
+        os.environ["KERAS_BACKEND"] = "jax"  # the engine's backend: this launcher then loads no TensorFlow
+        from op_classifier import distributed
+
+        distributed.check_batch(cfg.train.batch_size, processes)
+        distributed.launch(["-m", "op_classifier.cli", name, *overrides], processes, verbose=verbose)
         return
     module = importlib.import_module(STAGES[name])
     report(module.run(cfg))
@@ -222,7 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="N",
                 help="a distributed search on this machine: a Keras Tuner chief and N workers (one GPU each)",
             )
+    sub.choices["train"].add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        metavar="N",
+        help="data-parallel training in N local processes on JAX (train.batch_size is split across them)",
+    )
     return parser
+
+
+def _processes(text: str) -> int:
+    """--processes: a whole number, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, at least 1, not {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -243,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "predict":
         code = guarded(lambda: _predict(args))
     else:
-        code = guarded(lambda: _stage(args.command, args.overrides, getattr(args, "workers", None)))
+        workers, processes = getattr(args, "workers", None), getattr(args, "processes", 1)
+        code = guarded(lambda: _stage(args.command, args.overrides, workers, processes, args.verbose))
     sys.exit(code)
 
 

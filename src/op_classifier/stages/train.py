@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import os
 import shutil
 import sys
@@ -17,10 +16,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from op_classifier import config, hparams, progress, state
+from op_classifier import config, distributed, hparams, progress, state
 from op_classifier.backend import set_random_seed
 from op_classifier.config import Config, ConfigError, ModelBase, TrainConfig, as_dict
 from op_classifier.data import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
+from op_classifier.distributed import SINGLE, Cluster
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.models import get as architecture
@@ -28,7 +28,7 @@ from op_classifier.models.common import compile_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
 from op_classifier.stream import split_stream
-from op_classifier.tracking import Tracker, flatten, git_commit, make_tracker
+from op_classifier.tracking import NullTracker, Tracker, flatten, git_commit, make_tracker
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "train")
@@ -87,15 +87,23 @@ def _hide_gpus() -> list[Any]:
     return []
 
 
-def callbacks(cfg: Config, tracker: Tracker, backup: str = BACKUP) -> list[keras.callbacks.Callback]:
-    """Whole history, checkpoint-and-resume, early stopping with best weights, LR decay, tracking."""
+def callbacks(
+    cfg: Config, tracker: Tracker, backup: str = BACKUP, cluster: Cluster = SINGLE
+) -> list[keras.callbacks.Callback]:
+    """Whole history, checkpoint-and-resume, early stopping with best weights, LR decay, tracking.
+
+    In a multi-process run only the chief writes the history and the checkpoint; all restore the checkpoint.
+    """
     # Keras cannot tell the direction of our custom `accuracy`; losses fall, every other metric rises.
     mode = "min" if is_loss(cfg.train.monitor) else "max"
     checkpoints = Path(cfg.paths.checkpoints)
+    # First: an epoch is in the history before its backup exists, so no resume can lose a row.
+    history = [HistoryLog(checkpoints / HISTORY_FILE, Path(cfg.paths.history))] if cluster.chief else []
     return [
-        # First: an epoch is in the history before its backup exists, so no resume can lose a row.
-        HistoryLog(checkpoints / HISTORY_FILE, Path(cfg.paths.history)),
-        AtomicBackup(str(checkpoints / backup)),
+        *history,
+        # Every process restores the backup (their variables change together), only the chief writes it.
+        AtomicBackup(str(checkpoints / backup), writes=cluster.chief),
+        *distributed.check_callbacks(cluster),
         keras.callbacks.EarlyStopping(
             monitor=cfg.train.monitor, patience=cfg.train.patience, restore_best_weights=True, mode=mode
         ),
@@ -134,13 +142,21 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
 
     Keras writes latest.weights.h5 in place, so a kill during the write left a truncated file that
     every later run failed to load. An unreadable backup (from elsewhere) starts fresh, saying so.
+    With `writes` off (a multi-process run's other processes) it only restores the chief's backup.
     """
 
+    def __init__(self, backup_dir: str, writes: bool = True) -> None:
+        super().__init__(backup_dir, delete_checkpoint=writes)
+        self.writes = writes
+
     def _save_model(self) -> None:
+        if not self.writes:
+            return
         folder = Path(self.backup_dir)
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / "partial.weights.h5"  # save_weights insists on the .weights.h5 suffix
-        self.model.save_weights(str(partial), overwrite=True)
+        with distributed.unsharded():  # saving makes Keras variables: the other processes must not wait on them
+            self.model.save_weights(str(partial), overwrite=True)
         meta = folder / "partial.json"
         meta.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}), encoding="utf-8")
         # Weights before metadata: a kill between them re-runs one epoch from later weights, never breaks.
@@ -156,7 +172,8 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
                 file=sys.stderr,
                 flush=True,
             )
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            if self.writes:
+                shutil.rmtree(self.backup_dir, ignore_errors=True)
             self.model._initial_epoch = 0
 
 
@@ -219,41 +236,57 @@ def export_saved_model(model: keras.Model, path: Path) -> str:
     return str(path)
 
 
-def fit(cfg: Config, model: keras.Model, tracker: Tracker, classes: list[str], learning_rate: float) -> dict:
+def fit(
+    cfg: Config,
+    model: keras.Model,
+    tracker: Tracker,
+    classes: list[str],
+    learning_rate: float,
+    cluster: Cluster = SINGLE,
+) -> dict:
     """Train (resuming a killed run whose checkpoint matches this config), then fine-tune a pretrained
-    backbone's top layers when train.fine_tune_epochs asks; summary of the training."""
+    backbone's top layers when train.fine_tune_epochs asks; summary of the training.
+
+    In a multi-process run each process reads its share of every train batch and the whole val split
+    (its metrics are then exactly a single process's); all restore the checkpoint, only the chief writes.
+    """
     prepared = Path(cfg.paths.prepared)
     checkpoints = Path(cfg.paths.checkpoints)
     resuming = any((checkpoints / name).exists() for name in (BACKUP, FINE_BACKUP, PHASE_ONE_FILE))
     data = {
-        "x": split_stream(prepared, "train", cfg.train.batch_size, seed=cfg.seed),
-        "validation_data": split_stream(prepared, "val", cfg.train.batch_size),
+        "x": distributed.train_stream(prepared, cfg.train.batch_size, cfg.seed, cluster),
+        "validation_data": split_stream(prepared, "val", cfg.train.batch_size // cluster.processes),
     }
     phase_one = checkpoints / PHASE_ONE_FILE
-    if phase_one.is_file():  # killed while fine-tuning: the head's phase is done, its result in the backup
-        first = json.loads(phase_one.read_text(encoding="utf-8"))["epochs"]
-    else:
-        history = _fit(cfg, model, tracker, data, BACKUP, 0, cfg.train.epochs)
+    # Killed while fine-tuning: the head's phase is done, its result in the backup (-1: not so).
+    first = json.loads(phase_one.read_text(encoding="utf-8"))["epochs"] if cluster.chief and phase_one.is_file() else -1
+    first = distributed.agree(cluster, first)
+    if first < 0:
+        history = _fit(cfg, model, tracker, data, BACKUP, 0, cfg.train.epochs, cluster)
         first = history.epoch[-1] + 1 if history.epoch else cfg.train.epochs
     backbone = frozen_backbone(model)
     if backbone is None or cfg.train.fine_tune_epochs == 0:
         return {"epochs_run": first, "resumed": resuming}
-    phase_one.write_text(json.dumps({"epochs": first}), encoding="utf-8")
+    if cluster.chief:
+        phase_one.write_text(json.dumps({"epochs": first}), encoding="utf-8")
     unfreeze_top(backbone, cfg.train.fine_tune_layers)
     _compile(cfg, model, classes, learning_rate * cfg.train.fine_tune_lr_factor, steps=0)
-    history = _fit(cfg, model, tracker, data, FINE_BACKUP, first, first + cfg.train.fine_tune_epochs)
-    phase_one.unlink()
+    history = _fit(cfg, model, tracker, data, FINE_BACKUP, first, first + cfg.train.fine_tune_epochs, cluster)
+    if cluster.chief:
+        phase_one.unlink()
     return {"epochs_run": first, "fine_tune_epochs_run": len(history.epoch), "resumed": resuming}
 
 
-def _fit(cfg: Config, model: keras.Model, tracker: Tracker, data: dict, backup: str, start: int, end: int) -> Any:
+def _fit(
+    cfg: Config, model: keras.Model, tracker: Tracker, data: dict, backup: str, start: int, end: int, cluster: Cluster
+) -> Any:
     return model.fit(
         **data,
         initial_epoch=start,
         epochs=end,
         shuffle=False,  # the stream shuffles each epoch itself, from the seed
-        callbacks=callbacks(cfg, tracker, backup),
-        verbose=2,
+        callbacks=callbacks(cfg, tracker, backup, cluster),
+        verbose=2 if cluster.chief else 0,
     )
 
 
@@ -284,7 +317,11 @@ def _compile(cfg: Config, model: keras.Model, classes: list[str], learning_rate:
 
 
 def build(
-    cfg: Config, classes: list[str], tuned: dict[str, Any], model_cfg: ModelBase | None = None
+    cfg: Config,
+    classes: list[str],
+    tuned: dict[str, Any],
+    model_cfg: ModelBase | None = None,
+    processes: int = 1,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """The compiled model (model_cfg, else cfg.model, plus tuned values) on the configured device; its params."""
     model_cfg = model_cfg or cfg.model
@@ -293,10 +330,12 @@ def build(
     set_random_seed(cfg.seed)
     with scope:
         model = architecture(model_cfg.name).build(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
-        steps = math.ceil(load_manifest(Path(cfg.paths.prepared))["counts"]["train"] / cfg.train.batch_size)
+        rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
+        steps = distributed.steps_per_epoch(rows, cfg.train.batch_size, processes)
         _compile(cfg, model, classes, learning_rate, steps)
     return model, {
-        "device": device,
+        "device": device if processes == 1 else f"{processes} processes x {device} (JAX DataParallel)",
+        "processes": processes,
         "precision_policy": policy,  # what train.mixed_precision chose on this machine
         "learning_rate_used": learning_rate,
         "architecture_used": model_cfg.name,  # model.name, or the architecture the search drew
@@ -305,18 +344,32 @@ def build(
     }
 
 
-def claim_checkpoints(cfg: Config, tuned: dict[str, Any], model_cfg: ModelBase | None = None) -> dict[str, Any]:
-    """Keep the checkpoint folder only if it was made by this config, data, code and tuned values."""
+def claim_checkpoints(
+    cfg: Config, tuned: dict[str, Any], model_cfg: ModelBase | None = None, claim: bool = True
+) -> dict[str, Any]:
+    """Keep the checkpoint folder only if it was made by this config, data, code and tuned values
+    (with claim off, only the fingerprint: a multi-process run's other processes touch no file)."""
     prepared = Path(cfg.paths.prepared)
     drawn = {} if model_cfg is None or model_cfg is cfg.model else {"architecture": as_dict(model_cfg)}
     made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(prepared), tuned=tuned, **drawn)
-    state.claim(Path(cfg.paths.checkpoints), made_by, "training checkpoint", keep=(RUN_ID_FILE,))
+    if claim:
+        state.claim(Path(cfg.paths.checkpoints), made_by, "training checkpoint", keep=(RUN_ID_FILE,))
     return made_by
 
 
 def run(cfg: Config) -> dict:
-    """Train, export, log the model; record the run for evaluate."""
+    """Train, export, log the model; record the run for evaluate.
+
+    Under KERAS_DISTRIBUTION_* (distributed.py) this process first joins a multi-process run; then only
+    the chief (process 0) writes files and logs, and every process reports its weights' digest.
+    """
     started = time.perf_counter()
+    cluster = distributed.join(cfg.train.batch_size)  # first: nothing is written before every check passed
+    with distributed.fail_fast(cluster):
+        return _run(cfg, cluster, started)
+
+
+def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
     prepared = Path(cfg.paths.prepared)
     classes = load_manifest(prepared)["classes"]
     if cfg.train.monitor not in metric_names(classes):
@@ -324,9 +377,9 @@ def run(cfg: Config) -> dict:
     best = hparams.read_best(Path(cfg.paths.best_hparams))
     tuned = best.get("values") or {}
     model_cfg = hparams.trained_model(cfg.model, best)
-    made_by = claim_checkpoints(cfg, tuned, model_cfg)
-    model, described = build(cfg, classes, tuned, model_cfg)
-    tracker = make_tracker(cfg.tracking)
+    made_by = claim_checkpoints(cfg, tuned, model_cfg, claim=cluster.chief)
+    model, described = build(cfg, classes, tuned, model_cfg, cluster.processes)
+    tracker = make_tracker(cfg.tracking) if cluster.chief else NullTracker()
     tags = {
         "stage": "train",
         "git_commit": git_commit(),
@@ -344,7 +397,11 @@ def run(cfg: Config) -> dict:
         raw = Path(cfg.paths.raw)
         digest = dvc_hash(raw) or made_by["data"]
         tracker.log_dataset(raw.name, digest, prepared, manifest["counts"], prepared_hash=made_by["data"])
-        summary = fit(cfg, model, tracker, classes, described["learning_rate_used"])
+        summary = fit(cfg, model, tracker, classes, described["learning_rate_used"], cluster)
+        digest = distributed.weights_digest(model)
+        if not cluster.chief:
+            return {**summary, "process": cluster.rank, "weights_sha256": digest}
+        model = distributed.local_copy(model, cluster)
         with progress.bar(2, "export", unit="step") as bar:  # seconds each: tracing, saving, MLflow's checks
             bar.set_postfix_str("model.keras, SavedModel")
             written = export(model, Path(cfg.paths.model))
@@ -358,6 +415,7 @@ def run(cfg: Config) -> dict:
     return {
         **summary,
         "device": described["device"],
+        "weights_sha256": digest,
         **written,
         "run_id": run_id,
         "seconds": round(time.perf_counter() - started, 1),
