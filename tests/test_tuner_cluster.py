@@ -152,8 +152,10 @@ def test_bad_cluster_input_is_one_line_and_writes_nothing(
     monkeypatch.chdir(project)
     for name in KT_ENV:
         monkeypatch.delenv(name, raising=False)
-    code, err = _one_line_error(capsys, ["tune", "--workers", "0", *TINY])
-    assert code == 2 and "--workers must be at least 1" in err
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["tune", "--workers", "0", *TINY])
+    assert ended.value.code == 2
+    assert "argument --workers: must be a whole number, at least 1, not '0'" in capsys.readouterr().err
     code, err = _one_line_error(capsys, ["tune", "--workers", "2", *TINY, "tuner=none"])
     assert code == 2 and "there is no search to distribute" in err
 

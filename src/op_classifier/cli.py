@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ts.add_argument(
         "--workers",
-        type=int,
+        type=_count,
         default=defaults.TRACKING_SERVER_WORKERS,
         help="mlflow's worker processes (default: %(default)s)",
     )
@@ -229,13 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "tune":
             stage.add_argument(
                 "--workers",
-                type=int,
+                type=_count,
                 metavar="N",
                 help="a distributed search on this machine: a Keras Tuner chief and N workers (one GPU each)",
             )
     sub.choices["train"].add_argument(
         "--processes",
-        type=_processes,
+        type=_count,
         default=1,
         metavar="N",
         help="data-parallel training in N local processes on JAX (train.batch_size is split across them)",
@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _processes(text: str) -> int:
-    """--processes: a whole number, at least 1."""
+def _count(text: str) -> int:
+    """A count of workers or processes: a whole number, at least 1."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number, at least 1, not {text!r}")
     return int(text)

@@ -34,7 +34,7 @@ import numpy as np
 
 from op_classifier.data import load_labels
 from op_classifier.errors import ConfigError, OpClassifierError
-from op_classifier.net import free_port
+from op_classifier.net import free_port, port_problem
 from op_classifier.stream import ImageStream, split_stream
 
 ADDRESS_ENV = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
@@ -182,16 +182,9 @@ def _split(address: str) -> tuple[str, int]:
 def _check_port_free(address: str) -> None:
     port = _split(address)[1]
     # JAX's coordinator listens on every interface ([::]:port), so that is what must be free.
-    try:
-        if socket.has_dualstack_ipv6():
-            probe = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
-        else:
-            probe = socket.create_server(("", port))
-    except OSError as error:
-        raise DistributedError(
-            f"coordinator port {port} is taken ({error.strerror or error}): pick another in {ADDRESS_ENV}"
-        ) from None
-    probe.close()
+    reason = port_problem("", port)
+    if reason:
+        raise DistributedError(f"coordinator port {port} is {reason}: pick another in {ADDRESS_ENV}")
 
 
 def _wait_for_coordinator(address: str, timeout: float) -> None:

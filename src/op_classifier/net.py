@@ -17,13 +17,15 @@ def port_problem(host: str, port: int) -> str | None:
     """Why host:port cannot be listened on ("taken", or the system's reason), or None when it can.
 
     Bound with SO_REUSEADDR as servers bind: a port left in TIME_WAIT is free, one with a listener is
-    not (also one held with SO_REUSEPORT, as gRPC holds its ports).
+    not (also one held with SO_REUSEPORT, as gRPC holds its ports). host "" means every interface,
+    IPv4 and IPv6 together where the system has both (as JAX's coordinator listens).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            return "taken" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+    try:
+        if host == "" and socket.has_dualstack_ipv6():
+            probe = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        else:
+            probe = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as error:
+        return "taken" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+    probe.close()
     return None

@@ -109,8 +109,6 @@ def visible_gpus() -> list[str]:
 
 def launch(workers: int, overrides: Sequence[str]) -> dict:
     """A chief and `workers` workers of `op-classifier tune overrides` on 127.0.0.1, until the search ends."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
     if role() is not None:
         raise ConfigError(f"--workers starts its own cluster: unset {', '.join(ENV)} first")
     cluster = _Cluster(free_port(), list(overrides), visible_gpus())
