@@ -581,6 +581,20 @@ def test_a_searched_architecture_other_than_model_name_is_what_train_builds(proj
     assert params["architecture_used"] == "resnet" and params["model.name"] == "seed_cnn"
 
 
+def test_train_refuses_tuned_values_from_another_search(project: Path, tmp_path: Path) -> None:
+    """Stage by stage, a search made with other settings does not hand its values to this config."""
+    kept = ("raw", "prepared")
+    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    cfg = _cfg(project, "tuner.max_trials=1", *moved)
+    assert "units" in tune.run(cfg)["best"]
+    for change, named in (("model.dropout=0.3", "model.dropout"), ("tuner.epochs=2", "tuner.epochs")):
+        with pytest.raises(DataError, match=rf"best_hparams.yaml comes from another search \({named} changed since\)"):
+            train.run(_cfg(project, "tuner.max_trials=1", *moved, change))
+    assert not Path(cfg.paths.model).exists()  # nothing trained
+    same = hparams.read_best(Path(cfg.paths.best_hparams), tune.made_with(cfg))  # the config that searched
+    assert "units" in same["values"]
+
+
 def test_an_architecture_choice_names_registered_architectures_only(project: Path) -> None:
     with pytest.raises(ConfigError, match=r"tuner.search_space.name.values: unknown architecture 'vgg' \(known: "):
         _cfg(project, "+tuner.search_space.name={type: choice, values: [seed_cnn, vgg]}")
@@ -594,7 +608,7 @@ def test_cosine_schedule_warms_up_then_decays_to_a_hundredth() -> None:
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(10)) == pytest.approx(1e-2)
     assert float(schedule(50)) == pytest.approx(1e-4)
-    assert train.learning_rate_schedule(compose().train, 1e-2, 5) == 1e-2  # plateau: a constant
+    assert train.learning_rate_schedule(compose("train.schedule=plateau").train, 1e-2, 5) == 1e-2  # a constant
 
 
 def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path) -> None:

@@ -8,8 +8,12 @@ from typing import Any
 
 import yaml
 
+from op_classifier import state
 from op_classifier.config import ARCHITECTURE, ConfigError, ModelBase, SearchParam, TrainConfig, validate_model
 from op_classifier.errors import DataError
+
+# What a search's result depends on besides the data: the tune stage's params (dvc.yaml declares them).
+SEARCH_PARAMS = ("seed", "data.image_size", "model", "tuner")
 
 
 def model_args(cfg: ModelBase) -> dict[str, Any]:
@@ -43,26 +47,49 @@ def declare(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
     return values
 
 
+def search_record(config: Mapping[str, Any], data: str) -> dict[str, Any]:
+    """What a search was made with: the search params of a config (as a plain tree) and the data hash."""
+    return {"params": state.select(config, SEARCH_PARAMS), "data": data}
+
+
 def write_best(
     path: Path,
     values: Mapping[str, Any],
     score: float | None,
     tuning_run_id: str | None,
     architecture: Mapping[str, Any] | None = None,
+    made_with: Mapping[str, Any] | None = None,
 ) -> None:
     """Record the tuned values for the train stage (and the drawn architecture's section, when searched)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"values": dict(values), "score": score, "tuning_run_id": tuning_run_id}
     if architecture is not None:
         record["architecture"] = dict(architecture)
+    if made_with is not None:
+        record["made_with"] = dict(made_with)
     path.write_text(yaml.safe_dump(record, sort_keys=True), encoding="utf-8")
 
 
-def read_best(path: Path) -> dict[str, Any]:
-    """The tune stage's record: {values, score, tuning_run_id}."""
+def read_best(path: Path, made_with: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The tune stage's record: {values, score, tuning_run_id}; with made_with, tuned values only if
+    that search made them.
+
+    Run stage by stage (`op-classifier train key=value`), an old record would otherwise hand its tuned
+    values to a config that was never searched. A record without values (tuner=none) tunes nothing.
+    """
     if not path.is_file():
         raise DataError(f"{path} not found: run the tune stage first (`dvc repro tune`)")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    record = yaml.safe_load(path.read_text(encoding="utf-8"))
+    recorded = record.get("made_with")
+    if made_with is None or not record.get("values"):
+        return record
+    changed = ["the search's record"] if recorded is None else state.differences(recorded, made_with)
+    if changed:
+        raise DataError(
+            f"{path} comes from another search ({', '.join(changed[:6])} changed since): run the tune "
+            "stage with this config first (`dvc repro tune`, or `op-classifier tune` with the same overrides)"
+        )
+    return record
 
 
 def final_args(model_cfg: ModelBase, train_cfg: TrainConfig, tuned: Mapping[str, Any]) -> tuple[dict, float]:
