@@ -591,7 +591,7 @@ def test_train_refuses_tuned_values_from_another_search(project: Path, tmp_path:
         with pytest.raises(DataError, match=rf"best_hparams.yaml comes from another search \({named} changed since\)"):
             train.run(_cfg(project, "tuner.max_trials=1", *moved, change))
     assert not Path(cfg.paths.model).exists()  # nothing trained
-    same = hparams.read_best(Path(cfg.paths.best_hparams), tune.made_with(cfg))  # the config that searched
+    same = hparams.read_best(Path(cfg.paths.best_hparams), hparams.search_record(cfg))  # the config that searched
     assert "units" in same["values"]
 
 

@@ -9,7 +9,17 @@ from typing import Any
 import yaml
 
 from op_classifier import state
-from op_classifier.config import ARCHITECTURE, ConfigError, ModelBase, SearchParam, TrainConfig, validate_model
+from op_classifier.config import (
+    ARCHITECTURE,
+    Config,
+    ConfigError,
+    ModelBase,
+    SearchParam,
+    TrainConfig,
+    as_dict,
+    validate_model,
+)
+from op_classifier.data import data_hash
 from op_classifier.errors import DataError
 
 # What a search's result depends on besides the data: the tune stage's params (dvc.yaml declares them).
@@ -47,9 +57,9 @@ def declare(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
     return values
 
 
-def search_record(config: Mapping[str, Any], data: str) -> dict[str, Any]:
-    """What a search was made with: the search params of a config (as a plain tree) and the data hash."""
-    return {"params": state.select(config, SEARCH_PARAMS), "data": data}
+def search_record(cfg: Config) -> dict[str, Any]:
+    """What a search with this config is made with: its search params and the prepared data's hash."""
+    return {"params": state.select(as_dict(cfg), SEARCH_PARAMS), "data": data_hash(Path(cfg.paths.prepared))}
 
 
 def write_best(

@@ -20,12 +20,10 @@ def port_problem(host: str, port: int) -> str | None:
     not (also one held with SO_REUSEPORT, as gRPC holds its ports). host "" means every interface,
     IPv4 and IPv6 together where the system has both (as JAX's coordinator listens).
     """
+    dualstack = host == "" and socket.has_dualstack_ipv6()
+    family = socket.AF_INET6 if dualstack or ":" in host else socket.AF_INET
     try:
-        if host == "" and socket.has_dualstack_ipv6():
-            probe = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
-        else:
-            probe = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        with socket.create_server((host, port), family=family, dualstack_ipv6=dualstack):
+            return None
     except OSError as error:
         return "taken" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
-    probe.close()
-    return None

@@ -374,7 +374,7 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
     classes = load_manifest(prepared)["classes"]
     if cfg.train.monitor not in metric_names(classes):
         raise ConfigError(f"train.monitor: the model does not report '{cfg.train.monitor}'")
-    best = hparams.read_best(Path(cfg.paths.best_hparams), hparams.search_record(as_dict(cfg), data_hash(prepared)))
+    best = hparams.read_best(Path(cfg.paths.best_hparams), hparams.search_record(cfg))
     tuned = best.get("values") or {}
     model_cfg = hparams.trained_model(cfg.model, best)
     made_by = claim_checkpoints(cfg, tuned, model_cfg, claim=cluster.chief)

@@ -263,11 +263,6 @@ def search_fingerprint(cfg: Config, hypermodel: SearchModel) -> dict[str, Any]:
     return state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)), **extra)
 
 
-def made_with(cfg: Config) -> dict[str, Any]:
-    """The record train checks the tuned values against."""
-    return hparams.search_record(as_dict(cfg), data_hash(Path(cfg.paths.prepared)))
-
-
 def claim_search(cfg: Config, hypermodel: SearchModel) -> str:
     """Keep the tuner's folder only if the same config, data and code made it; its fingerprint id."""
     made_by = search_fingerprint(cfg, hypermodel)
@@ -294,7 +289,7 @@ def run(cfg: Config) -> dict:
     tracker = make_tracker(cfg.tracking)
     if cfg.tuner.kind == "none":
         Path(cfg.paths.tuning).mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it: an empty search
-        hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None, made_with=made_with(cfg))
+        hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None, made_with=hparams.search_record(cfg))
         write_leaderboard(Path(cfg.paths.leaderboard), [])
         return {"tuner": "none", "best": {}}
     if cluster is not None and not cluster.chief:
@@ -315,7 +310,7 @@ def run(cfg: Config) -> dict:
     drawn = best.get(ARCHITECTURE)
     section = as_dict(hypermodel.candidates[drawn].section) if drawn is not None else None
     hparams.write_best(
-        Path(cfg.paths.best_hparams), best, score, run_id, architecture=section, made_with=made_with(cfg)
+        Path(cfg.paths.best_hparams), best, score, run_id, architecture=section, made_with=hparams.search_record(cfg)
     )
     write_leaderboard(Path(cfg.paths.leaderboard), rows)
     return {
