@@ -64,6 +64,7 @@ def test_stages_import_seed_stream_and_train_under_jax_without_tensorflow(tmp_pa
         labels = np.eye(2, dtype=np.float32)[np.arange(12) % 2]
         model = compile_model(build_model(2, 16, filters=(4,), units=8, seed=1), 1e-3, ["a", "b"])
         model.fit(ImageStream(path, labels, batch_size=4, seed=1), epochs=1, shuffle=False, verbose=0)
+        assert model.jit_compile, "augmentation turned jit off: fit runs op by op, 2-3x slower"
         probs = model.predict(ImageStream(path, None, batch_size=5), verbose=0)
         assert probs.shape == (12, 2)
         print(json.dumps(pip_requirements()))
@@ -75,9 +76,10 @@ def test_stages_import_seed_stream_and_train_under_jax_without_tensorflow(tmp_pa
     assert not any(r.startswith("tensorflow") for r in requirements)
 
 
-@pytest.mark.slow
 def test_the_tiny_pipeline_runs_and_logs_under_jax_without_tensorflow(tmp_path: Path) -> None:
-    """prepare, a Keras Tuner search, train, evaluate (MLflow on SQLite) and predict, all under JAX."""
+    """prepare, a Keras Tuner search, train, evaluate (MLflow on SQLite) and predict, all under JAX.
+
+    In the default suite (about 35 s) so that CI runs the pipeline under JAX as well as TensorFlow."""
     subprocess.run(["cp", "-r", str(REPO / "conf"), str(tmp_path / "conf")], check=True)
     out = _run_under_jax(
         f"""
