@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,6 +65,17 @@ def pipeline(project: Path) -> tuple[Config, dict, dict, dict]:
     """tune, train and evaluate once on the tiny project: (config, and each stage's summary)."""
     cfg = _cfg(project)
     return cfg, tune.run(cfg), train.run(cfg), evaluate.run(cfg)
+
+
+def test_logging_the_data_set_warns_nothing(project: Path) -> None:
+    """The train stage's output carries no MLflow warning about how it read the data's path."""
+    from op_classifier.tracking import make_tracker
+
+    tracker = make_tracker(_cfg(project).tracking)
+    with warnings.catch_warnings(record=True) as caught, tracker.run("dataset-only"):
+        warnings.simplefilter("always")
+        tracker.log_dataset("raw", "abc123", project / "data/raw", {"train": 1}, "abc123")
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
 
 
 def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) -> None:

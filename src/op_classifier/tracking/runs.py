@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,12 @@ class MlflowTracker:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
-        dataset = MetaDataset(resolve_dataset_source(str(source.resolve())), name=name, digest=digest)
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice (schemes "" and "file"), then warns that a
+            # path matches both; the two are the same class, so the choice cannot matter.
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways", category=UserWarning)
+            dataset_source = resolve_dataset_source(str(source.resolve()))
+        dataset = MetaDataset(dataset_source, name=name, digest=digest)
         tags = {**{f"{split}_images": str(count) for split, count in sizes.items()}, "prepared_hash": prepared_hash}
         store_call(lambda: mlflow.log_input(dataset, context="training", tags=tags))
 
