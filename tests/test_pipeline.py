@@ -547,6 +547,32 @@ def _leaderboard(cfg: Config) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+PRESETS = sorted(path.stem for path in (REPO / "conf/experiment").glob("*.yaml") if path.stem != "tiny")
+SMOKE_BUDGET = (  # the tiny project's 32-pixel data, one-epoch trials, 4 training epochs (past a warm-up)
+    "data.image_size=32",
+    "model.resize=null",
+    "tuner.max_trials=1",
+    "tuner.epochs=1",
+    "tuner.max_epochs=2",
+    "train.epochs=4",
+)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_experiment_preset_runs_tune_and_train(project: Path, tmp_path: Path, preset: str) -> None:
+    """Each conf/experiment file (tiny is every other test's) composes and trains on the tiny project."""
+    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items()]
+    here = [
+        f"paths.{key}={project / value}" for key, value in vars(compose().paths).items() if key in ("raw", "prepared")
+    ]
+    store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose(f"experiment={preset}", *SMOKE_BUDGET, *moved, *here, store)
+    tune.run(cfg)
+    trained = train.run(cfg)
+    assert trained["epochs_run"] == 4
+    assert (Path(cfg.paths.model) / "model.keras").is_file()
+
+
 def test_the_search_picks_the_architecture_with_a_sub_space_each(project: Path, tmp_path: Path) -> None:
     """tuner.search_space.name: each trial draws an architecture and only that one's own entries."""
     kept = ("raw", "prepared")
