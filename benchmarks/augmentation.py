@@ -49,7 +49,6 @@ def timed_fit(overrides: tuple[str, ...], images: Path, labels: np.ndarray, step
     seconds = (time.perf_counter() - started) / steps
     return {
         "step_ms": seconds * 1000,
-        "images_per_s": batch_size / seconds,
         "jit": bool(model.jit_compile),
         "device": device,
         "policy": policy,

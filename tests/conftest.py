@@ -24,16 +24,18 @@ def compose(*overrides: str) -> config.Config:
     return config.validate(config.compose(overrides, conf_dir=REPO / config.CONF_DIR))
 
 
+def paths_under(root: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Overrides putting every configured path but those in skip under root."""
+    return [f"paths.{key}={root / value}" for key, value in vars(compose().paths).items() if key not in skip]
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., config.Config]:
     """Compose conf/ with every path moved under tmp_path, plus the given overrides."""
 
     def _make(*overrides: str) -> config.Config:
-        defaults = vars(config.validate(config.compose((), conf_dir=REPO / config.CONF_DIR)).paths)
-        moved = {key: tmp_path / value for key, value in defaults.items()}
-        moved.update(raw=tmp_path / "raw", prepared=tmp_path / "prepared")
-        moved = [f"paths.{key}={value}" for key, value in moved.items()]
-        return compose(*moved, *overrides)
+        data = (f"paths.raw={tmp_path / 'raw'}", f"paths.prepared={tmp_path / 'prepared'}")
+        return compose(*paths_under(tmp_path, skip=("raw", "prepared")), *data, *overrides)
 
     return _make
 

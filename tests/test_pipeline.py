@@ -24,7 +24,7 @@ from op_classifier.metric_names import metric_names
 from op_classifier.models.common import metrics
 from op_classifier.stages import evaluate, prepare, train, tune
 from op_classifier.tracking import TrackingError
-from tests.conftest import REPO, compose, free_port
+from tests.conftest import REPO, compose, free_port, paths_under
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 TINY = ("experiment=tiny",)
@@ -40,12 +40,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+DATA = ("raw", "prepared")  # the paths a test keeps in the module's project when it moves the rest
+
+
 def _cfg(root: Path, *overrides: str) -> Config:
     """conf/ + tiny budgets, every path and the MLflow store inside root."""
-    defaults = vars(compose().paths)
-    paths = [f"paths.{key}={root / value}" for key, value in defaults.items()]
     store = f"tracking.uri=sqlite:///{root / 'mlflow.db'}"
-    return compose(*TINY, *paths, store, *overrides)
+    return compose(*TINY, *paths_under(root), store, *overrides)
 
 
 def _client(root: Path):  # mlflow stays out of the module's imports: no return annotation
@@ -268,10 +269,7 @@ def _finished_trial_runs(root: Path) -> int:
 
 
 def _paths_args(root: Path) -> list[str]:
-    defaults = vars(compose().paths)
-    return [f"paths.{key}={root / value}" for key, value in defaults.items()] + [
-        f"tracking.uri=sqlite:///{root / 'mlflow.db'}"
-    ]
+    return [*paths_under(root), f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
 
 
 @pytest.mark.slow
@@ -524,8 +522,7 @@ def test_seed_cnn_is_the_original_network_unchanged() -> None:
 def test_model_name_picks_the_builder_in_tune_and_train(project: Path, tmp_path: Path) -> None:
     """model=resnet: the search and the final training both build the residual net (here with the
     from-scratch recipe's AdamW, cosine schedule and label smoothing)."""
-    kept = ("raw", "prepared")
-    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    moved = paths_under(tmp_path, skip=DATA)
     recipe = ("train.optimizer=adamw", "train.weight_decay=0.05", "train.schedule=cosine", "train.label_smoothing=0.1")
     cfg = _cfg(project, "model=resnet", "model.widths=[4,8]", "tuner.max_trials=1", "train.epochs=2", *recipe, *moved)
     tuned = tune.run(cfg)
@@ -561,12 +558,9 @@ SMOKE_BUDGET = (  # the tiny project's 32-pixel data, one-epoch trials, 4 traini
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_experiment_preset_runs_tune_and_train(project: Path, tmp_path: Path, preset: str) -> None:
     """Each conf/experiment file (tiny is every other test's) composes and trains on the tiny project."""
-    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items()]
-    here = [
-        f"paths.{key}={project / value}" for key, value in vars(compose().paths).items() if key in ("raw", "prepared")
-    ]
+    moved = [*paths_under(project), *paths_under(tmp_path, skip=DATA)]  # the project's data, the rest in tmp_path
     store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = compose(f"experiment={preset}", *SMOKE_BUDGET, *moved, *here, store)
+    cfg = compose(f"experiment={preset}", *SMOKE_BUDGET, *moved, store)
     tune.run(cfg)
     trained = train.run(cfg)
     assert trained["epochs_run"] == 4
@@ -575,8 +569,7 @@ def test_every_experiment_preset_runs_tune_and_train(project: Path, tmp_path: Pa
 
 def test_the_search_picks_the_architecture_with_a_sub_space_each(project: Path, tmp_path: Path) -> None:
     """tuner.search_space.name: each trial draws an architecture and only that one's own entries."""
-    kept = ("raw", "prepared")
-    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    moved = paths_under(tmp_path, skip=DATA)
     choice = "+tuner.search_space.name={type: choice, values: [seed_cnn, resnet]}"
     cfg = _cfg(project, choice, "tuner.max_trials=4", "train.epochs=1", *moved)
     tuned = tune.run(cfg)
@@ -601,8 +594,7 @@ def test_the_search_picks_the_architecture_with_a_sub_space_each(project: Path, 
 
 def test_a_searched_architecture_other_than_model_name_is_what_train_builds(project: Path, tmp_path: Path) -> None:
     """model.name is seed_cnn, the search may only draw resnet: resnet's conf/model section is trained."""
-    kept = ("raw", "prepared")
-    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    moved = paths_under(tmp_path, skip=DATA)
     cfg = _cfg(project, "+tuner.search_space.name={type: choice, values: [resnet]}", "tuner.max_trials=1", *moved)
     assert cfg.model.name == "seed_cnn"
     tuned = tune.run(cfg)
@@ -621,8 +613,7 @@ def test_a_searched_architecture_other_than_model_name_is_what_train_builds(proj
 
 def test_train_refuses_tuned_values_from_another_search(project: Path, tmp_path: Path) -> None:
     """Stage by stage, a search made with other settings does not hand its values to this config."""
-    kept = ("raw", "prepared")
-    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    moved = paths_under(tmp_path, skip=DATA)
     cfg = _cfg(project, "tuner.max_trials=1", *moved)
     assert "units" in tune.run(cfg)["best"]
     for change, named in (("model.dropout=0.3", "model.dropout"), ("tuner.epochs=2", "tuner.epochs")):
@@ -677,8 +668,7 @@ def test_a_backbone_from_a_weights_file_trains_its_head_then_fine_tunes_its_top(
     import keras
 
     weights = _backbone_file(tmp_path, 32)
-    kept = ("raw", "prepared")
-    moved = [f"paths.{key}={tmp_path / value}" for key, value in vars(compose().paths).items() if key not in kept]
+    moved = paths_under(tmp_path, skip=DATA)
     cfg = _cfg(
         project,
         *("model=mobilenet_v3_small", f"model.weights={weights}", "model.resize=null", "tuner=none"),

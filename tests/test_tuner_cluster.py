@@ -17,7 +17,7 @@ import pytest
 
 from op_classifier import cli, sample
 from op_classifier.stages import prepare
-from tests.conftest import REPO, compose, free_port
+from tests.conftest import REPO, compose, free_port, paths_under
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 TINY = ("experiment=tiny",)
@@ -30,8 +30,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cluster")
     subprocess.run(["cp", "-r", str(REPO / "conf"), str(root / "conf")], check=True)
     sample.generate(root / "data/raw", per_class=8, scenes=4)
-    paths = [f"paths.{key}={root / value}" for key, value in vars(compose().paths).items()]
-    prepare.run(compose(*TINY, *paths))
+    prepare.run(compose(*TINY, *paths_under(root)))
     return root
 
 

@@ -18,7 +18,7 @@ import pytest
 from op_classifier import sample
 from op_classifier.config import Config
 from op_classifier.stages import evaluate, prepare, train, tune
-from tests.conftest import REPO, compose, free_port
+from tests.conftest import REPO, compose, free_port, paths_under
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "op-classifier")
@@ -27,8 +27,9 @@ RATES = ("0.0003", "0.003")
 
 
 def _cfg(root: Path, *overrides: str) -> Config:
-    paths = [f"paths.{key}={root / value}" for key, value in vars(compose().paths).items()]
-    return compose("experiment=tiny", "tuner=none", *paths, f"tracking.uri=sqlite:///{root / 'mlflow.db'}", *overrides)
+    return compose(
+        "experiment=tiny", "tuner=none", *paths_under(root), f"tracking.uri=sqlite:///{root / 'mlflow.db'}", *overrides
+    )
 
 
 @pytest.fixture(scope="module")
