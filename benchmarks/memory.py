@@ -10,7 +10,7 @@ worker processes it waited for):
 - prepare: decode, deduplicate, split, write data/prepared (the arrays' size is printed);
 - read pass: every training image once, in batches, through np.memmap and through arrays.RowFile
   (what the streams use), to show what a memory map costs in RSS;
-- train: one epoch of the train stage's own build() and fit() (default seed_cnn, train.batch_size,
+- train: one epoch of the train stage's own build() and fit() (the default model, train.batch_size,
   the stream as every stage feeds it, validation included), tracking off; images/s = training
   images / seconds of that epoch.
 
@@ -81,7 +81,7 @@ TRAIN = """
 from op_classifier.stages import train
 from op_classifier.data import load_labels
 from op_classifier.tracking import make_tracker
-c = cfg({work!r}, "train.epochs=1")
+c = cfg({work!r}, "train.epochs=1", "train.warmup_epochs=0")
 classes = json.loads((Path(c.paths.prepared) / "manifest.json").read_text())["classes"]
 model, described = train.build(c, classes, {{}})
 tracker = make_tracker(c.tracking)

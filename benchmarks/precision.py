@@ -1,10 +1,10 @@
-"""float32 against mixed_bfloat16 on this CPU: training speed and accuracy of the default seed_cnn.
+"""float32 against mixed_bfloat16 on this CPU: training speed and accuracy of the default model.
 
     python benchmarks/precision.py                     # the default sample, 12 epochs each
     python benchmarks/precision.py --epochs 20 --work /tmp/precision
 
 Renders and prepares the default sample into WORK unless it is there, then trains the default model
-(conf/'s seed_cnn, train.batch_size, the tuned-free defaults) once per policy, each in a fresh process
+(conf/'s default architecture, train.batch_size, the tuned-free defaults) once per policy, each in a fresh process
 with the same seed and the same streamed batches, and prints per policy: the CPU's bfloat16 flags,
 images/s over the epochs after the first (the first compiles), and the best and last val top-1
 accuracy. train.mixed_precision=auto takes bfloat16 on a CPU only where this measured it faster at

@@ -29,7 +29,7 @@ def test_committed_params_match_a_fresh_composition(tmp_path: Path) -> None:
 def test_our_composition_writes_what_dvc_writes(tmp_path: Path) -> None:
     from dvc.utils.hydra import compose_and_dump
 
-    overrides = ["data.val_fraction=0.25", "train.epochs=3"]
+    overrides = ["data.val_fraction=0.25", "train.epochs=5"]
     compose_and_dump(tmp_path / "dvc.yaml", str(REPO / "conf"), None, "config", str(tmp_path), overrides)
     ours = config.to_yaml(config.compose(tuple(overrides), conf_dir=REPO / "conf"))
     assert ours == (tmp_path / "dvc.yaml").read_text(encoding="utf-8")
@@ -40,7 +40,8 @@ def test_composed_config_is_typed() -> None:
     assert isinstance(cfg.data, config.DataConfig)
     assert cfg.data.val_fraction == 0.25 and cfg.seed == 7
     assert cfg.data.classes == ["Luffy", "Nami", "Sanji", "Zoro"]
-    assert cfg.tuner.search_space["units"].max == 512
+    assert cfg.model.name == "resnet" and cfg.tuner.kind == "none" and cfg.train.optimizer == "adamw"
+    assert cfg.tuner.search_space["learning_rate"].values == [1e-2, 1e-3, 1e-4]
 
 
 def test_params_yaml_validates() -> None:
@@ -62,9 +63,11 @@ def test_params_yaml_validates() -> None:
             "model.name=nope",
             "model.name: unknown architecture 'nope' \\(known: efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn\\)",
         ),
-        ("model.widths=[8]", "model.widths: unknown key"),
+        ("model.units=64", "model.units: unknown key"),  # a key of another architecture (seed_cnn)
         ("train.optimizer=sgd", "train.optimizer: must be adam or adamw"),
-        ("train.warmup_epochs=40", "train.warmup_epochs: must be between 0 and 39"),  # a key of another architecture
+        ("train.warmup_epochs=40", "train.warmup_epochs: must be below train.epochs \\(40\\) for the cosine schedule"),
+        ("train.epochs=3", "train.warmup_epochs: must be below train.epochs \\(3\\) for the cosine schedule, got 3"),
+        ("train.warmup_epochs=-1", "train.warmup_epochs: must be at least 0, got -1"),
     ],
 )
 def test_bad_override_is_an_error_naming_the_key(override: str, message: str) -> None:
@@ -135,10 +138,17 @@ def test_bad_override_is_an_error_naming_the_key(override: str, message: str) ->
     ],
 )
 def test_out_of_range_value_is_one_line_naming_the_key(override: str, message: str) -> None:
+    """On the original's CNN under a search: most of these are its keys (units, filters, kernel_size, l2)."""
     with pytest.raises(ConfigError) as caught:
-        compose(override)
+        compose("model=seed_cnn", "tuner=random", override)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_a_short_training_needs_no_warm_up_setting_unless_it_warms_up() -> None:
+    """The default 3 warm-up epochs bind only the cosine schedule: plateau ignores them."""
+    assert compose("train.schedule=plateau", "train.epochs=2").train.epochs == 2
+    assert compose("train.epochs=2", "train.warmup_epochs=0").train.epochs == 2
 
 
 def test_metric_names_without_a_class_list_accept_any_class() -> None:
@@ -156,11 +166,14 @@ def test_metric_names_without_a_class_list_accept_any_class() -> None:
 
 def test_a_tuner_chosen_on_the_command_line_beats_the_preset() -> None:
     """`experiment=tiny tuner=none` trains with the configured model: nothing is searched."""
-    cfg = compose("experiment=tiny", "tuner=none", "model.units=64")
-    assert cfg.tuner.kind == "none" and cfg.model.units == 64
+    cfg = compose("experiment=tiny", "tuner=none", "model.dropout=0.3")
+    assert cfg.tuner.kind == "none" and cfg.model.dropout == 0.3
     assert cfg.tuner.max_trials == 2 and cfg.data.image_size == 32  # the rest of the preset holds
     assert compose("experiment=tiny").tuner.kind == "random"
-    assert compose("experiment=original").tuner.kind == "hyperband"
+    original = compose("experiment=original")
+    assert original.tuner.kind == "hyperband" and original.model.name == "seed_cnn"
+    assert (original.train.optimizer, original.train.label_smoothing, original.train.warmup_epochs) == ("adam", 0, 0)
+    assert compose("experiment=original", "model=resnet").model.name == "resnet"  # the command line wins
     assert compose("experiment=original", "tuner=bayesian").tuner.kind == "bayesian"
 
 
@@ -252,7 +265,7 @@ def test_an_architecture_brings_its_own_schema_and_search_space() -> None:
     cfg = compose("model=resnet")
     assert type(cfg.model).__name__ == "ResNet" and cfg.model.widths == [16, 32, 64, 128]
     assert set(cfg.tuner.search_space) == {"dropout", "learning_rate"}
-    assert set(compose().tuner.search_space) == {"units", "learning_rate"}
+    assert set(compose("model=seed_cnn").tuner.search_space) == {"units", "learning_rate"}
     with pytest.raises(ConfigError, match="model.widths: 5 stages after a stride-1 stem leave nothing of a 16-pixel"):
         compose("model=resnet", "model.resize=16", "model.widths=[8,8,8,8,8]")
 

@@ -73,7 +73,8 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
         metrics = row["data"]["metrics"]["experiments/metrics.json"]["data"]
         assert 0.0 <= metrics["val_accuracy"] <= 1.0 and 0.0 <= metrics["test_accuracy"] <= 1.0
     trains = [row["data"]["params"]["params.yaml"]["data"]["train"] for row in rows]
-    assert sorted((t["epochs"], t["learning_rate"]) for t in trains) == [(2, 0.003), (3, 0.001)]
+    default_rate = yaml.safe_load((repo_copy / "conf/train/default.yaml").read_text())["learning_rate"]
+    assert sorted((t["epochs"], t["learning_rate"]) for t in trains) == [(2, 0.003), (3, default_rate)]
 
     names = [row["name"] for row in rows]
     shown = json.loads(run_in(repo_copy, "dvc", "plots", "diff", *names, "--json").stdout)

@@ -81,9 +81,9 @@ def test_logging_the_data_set_warns_nothing(project: Path) -> None:
 
 def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) -> None:
     cfg, tuned, trained, result = pipeline
-    assert tuned["trials"] == 2 and set(tuned["best"]) == {"units", "learning_rate"}
+    assert tuned["trials"] == 2 and set(tuned["best"]) == {"dropout", "learning_rate"}  # the default resnet's
     best = (project / cfg.paths.best_hparams).read_text()
-    assert "units" in best and "tuning_run_id" in best
+    assert "dropout" in best and "tuning_run_id" in best
     assert (project / cfg.paths.leaderboard).read_text().count("\n") == 3  # header + 2 trials
 
     assert (Path(cfg.paths.model) / "model.keras").is_file()
@@ -101,9 +101,11 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     parent = next(r for r in runs if r.data.tags.get("stage") == "tune")
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) == 2
-    assert all("units" in t.data.params and {"objective", "epoch_val_accuracy"} <= set(t.data.metrics) for t in trials)
+    assert all(
+        "dropout" in t.data.params and {"objective", "epoch_val_accuracy"} <= set(t.data.metrics) for t in trials
+    )
     training = next(r for r in runs if r.data.tags.get("stage") == "train")
-    assert training.data.params["train.epochs"] == "2" and "tuned.units" in training.data.params
+    assert training.data.params["train.epochs"] == "2" and "tuned.dropout" in training.data.params
     assert training.data.tags["tuning_run_id"] == parent.info.run_id and training.data.tags["data_hash"]
     assert {"val_accuracy", "test_accuracy", "epoch_loss", "epoch_val_loss"} <= set(training.data.metrics)
     (output,) = training.outputs.model_outputs  # the runs table's Models column
@@ -211,15 +213,15 @@ def test_every_architecture_rules_each_tunable_name_and_its_builder_takes_them(n
 
 
 def test_tuner_none_trains_the_configured_model() -> None:
-    """`experiment=tiny tuner=none model.units=64`: tune records no values, so train builds 64 units."""
-    cfg = compose(*TINY, "tuner=none", "model.units=64")
+    """`experiment=tiny tuner=none model.dropout=0.3`: tune records no values, so train builds dropout 0.3."""
+    cfg = compose(*TINY, "tuner=none", "model.dropout=0.3")
     args, learning_rate = hparams.final_args(cfg.model, cfg.train, {})
-    assert cfg.tuner.kind == "none" and args["units"] == 64 and learning_rate == cfg.train.learning_rate
+    assert cfg.tuner.kind == "none" and args["dropout"] == 0.3 and learning_rate == cfg.train.learning_rate
 
 
 def test_search_space_entry_of_unknown_type_or_name_is_a_config_error(project: Path) -> None:
-    with pytest.raises(ConfigError, match="tuner.search_space.units.type: 'integer' is not one of"):
-        _cfg(project, "tuner.search_space.units.type=integer")
+    with pytest.raises(ConfigError, match="tuner.search_space.dropout.type: 'integer' is not one of"):
+        _cfg(project, "tuner.search_space.dropout.type=integer")
     with pytest.raises(ConfigError, match="tuner.search_space.momentum: not a tunable name"):
         tune.run(_cfg(project, "+tuner.search_space.momentum={type: float, min: 0.1, max: 0.9}"))
 
@@ -349,7 +351,7 @@ def test_killed_training_never_resumes_under_another_config(project: Path, tmp_p
     """Tracking off: the checkpoint alone must not be resumed after seed/batch or architecture changes."""
     args, history = _train_args(project, tmp_path, "tracking=none"), tmp_path / "history.csv"
     _train_killed_after_epochs(project, args, history)
-    for change in (("seed=7", "train.batch_size=64"), ("model.filters=[8,16,32]",)):
+    for change in (("seed=7", "train.batch_size=64"), ("model.widths=[8,16]",)):
         again = subprocess.run(
             [CLI, "train", *args, *change, "train.epochs=2"], cwd=project, capture_output=True, text=True
         )
@@ -365,7 +367,7 @@ def test_killed_then_changed_config_never_wedges_tracking(project: Path, tmp_pat
     _train_killed_after_epochs(project, args, history)
     killed = (tmp_path / "ckpt/mlflow_run_id").read_text()
     again = subprocess.run(
-        [CLI, "train", *args, "model.filters=[8,16,32]", "train.epochs=2"], cwd=project, capture_output=True, text=True
+        [CLI, "train", *args, "model.widths=[8,16]", "train.epochs=2"], cwd=project, capture_output=True, text=True
     )
     assert again.returncode == 0, again.stdout + again.stderr
     status = {r.info.run_id: r.info.status for r in _runs(project)}
@@ -520,19 +522,19 @@ def test_seed_cnn_is_the_original_network_unchanged() -> None:
 
 
 def test_model_name_picks_the_builder_in_tune_and_train(project: Path, tmp_path: Path) -> None:
-    """model=resnet: the search and the final training both build the residual net (here with the
-    from-scratch recipe's AdamW, cosine schedule and label smoothing)."""
+    """model=seed_cnn (the default is resnet): the search and the final training both build the
+    original's CNN, here under the default recipe's AdamW, cosine schedule and label smoothing."""
     moved = paths_under(tmp_path, skip=DATA)
-    recipe = ("train.optimizer=adamw", "train.weight_decay=0.05", "train.schedule=cosine", "train.label_smoothing=0.1")
-    cfg = _cfg(project, "model=resnet", "model.widths=[4,8]", "tuner.max_trials=1", "train.epochs=2", *recipe, *moved)
+    cfg = _cfg(project, "model=seed_cnn", "model.resize=null", "tuner.max_trials=1", *moved)
+    assert (cfg.train.optimizer, cfg.train.schedule, cfg.train.label_smoothing) == ("adamw", "cosine", 0.1)
     tuned = tune.run(cfg)
-    assert set(tuned["best"]) == {"dropout", "learning_rate"}
+    assert set(tuned["best"]) == {"units", "learning_rate"}
     train.run(cfg)
     import keras
 
     model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
-    assert model.name == "resnet"
-    assert any(layer.__class__.__name__ == "GlobalAveragePooling2D" for layer in model.layers)
+    assert model.name == "seed_cnn"
+    assert any(layer.__class__.__name__ == "Flatten" for layer in model.layers)
     rates = [float(row.split(",")[-1]) for row in Path(cfg.paths.history).read_text().splitlines()[1:]]
     assert rates[0] > rates[1]  # the cosine schedule decays the learning rate every step
 
@@ -593,35 +595,35 @@ def test_the_search_picks_the_architecture_with_a_sub_space_each(project: Path, 
 
 
 def test_a_searched_architecture_other_than_model_name_is_what_train_builds(project: Path, tmp_path: Path) -> None:
-    """model.name is seed_cnn, the search may only draw resnet: resnet's conf/model section is trained."""
+    """model.name is resnet, the search may only draw seed_cnn: seed_cnn's conf/model section is trained."""
     moved = paths_under(tmp_path, skip=DATA)
-    cfg = _cfg(project, "+tuner.search_space.name={type: choice, values: [resnet]}", "tuner.max_trials=1", *moved)
-    assert cfg.model.name == "seed_cnn"
+    cfg = _cfg(project, "+tuner.search_space.name={type: choice, values: [seed_cnn]}", "tuner.max_trials=1", *moved)
+    assert cfg.model.name == "resnet"
     tuned = tune.run(cfg)
-    assert tuned["best"]["name"] == "resnet" and "units" not in tuned["best"]
+    assert tuned["best"]["name"] == "seed_cnn" and "dropout" not in tuned["best"]
     record = hparams.read_best(Path(cfg.paths.best_hparams))
-    assert record["architecture"]["widths"] == compose("model=resnet").model.widths  # from conf/model/resnet.yaml
+    assert record["architecture"]["filters"] == compose("model=seed_cnn").model.filters  # from its conf/model file
     summary = train.run(cfg)
     import keras
 
     model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
-    assert model.name == "resnet" and summary["epochs_run"] == 2
+    assert model.name == "seed_cnn" and summary["epochs_run"] == 2
     run_id = json.loads((Path(cfg.paths.model) / "run.json").read_text())["run_id"]
     params = _client(project).get_run(run_id).data.params
-    assert params["architecture_used"] == "resnet" and params["model.name"] == "seed_cnn"
+    assert params["architecture_used"] == "seed_cnn" and params["model.name"] == "resnet"
 
 
 def test_train_refuses_tuned_values_from_another_search(project: Path, tmp_path: Path) -> None:
     """Stage by stage, a search made with other settings does not hand its values to this config."""
     moved = paths_under(tmp_path, skip=DATA)
     cfg = _cfg(project, "tuner.max_trials=1", *moved)
-    assert "units" in tune.run(cfg)["best"]
+    assert "dropout" in tune.run(cfg)["best"]
     for change, named in (("model.dropout=0.3", "model.dropout"), ("tuner.epochs=2", "tuner.epochs")):
         with pytest.raises(DataError, match=rf"best_hparams.yaml comes from another search \({named} changed since\)"):
             train.run(_cfg(project, "tuner.max_trials=1", *moved, change))
     assert not Path(cfg.paths.model).exists()  # nothing trained
     same = hparams.read_best(Path(cfg.paths.best_hparams), hparams.search_record(cfg))  # the config that searched
-    assert "units" in same["values"]
+    assert "dropout" in same["values"]
 
 
 def test_an_architecture_choice_names_registered_architectures_only(project: Path) -> None:

@@ -214,7 +214,7 @@ def _queued_experiments_land(repo: Path, uri: str) -> None:
     """4 experiments queued, run by `dvc queue start -j 2`: 4 training runs named by their DVC experiments."""
     run_in(repo, "op-classifier", "sample", "--out", "data/raw", "--per-class", "6", "--scenes", "2")
     run_in(repo, "dvc", "commit", "-f", "data.dvc")  # the queue's copies fetch data/raw from the cache
-    # One one-epoch trial: tuner=none writes no search folder, which dvc.yaml declares as tune's output.
+    # One one-epoch trial, so the queued experiments run a search too (the default, tuner=none, runs none).
     tiny = ("experiment=tiny", "tuner.max_trials=1", "train.epochs=1")
     run_in(repo, "op-classifier", "compose", *tiny)
     run_in(repo, "git", "add", "-A")

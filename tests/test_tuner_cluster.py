@@ -92,7 +92,7 @@ def test_a_chief_and_two_workers_finish_six_trials_as_one_tracked_search(project
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _leaderboard(project)
     assert len(rows) == 6 and {row["status"] for row in rows} == {"COMPLETED"}
-    assert "units" in (project / "experiments/tuning/best_hparams.yaml").read_text()
+    assert "dropout" in (project / "experiments/tuning/best_hparams.yaml").read_text()
     for worker in ("tuner0", "tuner1"):  # both took trials
         assert list((project / f"experiments/tuning/search/worker-{worker}").glob("trial_*"))
     (parent,), trials = _trial_runs(project)

@@ -345,7 +345,13 @@ class TrainConfig:
         require(self.optimizer in ("adam", "adamw"), "train.optimizer", "must be adam or adamw")
         require(self.schedule in ("plateau", "cosine"), "train.schedule", "must be plateau or cosine")
         _check_range("train.weight_decay", self.weight_decay, AT_LEAST_0)
-        _check_range("train.warmup_epochs", self.warmup_epochs, Range(0, self.epochs - 1))
+        _check_range("train.warmup_epochs", self.warmup_epochs, AT_LEAST_0)
+        require(
+            self.schedule != "cosine" or self.warmup_epochs < self.epochs,
+            "train.warmup_epochs",
+            f"must be below train.epochs ({self.epochs}) for the cosine schedule, got {self.warmup_epochs}"
+            " (train.warmup_epochs=0: no warm-up)",
+        )
         _check_range("train.label_smoothing", self.label_smoothing, Range(0, 1, high_open=True))
         _check_range("train.fine_tune_epochs", self.fine_tune_epochs, AT_LEAST_0)
         _check_range("train.fine_tune_layers", self.fine_tune_layers, AT_LEAST_1)

@@ -32,6 +32,8 @@ SHARED_VIEW = json.dumps(
                 ("metrics", "test_accuracy"),
                 ("params", "model.name"),
                 ("params", "learning_rate_used"),
+                ("params", "tuned.dropout"),
+                ("params", "model.dropout"),
                 ("params", "tuned.units"),
                 ("params", "model.units"),
                 ("params", "tuned.learning_rate"),
@@ -78,7 +80,7 @@ def alias_version(store_uri: str, name: str, alias: str) -> str | None:
 
 
 def runs_table_link(cfg: TrackingConfig, base_url: str) -> str:
-    """The MLflow UI page comparing this project's runs (val/test accuracy, model, learning rate, units)."""
+    """The MLflow UI page comparing this project's runs (val/test accuracy, model, learning rate, dropout, units)."""
     store = tracking_uri(cfg)
     experiment = None
     if not missing_sqlite(store):
