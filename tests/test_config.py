@@ -174,6 +174,7 @@ def test_a_tuner_chosen_on_the_command_line_beats_the_preset() -> None:
     assert original.tuner.kind == "hyperband" and original.model.name == "seed_cnn"
     assert (original.train.optimizer, original.train.label_smoothing, original.train.warmup_epochs) == ("adam", 0, 0)
     assert compose("experiment=original", "model=resnet").model.name == "resnet"  # the command line wins
+    assert compose("experiment=architecture_search").tuner.kind == "random"  # a search, though the default has none
     assert compose("experiment=original", "tuner=bayesian").tuner.kind == "bayesian"
 
 
