@@ -3,6 +3,7 @@ champions compared only on the same data."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,15 @@ def test_a_store_failing_mid_run_is_one_line_and_the_run_ends_failed(tmp_path: P
     assert _status(tracker, run_id) == "FAILED"
 
 
+class _MlflowLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def test_the_champion_moves_only_between_scores_on_the_same_data(tmp_path: Path) -> None:
     import keras
 
@@ -125,7 +135,13 @@ def test_the_champion_moves_only_between_scores_on_the_same_data(tmp_path: Path)
             uri = tracker.log_model(model, example)
         return tracker.register(uri, score, target=0.5, metric="val_accuracy", data_hash=data)
 
-    assert register(0.80, "split-a")["champion"]
+    seen = _MlflowLog()
+    logging.getLogger("mlflow").addHandler(seen)
+    try:
+        assert register(0.80, "split-a")["champion"]
+    finally:
+        logging.getLogger("mlflow").removeHandler(seen)
+    assert not [line for line in seen.lines if "no artifacts" in line], seen.lines  # no alarming note to the user
     other_split = register(0.95, "split-b")  # a higher score on another split means nothing
     assert not other_split["champion"] and "other data" in other_split["champion_reason"]
     assert not register(0.70, "split-a")["champion"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 import warnings
@@ -244,7 +245,8 @@ class MlflowTracker:
         import mlflow
 
         client = mlflow.MlflowClient()
-        version = mlflow.register_model(model_uri, self.cfg.model_name).version
+        with _quiet_registry_lookup():
+            version = mlflow.register_model(model_uri, self.cfg.model_name).version
         client.set_model_version_tag(self.cfg.model_name, version, metric, str(score))
         if data_hash:
             client.set_model_version_tag(self.cfg.model_name, version, DATA_HASH_TAG, data_hash)
@@ -253,6 +255,27 @@ class MlflowTracker:
         if decision["champion"]:
             client.set_registered_model_alias(self.cfg.model_name, CHAMPION, version)
         return {"registered_version": int(version), **decision}
+
+
+class _RunPathLookupNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no artifacts at artifact path" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_registry_lookup() -> Iterator[None]:
+    """Silence MLflow's note that it registered a runs:/ path by the LoggedModel found under it.
+
+    MLflow 3 keeps a logged model as a LoggedModel, not in the run's artifacts: registering it by its
+    runs:/<id>/model path (what train records) finds it there, which is what we want, and warns.
+    """
+    logger = logging.getLogger("mlflow.tracking._model_registry.fluent")
+    note = _RunPathLookupNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 class _EpochLogger(keras.callbacks.Callback):
