@@ -351,7 +351,7 @@ def test_killed_training_never_resumes_under_another_config(project: Path, tmp_p
     """Tracking off: the checkpoint alone must not be resumed after seed/batch or architecture changes."""
     args, history = _train_args(project, tmp_path, "tracking=none"), tmp_path / "history.csv"
     _train_killed_after_epochs(project, args, history)
-    for change in (("seed=7", "train.batch_size=64"), ("model.widths=[8,16]",)):
+    for change in (("seed=7", "train.batch_size=64"), ("model.widths=[16,32]",)):
         again = subprocess.run(
             [CLI, "train", *args, *change, "train.epochs=2"], cwd=project, capture_output=True, text=True
         )
@@ -367,7 +367,7 @@ def test_killed_then_changed_config_never_wedges_tracking(project: Path, tmp_pat
     _train_killed_after_epochs(project, args, history)
     killed = (tmp_path / "ckpt/mlflow_run_id").read_text()
     again = subprocess.run(
-        [CLI, "train", *args, "model.widths=[8,16]", "train.epochs=2"], cwd=project, capture_output=True, text=True
+        [CLI, "train", *args, "model.widths=[16,32]", "train.epochs=2"], cwd=project, capture_output=True, text=True
     )
     assert again.returncode == 0, again.stdout + again.stderr
     status = {r.info.run_id: r.info.status for r in _runs(project)}
