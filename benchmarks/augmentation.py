@@ -2,12 +2,13 @@
 
     python benchmarks/augmentation.py                           # TensorFlow, train.batch_size
     KERAS_BACKEND=jax python benchmarks/augmentation.py --batch-size 256
+    python benchmarks/augmentation.py model=mobilenet_v3_small  # any architecture (Hydra overrides)
 
-Builds conf/'s default model (architecture, resize, precision as train.device / train.mixed_precision
+Builds conf/'s default model, or the one the overrides name (architecture, resize, precision as train.device / train.mixed_precision
 choose) twice, with `model.augment` as configured and with every augmentation off, and times `fit` on
 random uint8 images at data.image_size streamed from a .npy file as the pipeline streams its prepared
 split. The two alternate for --rounds rounds; each round compiles first, then times --steps steps.
-Prints images/s for each, the augmented step as a multiple of the plain one, and whether Keras could
+Prints the model's parameter count, images/s for each, the augmented step as a multiple of the plain one, and whether Keras could
 jit the train step (issue 8's GPU target: >= 20,000 images/s with augmentation, at most 1.3x).
 """
 
@@ -44,11 +45,13 @@ def timed_fit(overrides: tuple[str, ...], images: Path, labels: np.ndarray, step
         compile_model(model, learning_rate, CLASSES)
     stream = ImageStream(images, labels, batch_size=batch_size, seed=cfg.seed)
     model.fit(stream, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)
+    params = model.count_params()
     started = time.perf_counter()
     model.fit(stream, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
     seconds = (time.perf_counter() - started) / steps
     return {
         "step_ms": seconds * 1000,
+        "params": params,
         "jit": bool(model.jit_compile),
         "device": device,
         "policy": policy,
@@ -62,8 +65,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=efficientnet_v2_b0")
     args = parser.parse_args()
-    cfg = config.validate(config.compose((), conf_dir=REPO / "conf"))
+    overrides = tuple(args.overrides)
+    cfg = config.validate(config.compose(overrides, conf_dir=REPO / "conf"))
     batch_size = args.batch_size or cfg.train.batch_size
     rows = batch_size * args.steps
     rng = np.random.default_rng(0)
@@ -74,12 +79,13 @@ def main() -> None:
         labels = np.eye(len(CLASSES), dtype=np.float32)[rng.integers(0, len(CLASSES), rows)]
         runs: dict[str, list[dict]] = {"augmented": [], "plain": []}
         for _ in range(args.rounds):
-            runs["augmented"].append(timed_fit((), images, labels, args.steps, batch_size))
-            runs["plain"].append(timed_fit(OFF, images, labels, args.steps, batch_size))
+            runs["augmented"].append(timed_fit(overrides, images, labels, args.steps, batch_size))
+            runs["plain"].append(timed_fit((*overrides, *OFF), images, labels, args.steps, batch_size))
     first = runs["augmented"][0]
     resize = getattr(cfg.model, "resize", None)
     size = f"{side} px" + (f", resized to {resize} in the model" if resize else "")
     print(f"{first['backend']} on {first['device']}, {first['policy']}, {cfg.model.name} at {size}, batch {batch_size}")
+    print(f"  {first['params']:,} parameters")
     median = {kind: statistics.median(r["step_ms"] for r in done) for kind, done in runs.items()}
     for kind, done in runs.items():
         steps = ", ".join(f"{r['step_ms']:.1f}" for r in done)
