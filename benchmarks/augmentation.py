@@ -4,12 +4,13 @@
     KERAS_BACKEND=jax python benchmarks/augmentation.py --batch-size 256
     python benchmarks/augmentation.py model=mobilenet_v3_small  # any architecture (Hydra overrides)
 
-Builds conf/'s default model, or the one the overrides name (architecture, resize, precision as train.device / train.mixed_precision
-choose) twice, with `model.augment` as configured and with every augmentation off, and times `fit` on
-random uint8 images at data.image_size streamed from a .npy file as the pipeline streams its prepared
-split. The two alternate for --rounds rounds; each round compiles first, then times --steps steps.
-Prints the model's parameter count, images/s for each, the augmented step as a multiple of the plain one, and whether Keras could
-jit the train step (issue 8's GPU target: >= 20,000 images/s with augmentation, at most 1.3x).
+Builds conf/'s default model, or the one the overrides name (architecture, resize, precision as
+train.device / train.mixed_precision choose) twice, with `model.augment` as configured and with every
+augmentation off, and times `fit` on random uint8 images at data.image_size streamed from a .npy file
+as the pipeline streams its prepared split. The two alternate for --rounds rounds; each round
+compiles first, then times --steps steps. Prints the model's parameter count, images/s for each, the
+augmented step as a multiple of the plain one, and whether Keras could jit the train step (issue 8's
+GPU target: >= 20,000 images/s with augmentation, at most 1.3x).
 """
 
 from __future__ import annotations

@@ -257,11 +257,6 @@ class MlflowTracker:
         return {"registered_version": int(version), **decision}
 
 
-class _RunPathLookupNote(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "has no artifacts at artifact path" not in record.getMessage()
-
-
 @contextlib.contextmanager
 def _quiet_registry_lookup() -> Iterator[None]:
     """Silence MLflow's note that it registered a runs:/ path by the LoggedModel found under it.
@@ -270,12 +265,15 @@ def _quiet_registry_lookup() -> Iterator[None]:
     runs:/<id>/model path (what train records) finds it there, which is what we want, and warns.
     """
     logger = logging.getLogger("mlflow.tracking._model_registry.fluent")
-    note = _RunPathLookupNote()
-    logger.addFilter(note)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "has no artifacts at artifact path" not in record.getMessage()
+
+    logger.addFilter(keep)
     try:
         yield
     finally:
-        logger.removeFilter(note)
+        logger.removeFilter(keep)
 
 
 class _EpochLogger(keras.callbacks.Callback):
