@@ -61,7 +61,7 @@ def test_params_yaml_validates() -> None:
         ("model=nope", "model/nope"),
         (
             "model.name=nope",
-            "model.name: unknown architecture 'nope' \\(known: efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn\\)",
+            "model.name: unknown architecture 'nope' \\(known: efficientnet_lite, efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn\\)",
         ),
         ("model.units=64", "model.units: unknown key"),  # a key of another architecture (seed_cnn)
         ("train.optimizer=sgd", "train.optimizer: must be adam or adamw"),
@@ -186,7 +186,7 @@ def test_a_tuner_chosen_on_the_command_line_beats_the_preset() -> None:
         ("tuner=nope", "In 'config': Could not find 'tuner/nope' (available: bayesian, hyperband, none, random)"),
         (
             "model.name=nope",
-            "model.name: unknown architecture 'nope' (known: efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn)",
+            "model.name: unknown architecture 'nope' (known: efficientnet_lite, efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn)",
         ),
     ],
 )
@@ -277,5 +277,5 @@ def test_cli_unknown_architecture_is_one_line_exit_2(tmp_path: Path) -> None:
     done = subprocess.run([CLI, "compose", "model.name=vit"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: model.name: unknown architecture 'vit' (known: efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn)"
+        "error: model.name: unknown architecture 'vit' (known: efficientnet_lite, efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn)"
     ]

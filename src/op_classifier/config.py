@@ -142,6 +142,7 @@ class PathsConfig:
     best_hparams: str = MISSING
     leaderboard: str = MISSING
     checkpoints: str = MISSING
+    weights: str = MISSING
     model: str = MISSING
     history: str = MISSING
     metrics: str = MISSING
@@ -214,6 +215,10 @@ class ModelBase:
 
     def check(self, image_size: int, drawn: Dict[str, List[Any]], where: Callable[..., str]) -> None:
         """Checks across keys (shapes) for every value the search can draw; `where(*keys)` names the key."""
+
+    def weights_file(self) -> Optional[Path]:
+        """The file the model's starting weights are read from (None: trained from scratch)."""
+        return None
 
 
 SEARCH_TYPES = ("int", "float", "choice", "bool")
@@ -409,6 +414,19 @@ class Config:
             f"must be {wanted} for objective {self.tuner.objective}, got {self.tuner.direction}",
         )
         self._check_search_space()
+        self._check_weights_place()
+
+    def _check_weights_place(self) -> None:
+        """A weights file lies under paths.weights, which dvc.yaml declares: replacing it re-runs tune and train."""
+        source = self.model.weights_file()
+        if source is None or getattr(self.model, "weights", None) in (None, "imagenet"):
+            return
+        folder = Path(self.paths.weights).resolve()
+        require(
+            folder in Path(source).resolve().parents,
+            "model.weights",
+            f"keep the file under {self.paths.weights}/ (paths.weights, a DVC dependency of tune and train), not {source}",
+        )
 
     def _check_search_space(self) -> None:
         """Every entry names a key of this model, within its rule; cross-key checks (shapes) for the

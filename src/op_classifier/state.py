@@ -30,6 +30,14 @@ def code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_digest(model: Any) -> str | None:
+    """sha256 of the file a model's starting weights come from: a new file at the same path is new state."""
+    from op_classifier.weights.imagenet import file_hash
+
+    source = model.weights_file()
+    return file_hash(source) if source is not None else None
+
+
 def select(tree: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     """The given dotted keys (`seed`, `data.image_size`, `model`) of a nested config, flattened."""
     picked: dict[str, Any] = {}

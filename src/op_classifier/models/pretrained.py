@@ -38,6 +38,10 @@ class Pretrained(ModelBase):
                 f"no file {self.weights} (imagenet, null, or a path to the backbone's .weights.h5)",
             )
 
+    def weights_file(self) -> Optional[Path]:
+        """A given weights file; None for none, and for `imagenet` through Keras's own download."""
+        return Path(self.weights) if self.weights not in (None, "imagenet") else None
+
     def check(self, image_size: int, drawn: Mapping[str, list[Any]], where: Callable[..., str]) -> None:
         """The backbone needs at least MIN_SIDE pixels a side."""
         for resize in drawn["resize"]:
@@ -62,11 +66,33 @@ def build(
     resize: int | None,
     seed: int | None,
 ) -> keras.Model:
+    """A keras.applications backbone (by its name there) assembled under the shared head."""
+    import keras
+
+    def make(side: int, weights: str | None) -> keras.Model:
+        return _backbone(getattr(keras.applications, application), side, weights)
+
+    return assemble(make, name, num_classes, image_size, weights, dropout, flip, rotation, zoom, resize, seed)
+
+
+def assemble(
+    make: Callable[[int, str | None], keras.Model],
+    name: str,
+    num_classes: int,
+    image_size: int,
+    weights: str | None,
+    dropout: float,
+    flip: bool,
+    rotation: float,
+    zoom: float,
+    resize: int | None,
+    seed: int | None,
+) -> keras.Model:
     """Raw pixels -> augmentation -> backbone (its own preprocessing) -> global pooling -> sigmoid head.
 
-    With weights, the backbone starts frozen and runs in inference mode (its BatchNorm statistics are
-    ImageNet's, kept even when train.fine_tune_epochs unfreezes its top layers); without, it trains
-    from scratch like any other layer.
+    `make(side, weights)` builds the backbone. With weights, the backbone starts frozen and runs in
+    inference mode (its BatchNorm statistics are ImageNet's, kept even when train.fine_tune_epochs
+    unfreezes its top layers); without, it trains from scratch like any other layer.
     """
     import keras
     from keras import layers
@@ -75,8 +101,7 @@ def build(
 
     inputs, x = pixels(image_size, resize, rescale=False)
     x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
-    side = resize or image_size
-    backbone = _backbone(getattr(keras.applications, application), side, weights)
+    backbone = make(resize or image_size, weights)
     backbone.name = BACKBONE
     if weights:
         backbone.trainable = False

@@ -350,7 +350,10 @@ def claim_checkpoints(
     """Keep the checkpoint folder only if it was made by this config, data, code and tuned values
     (with claim off, only the fingerprint: a multi-process run's other processes touch no file)."""
     prepared = Path(cfg.paths.prepared)
-    drawn = {} if model_cfg is None or model_cfg is cfg.model else {"architecture": as_dict(model_cfg)}
+    model_cfg = model_cfg or cfg.model
+    drawn = {} if model_cfg is cfg.model else {"architecture": as_dict(model_cfg)}
+    weights = state.weights_digest(model_cfg)
+    drawn |= {"weights": weights} if weights else {}
     made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(prepared), tuned=tuned, **drawn)
     if claim:
         state.claim(Path(cfg.paths.checkpoints), made_by, "training checkpoint", keep=(RUN_ID_FILE,))
