@@ -116,3 +116,26 @@ def test_the_tiny_pipeline_runs_and_logs_under_jax_without_tensorflow(tmp_path: 
     assert summary["policy"] == "float32"  # train.mixed_precision=auto on a CPU
     assert summary["logged_val"] == summary["val"]
     assert "jax==" in summary["requirements"] and "tensorflow" not in summary["requirements"]
+
+
+def test_efficientnet_lite_imagenet_weights_load_and_answer_under_jax(tmp_path: Path) -> None:
+    """The converted ImageNet backbone under JAX (converted there too, into a fresh cache): same answer."""
+    out = _run_under_jax(
+        f"""
+        import os
+        os.environ["OP_CLASSIFIER_CACHE"] = {str(tmp_path / "cache")!r}
+        import keras
+        import numpy as np
+        from tests.test_weights import MILITARY_UNIFORM, _imagenet_classifier, _photo, _photos
+
+        assert keras.backend.backend() == "jax"
+        _, top1 = _imagenet_classifier(1.0, 1.0, 224)
+        assert top1(_photo(_photos()["grace_hopper"], 224)) == MILITARY_UNIFORM
+        from op_classifier.models.efficientnet_lite import build_model
+        model = build_model(4, 96, resize=64, weights="imagenet", seed=1)
+        assert model.predict(np.zeros((1, 96, 96, 3)), verbose=0).shape == (1, 4)
+        print("LITE_OK")
+        """,
+        REPO,
+    )
+    assert "LITE_OK" in out

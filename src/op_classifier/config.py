@@ -418,9 +418,9 @@ class Config:
 
     def _check_weights_place(self) -> None:
         """A weights file lies under paths.weights, which dvc.yaml declares: replacing it re-runs tune and train."""
+        if getattr(self.model, "weights", None) in (None, "imagenet"):
+            return  # none, or ImageNet's from an installed package or Keras's download
         source = self.model.weights_file()
-        if source is None or getattr(self.model, "weights", None) in (None, "imagenet"):
-            return
         folder = Path(self.paths.weights).resolve()
         require(
             folder in Path(source).resolve().parents,
