@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from op_classifier import config, hparams
+from op_classifier import config
+from op_classifier.data.stream import ImageStream
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.stages.train import pick_device
-from op_classifier.stream import ImageStream
+from op_classifier.training import hparams
 
 REPO = Path(__file__).resolve().parent.parent
 OFF = ("model.augment.flip=false", "model.augment.rotation=0", "model.augment.zoom=0")

@@ -60,7 +60,7 @@ print(json.dumps({{"images": summary["train"] + summary["val"] + summary["test"]
 
 READ_PASS = """
 import numpy as np
-from op_classifier.arrays import RowFile
+from op_classifier.data.arrays import RowFile
 path = Path({work!r}) / "data/prepared/train/images.npy"
 started = time.perf_counter()
 total = 0
@@ -79,7 +79,7 @@ print(json.dumps({{"seconds": round(seconds, 1), "peak_rss_mb": own}}))
 
 TRAIN = """
 from op_classifier.stages import train
-from op_classifier.data import load_labels
+from op_classifier.data.prepared import load_labels
 from op_classifier.tracking import make_tracker
 c = cfg({work!r}, "train.epochs=1", "train.warmup_epochs=0")
 classes = json.loads((Path(c.paths.prepared) / "manifest.json").read_text())["classes"]

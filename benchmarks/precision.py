@@ -28,7 +28,7 @@ from pathlib import Path
 import keras
 from op_classifier import config
 from op_classifier.stages import train
-from op_classifier.stream import split_stream
+from op_classifier.data.stream import split_stream
 
 root = Path({work!r})
 paths = [f"paths.{{k}}={{root / v}}" for k, v in vars(config.validate(config.compose((), conf_dir=Path({conf!r}))).paths).items()]

@@ -128,7 +128,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
 
 def throughputs(classifier: Any, files: list[str], ready: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
     """Images/s: the CLI path, decoding alone, and the model alone on ready arrays."""
-    from op_classifier.images import load_image
+    from op_classifier.data.images import load_image
     from op_classifier.serving import predict
 
     model, n = classifier.model, len(files)

@@ -123,7 +123,7 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
     """The steps of a request, each alone."""
     import orjson
 
-    from op_classifier.images import decode_image
+    from op_classifier.data.images import decode_image
     from op_classifier.serving import serve
     from op_classifier.tracking import served as serving_model
 
@@ -206,7 +206,7 @@ def main() -> None:
         pyfunc, model = load_served(store, args.model or f"models:/{NAME}@champion")
         served, server_side = server_work(pyfunc)
 
-        from op_classifier.images import decode_image
+        from op_classifier.data.images import decode_image
 
         width, height = (int(side) for side in args.photo.lower().split("x"))
         jpeg = photo_jpeg((width, height))

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from op_classifier import distributed, hparams, sample
-from op_classifier.distributed import ADDRESS_ENV, COUNT_ENV, RANK_ENV, TIMEOUT_ENV, Cluster, DistributedError
+from op_classifier.data import sample
+from op_classifier.data.stream import split_stream
 from op_classifier.stages import prepare
-from op_classifier.stream import split_stream
+from op_classifier.training import distributed, hparams
+from op_classifier.training.distributed import ADDRESS_ENV, COUNT_ENV, RANK_ENV, TIMEOUT_ENV, Cluster, DistributedError
 from tests.conftest import REPO, free_port
 
 pytest.importorskip("jax")  # the engine: JAX's distributed runtime

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from op_classifier.images import ImageError, load_image
+from op_classifier.data.images import ImageError, load_image
 
 
 def test_float_image_in_unit_range_is_scaled(tmp_path: Path) -> None:

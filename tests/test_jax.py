@@ -51,10 +51,10 @@ def test_stages_import_seed_stream_and_train_under_jax_without_tensorflow(tmp_pa
         import numpy as np
         from op_classifier.serving import predict
         from op_classifier.stages import evaluate, prepare, train, tune
-        from op_classifier.backend import set_random_seed
+        from op_classifier.training.backend import set_random_seed
         from op_classifier.models.common import compile_model
         from op_classifier.models.seed_cnn import build_model
-        from op_classifier.stream import ImageStream
+        from op_classifier.data.stream import ImageStream
         from op_classifier.tracking.runs import pip_requirements
 
         assert keras.backend.backend() == "jax"

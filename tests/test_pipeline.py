@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from op_classifier import hparams, models, sample
+from op_classifier import models
 from op_classifier.config import Config, ConfigError
+from op_classifier.data import sample
 from op_classifier.errors import DataError
 from op_classifier.metric_names import metric_names
 from op_classifier.models.common import metrics
 from op_classifier.stages import evaluate, prepare, train, tune
 from op_classifier.tracking import TrackingError
+from op_classifier.training import hparams
 from op_classifier.weights.pytorch import read_state_dict
 from tests.conftest import REPO, compose, free_port, paths_under
 

@@ -172,7 +172,7 @@ def test_a_folder_or_pattern_with_no_image_names_is_an_error_line(
 def test_image_suffixes_cover_every_format_predict_decodes() -> None:
     from PIL import Image
 
-    from op_classifier import images as image_module
+    from op_classifier.data import images as image_module
     from op_classifier.serving.predict import IMAGE_SUFFIXES
 
     Image.init()

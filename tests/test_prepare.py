@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from op_classifier import config, splits
-from op_classifier import raw as raw_folder
+from op_classifier import config
+from op_classifier.data import raw as raw_folder
+from op_classifier.data import splits
 from op_classifier.errors import DataError
 from op_classifier.stages import prepare
 from tests.conftest import png_header_only

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from op_classifier import sample
+from op_classifier.data import sample
 from op_classifier.errors import DataError
 
 PER_CLASS, SCENES = 3, 2

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from op_classifier import cli
-from op_classifier.images import load_image
+from op_classifier.data.images import load_image
 from op_classifier.models.common import compile_model
 from op_classifier.models.seed_cnn import build_model
 from op_classifier.tracking import served as serving_model

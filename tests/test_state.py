@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from op_classifier import state
 from op_classifier.stages import train, tune
 from op_classifier.tracking import Tracker, TrackingError
 from op_classifier.tracking.runs import MlflowTracker
+from op_classifier.training import state
 from tests.conftest import REPO, compose
 
 

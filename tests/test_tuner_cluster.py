@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from op_classifier import cli, sample
+from op_classifier import cli
+from op_classifier.data import sample
 from op_classifier.stages import prepare
 from tests.conftest import REPO, compose, free_port, paths_under
 

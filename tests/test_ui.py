@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from op_classifier import sample
 from op_classifier.config import Config
+from op_classifier.data import sample
 from op_classifier.stages import evaluate, prepare, train, tune
 from tests.conftest import REPO, compose, free_port, paths_under
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from op_classifier import state
+from op_classifier.training import state
 from op_classifier.weights import imagenet
 from op_classifier.weights.pytorch import LEGACY_MAGIC, LEGACY_PROTOCOL, CheckpointError, read_state_dict
 from tests.conftest import REPO, compose

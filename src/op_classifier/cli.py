@@ -32,7 +32,7 @@ def _compose(overrides: Sequence[str]) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from op_classifier import sample
+    from op_classifier.data import sample
 
     given = {"per_class": args.per_class, "scenes": args.scenes, "seed": args.seed}
     report(sample.generate(Path(args.out), **{k: v for k, v in given.items() if v is not None}))
@@ -43,7 +43,7 @@ def _stage(
 ) -> None:
     cfg = config.validate(config.compose(tuple(overrides)))
     if workers is not None:  # the chief and each worker compose the same config themselves
-        from op_classifier import tuner_cluster
+        from op_classifier.training import tuner_cluster
 
         if cfg.tuner.kind == "none":
             raise ConfigError("--workers: tuner.kind is none, there is no search to distribute")
@@ -53,7 +53,7 @@ def _stage(
         import os
 
         os.environ["KERAS_BACKEND"] = "jax"  # the engine's backend: this launcher then loads no TensorFlow
-        from op_classifier import distributed
+        from op_classifier.training import distributed
 
         distributed.check_batch(cfg.train.batch_size, processes)
         distributed.launch(["-m", "op_classifier.cli", name, *overrides], processes, verbose=verbose)

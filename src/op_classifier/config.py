@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -15,113 +15,25 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from op_classifier import metric_names, models
 from op_classifier.errors import ConfigError, first_line
+from op_classifier.schema import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FRACTION,
+    IMAGE_SIDE,
+    POSITIVE,
+    SEED,
+    UNIT,
+    ModelBase,
+    Range,
+    Rule,
+    check_range,
+    check_rule,
+    number_text,
+    require,
+)
 
 CONF_DIR = "conf"
 PARAMS_FILE = "params.yaml"
-
-
-def require(ok: bool, key: str, message: str) -> None:
-    """Raise ConfigError `<key>: <message>` unless `ok`."""
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-def _number(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-@dataclass(frozen=True)
-class Range:
-    """An interval of allowed numbers; an open end excludes its bound, a None end is unbounded."""
-
-    low: Optional[float] = None
-    high: Optional[float] = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        """`between 0 and 1`, `at least 1`, `positive`, ...: what `must be` is followed by."""
-        low, high = (None if x is None else _number(x) for x in (self.low, self.high))
-        if high is None:
-            return ("positive" if self.low == 0 else f"above {low}") if self.low_open else f"at least {low}"
-        if low is None:
-            return f"below {high}" if self.high_open else f"at most {high}"
-        if self.low_open == self.high_open:
-            return f"between {low} and {high}" + (" (exclusive)" if self.low_open else "")
-        above = f"above {low}" if self.low_open else f"at least {low}"
-        return f"{above} and {f'below {high}' if self.high_open else f'at most {high}'}"
-
-
-def _check_range(key: str, value: float, allowed: Range) -> None:
-    require(value in allowed, key, f"must be {allowed.describe()}, got {_number(value)}")
-
-
-AT_LEAST_0 = Range(0)
-AT_LEAST_1 = Range(1)
-POSITIVE = Range(0, low_open=True)
-UNIT = Range(0, 1)  # [0, 1]
-FRACTION = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
-IMAGE_SIDE = Range(8, 4096)
-SEED = Range(0, 2**32 - 1)  # what NumPy and Keras accept as a seed
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one model key (or the learning rate) takes: checked on the config and on every value the
-    search space can give it, so no candidate the tuner draws fails inside Keras."""
-
-    kind: type  # int, float, bool, str, or list (of ints)
-    allowed: Optional[Range] = None  # the value's range (of each item for a list)
-    nullable: bool = False
-
-    def problem(self, value: Any) -> Optional[str]:
-        """Why `value` is not allowed (the text after `must be`), or None."""
-        if value is None and self.nullable:
-            return None
-        if self.kind is list:
-            items = list(value) if isinstance(value, (list, tuple)) else None
-            ok = bool(items) and all(_is_int(item) and item in self.allowed for item in items)
-            return None if ok else f"must be a non-empty list of integers, each {self.allowed.describe()}, got {value}"
-        if self.kind is bool:
-            return None if isinstance(value, bool) else f"must be true or false, got {value}"
-        if self.kind is str:
-            return None if isinstance(value, str) else f"must be a string, got {value}"
-        if not (_is_int(value) if self.kind is int else _is_number(value)):
-            return f"must be {'an integer' if self.kind is int else 'a number'}, got {value}"
-        if self.allowed is not None and value not in self.allowed:
-            return f"must be {'null or ' if self.nullable else ''}{self.allowed.describe()}, got {_number(value)}"
-        return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# What the keys every architecture may take (and the learning rate) allow; an architecture's own keys
-# are in its schema's RULES (models/<name>.py). A test keeps every tunable name ruled.
-COMMON_RULES: Dict[str, Rule] = {
-    "dropout": Rule(float, Range(0, 1, high_open=True)),
-    "l2": Rule(float, AT_LEAST_0),
-    "flip": Rule(bool),
-    "rotation": Rule(float, UNIT),
-    "zoom": Rule(float, UNIT),
-    "resize": Rule(int, IMAGE_SIDE, nullable=True),
-    "learning_rate": Rule(float, POSITIVE),
-}
-
-
-def _check_rule(key: str, name: str, value: Any, rules: Optional[Dict[str, Rule]] = None) -> None:
-    problem = (rules or COMMON_RULES)[name].problem(value)
-    require(problem is None, key, problem or "")
 
 
 def _check_metric(key: str, name: str, classes: Optional[List[str]]) -> None:
@@ -161,64 +73,18 @@ class DataConfig:
     max_image_pixels: int = MISSING
 
     def __post_init__(self) -> None:
-        _check_range("data.image_size", self.image_size, IMAGE_SIDE)
+        check_range("data.image_size", self.image_size, IMAGE_SIDE)
         for name in ("val_fraction", "test_fraction"):
-            _check_range(f"data.{name}", getattr(self, name), FRACTION)
+            check_range(f"data.{name}", getattr(self, name), FRACTION)
         require(
             self.val_fraction + self.test_fraction < 1.0,
             "data.val_fraction",
             "val_fraction + test_fraction must leave images to train on",
         )
-        _check_range("data.max_image_pixels", self.max_image_pixels, AT_LEAST_1)
+        check_range("data.max_image_pixels", self.max_image_pixels, AT_LEAST_1)
         if self.classes is not None:
             require(len(self.classes) >= 2, "data.classes", "needs at least two classes")
             require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
-
-
-@dataclass
-class AugmentConfig:
-    """Random augmentation applied inside the model while training."""
-
-    flip: bool = MISSING
-    rotation: float = MISSING
-    zoom: float = MISSING
-
-    def __post_init__(self) -> None:
-        for name in ("rotation", "zoom"):
-            _check_rule(f"model.augment.{name}", name, getattr(self, name))
-
-
-@dataclass
-class ModelBase:
-    """What every architecture's section has; each architecture's schema subclasses it (models/)."""
-
-    RULES: ClassVar[Dict[str, Rule]] = {}  # the architecture's own keys (COMMON_RULES has the shared ones)
-    name: str = MISSING
-    augment: AugmentConfig = MISSING
-
-    @classmethod
-    def args(cls) -> tuple[str, ...]:
-        """The builder's keyword arguments from config: this schema's keys, augment's flat."""
-        own = [item.name for item in dataclasses.fields(cls) if item.name not in ("name", "augment")]
-        return (*own, *(item.name for item in dataclasses.fields(AugmentConfig)))
-
-    @classmethod
-    def rules(cls) -> Dict[str, Rule]:
-        """What each tunable name (the builder's arguments and the learning rate) allows."""
-        known = {**COMMON_RULES, **cls.RULES}
-        return {name: known[name] for name in (*cls.args(), "learning_rate")}
-
-    def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):
-            if item.name not in ("name", "augment"):
-                _check_rule(f"model.{item.name}", item.name, getattr(self, item.name), self.rules())
-
-    def check(self, image_size: int, drawn: Dict[str, List[Any]], where: Callable[..., str]) -> None:
-        """Checks across keys (shapes) for every value the search can draw; `where(*keys)` names the key."""
-
-    def weights_file(self) -> Optional[Path]:
-        """The file the model's starting weights are read from (None: trained from scratch)."""
-        return None
 
 
 SEARCH_TYPES = ("int", "float", "choice", "bool")
@@ -258,10 +124,10 @@ class TunerConfig:
         require(self.kind in TUNER_KINDS, "tuner.kind", f"'{self.kind}' is not one of {', '.join(TUNER_KINDS)}")
         require(self.direction in ("max", "min"), "tuner.direction", "must be max or min")
         for name in ("max_epochs", "max_trials", "epochs", "batch_size"):
-            _check_range(f"tuner.{name}", getattr(self, name), AT_LEAST_1)
-        _check_range("tuner.factor", self.factor, Range(2))
-        _check_range("tuner.patience", self.patience, AT_LEAST_0)
-        _check_range("tuner.learning_rate", self.learning_rate, POSITIVE)
+            check_range(f"tuner.{name}", getattr(self, name), AT_LEAST_1)
+        check_range("tuner.factor", self.factor, Range(2))
+        check_range("tuner.patience", self.patience, AT_LEAST_0)
+        check_range("tuner.learning_rate", self.learning_rate, POSITIVE)
 
 
 # The search-space entry that picks model.name: each architecture it names brings its own section and
@@ -294,9 +160,9 @@ def _check_search_param(key: str, name: str, spec: SearchParam, rules: Dict[str,
             value = getattr(spec, bound)
             if spec.type == "int" and value is not None:
                 require(float(value).is_integer(), f"{key}.{bound}", f"must be whole for type int, got {value}")
-        require(spec.min <= spec.max, key, f"min ({_number(spec.min)}) is above max ({_number(spec.max)})")
+        require(spec.min <= spec.max, key, f"min ({number_text(spec.min)}) is above max ({number_text(spec.max)})")
         if spec.step is not None:
-            _check_range(f"{key}.step", spec.step, POSITIVE)
+            check_range(f"{key}.step", spec.step, POSITIVE)
         if spec.sampling is not None:
             require(
                 spec.sampling in SAMPLINGS, f"{key}.sampling", f"'{spec.sampling}' is not one of {', '.join(SAMPLINGS)}"
@@ -304,12 +170,12 @@ def _check_search_param(key: str, name: str, spec: SearchParam, rules: Dict[str,
             require(
                 spec.sampling == "linear" or spec.min > 0,
                 f"{key}.min",
-                f"must be positive for sampling {spec.sampling}, got {_number(spec.min)}",
+                f"must be positive for sampling {spec.sampling}, got {number_text(spec.min)}",
             )
     if spec.type == "choice":
         require(bool(spec.values), key, "type choice needs a non-empty values list")
     for bound, value in _drawable(spec):
-        _check_rule(f"{key}.{bound}", name, value, rules)
+        check_rule(f"{key}.{bound}", name, value, rules)
 
 
 def _drawable(spec: SearchParam) -> list[tuple[str, Any]]:
@@ -346,26 +212,26 @@ class TrainConfig:
     fine_tune_lr_factor: float = MISSING
 
     def __post_init__(self) -> None:
-        _check_range("train.learning_rate", self.learning_rate, POSITIVE)
+        check_range("train.learning_rate", self.learning_rate, POSITIVE)
         require(self.optimizer in ("adam", "adamw"), "train.optimizer", "must be adam or adamw")
         require(self.schedule in ("plateau", "cosine"), "train.schedule", "must be plateau or cosine")
-        _check_range("train.weight_decay", self.weight_decay, AT_LEAST_0)
-        _check_range("train.warmup_epochs", self.warmup_epochs, AT_LEAST_0)
+        check_range("train.weight_decay", self.weight_decay, AT_LEAST_0)
+        check_range("train.warmup_epochs", self.warmup_epochs, AT_LEAST_0)
         require(
             self.schedule != "cosine" or self.warmup_epochs < self.epochs,
             "train.warmup_epochs",
             f"must be below train.epochs ({self.epochs}) for the cosine schedule, got {self.warmup_epochs}"
             " (train.warmup_epochs=0: no warm-up)",
         )
-        _check_range("train.label_smoothing", self.label_smoothing, Range(0, 1, high_open=True))
-        _check_range("train.fine_tune_epochs", self.fine_tune_epochs, AT_LEAST_0)
-        _check_range("train.fine_tune_layers", self.fine_tune_layers, AT_LEAST_1)
-        _check_range("train.fine_tune_lr_factor", self.fine_tune_lr_factor, Range(0, 1, low_open=True))
+        check_range("train.label_smoothing", self.label_smoothing, Range(0, 1, high_open=True))
+        check_range("train.fine_tune_epochs", self.fine_tune_epochs, AT_LEAST_0)
+        check_range("train.fine_tune_layers", self.fine_tune_layers, AT_LEAST_1)
+        check_range("train.fine_tune_lr_factor", self.fine_tune_lr_factor, Range(0, 1, low_open=True))
         for name in ("batch_size", "epochs"):
-            _check_range(f"train.{name}", getattr(self, name), AT_LEAST_1)
+            check_range(f"train.{name}", getattr(self, name), AT_LEAST_1)
         for name in ("patience", "lr_patience"):
-            _check_range(f"train.{name}", getattr(self, name), AT_LEAST_0)
-        _check_range("train.lr_factor", self.lr_factor, Range(0, 1, low_open=True))
+            check_range(f"train.{name}", getattr(self, name), AT_LEAST_0)
+        check_range("train.lr_factor", self.lr_factor, Range(0, 1, low_open=True))
         require(self.device in ("auto", "cpu", "gpu"), "train.device", "must be auto, cpu or gpu")
         require(self.mixed_precision in ("auto", "on", "off"), "train.mixed_precision", "must be auto, on or off")
 
@@ -387,7 +253,7 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         require(self.kind in TRACKER_KINDS, "tracking.kind", f"'{self.kind}' is not one of {', '.join(TRACKER_KINDS)}")
-        _check_range("tracking.champion_target", self.champion_target, UNIT)
+        check_range("tracking.champion_target", self.champion_target, UNIT)
 
 
 @dataclass
@@ -403,7 +269,7 @@ class Config:
     tracking: TrackingConfig = MISSING
 
     def __post_init__(self) -> None:
-        _check_range("seed", self.seed, SEED)
+        check_range("seed", self.seed, SEED)
         classes = self.data.classes
         _check_metric("train.monitor", self.train.monitor, classes)
         _check_metric("tuner.objective", self.tuner.objective, classes)

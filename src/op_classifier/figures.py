@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from op_classifier.data import single_label
+from op_classifier.data.prepared import single_label
 
 
 def _pyplot() -> Any:

@@ -26,7 +26,7 @@ class Architecture:
     """One registered architecture: its config schema and its builder."""
 
     name: str
-    params: type  # a dataclass subclassing config.ModelBase: the model section's schema
+    params: type  # a dataclass subclassing schema.ModelBase: the model section's schema
     build: Callable[..., Any]  # build(num_classes, image_size, seed, **args) -> keras.Model
 
     def args(self) -> tuple[str, ...]:

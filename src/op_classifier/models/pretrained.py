@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional
 
 from omegaconf import MISSING
 
-from op_classifier import config
-from op_classifier.config import ConfigError, ModelBase, Rule
+from op_classifier import schema
+from op_classifier.errors import ConfigError
+from op_classifier.schema import ModelBase, Rule
 
 if TYPE_CHECKING:
     import keras
@@ -32,7 +33,7 @@ class Pretrained(ModelBase):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.weights not in (None, "imagenet"):
-            config.require(
+            schema.require(
                 self.weights.endswith(".weights.h5") and Path(self.weights).is_file(),
                 "model.weights",
                 f"no file {self.weights} (imagenet, null, or a path to the backbone's .weights.h5)",
@@ -46,7 +47,7 @@ class Pretrained(ModelBase):
         """The backbone needs at least MIN_SIDE pixels a side."""
         for resize in drawn["resize"]:
             side = resize or image_size
-            config.require(
+            schema.require(
                 side >= MIN_SIDE,
                 where("resize") if resize else "data.image_size",
                 f"{self.name} takes images of at least {MIN_SIDE} pixels a side, got {side}",

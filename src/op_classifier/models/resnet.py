@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from op_classifier import config
-from op_classifier.config import AT_LEAST_1, ModelBase, Range, Rule
+from op_classifier import schema
 from op_classifier.models import register
+from op_classifier.schema import AT_LEAST_1, ModelBase, Range, Rule
 
 if TYPE_CHECKING:
     import keras
@@ -39,7 +39,7 @@ class ResNet(ModelBase):
             for stride in drawn["stem_stride"]:
                 for resize in drawn["resize"]:
                     side = resize or image_size
-                    config.require(
+                    schema.require(
                         side // (stride * 2 ** len(widths)) >= 1,
                         where("widths", "stem_stride", "resize"),
                         f"{len(widths)} stages after a stride-{stride} stem leave nothing of a {side}-pixel input "

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from op_classifier import config
-from op_classifier.config import AT_LEAST_1, ModelBase, Rule
+from op_classifier import schema
 from op_classifier.models import register
+from op_classifier.schema import AT_LEAST_1, ModelBase, Rule
 
 if TYPE_CHECKING:
     import keras
@@ -39,7 +39,7 @@ class SeedCnn(ModelBase):
             side = left = resize or image_size
             for _ in filters:
                 left = (left - kernel_size + 1) // 2
-            config.require(
+            schema.require(
                 left >= 1,
                 where("filters", "kernel_size", "resize"),
                 f"{len(filters)} conv blocks of kernel_size {kernel_size} leave nothing of a "

@@ -55,12 +55,12 @@ import yaml
 
 from op_classifier import progress
 from op_classifier.config import PARAMS_FILE, ConfigError
-from op_classifier.data import RUN_FILE
+from op_classifier.data.images import ImageError, load_image
+from op_classifier.data.prepared import RUN_FILE
+from op_classifier.data.raw import list_files
 from op_classifier.defaults import PREDICT_BATCH, PREDICT_THRESHOLD
 from op_classifier.errors import DataError, first_line
 from op_classifier.files import cpu_count
-from op_classifier.images import ImageError, load_image
-from op_classifier.raw import list_files
 from op_classifier.serving.report import percent, write_report
 
 FALLBACK_MODEL = "experiments/model"

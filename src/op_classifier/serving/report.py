@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
-from op_classifier.images import to_rgb
+from op_classifier.data.images import to_rgb
 
 if TYPE_CHECKING:  # predict imports this module: the type only, no import cycle at run time
     from op_classifier.serving.predict import Result

@@ -52,9 +52,9 @@ import orjson
 
 from op_classifier import config
 from op_classifier.config import CHAMPION
+from op_classifier.data.images import ImageError, decode_image
 from op_classifier.defaults import HOST, MAX_BODY_MB, SERVE_PORT
 from op_classifier.errors import DataError, OpClassifierError
-from op_classifier.images import ImageError, decode_image
 
 # 16 MiB: about 30 images of 180x180 as JSON integers (0.49 MiB each), which json.loads turns into
 # about 6 times as many bytes of Python objects (8 for floats): a request peaks near 100-130 MiB of

@@ -14,10 +14,10 @@ import numpy as np
 
 from op_classifier import progress
 from op_classifier.config import Config, ConfigError
-from op_classifier.data import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label
+from op_classifier.data.prepared import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label
+from op_classifier.data.stream import image_stream
 from op_classifier.errors import DataError
 from op_classifier.runner import stage_main
-from op_classifier.stream import image_stream
 from op_classifier.tracking import flatten, make_tracker
 
 THRESHOLD = 0.5

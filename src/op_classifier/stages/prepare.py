@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from op_classifier import arrays
 from op_classifier.config import Config, DataConfig
-from op_classifier.errors import DataError
-from op_classifier.files import chunk_size, cpu_count, staged_output, worker_pool
-from op_classifier.images import ImageError, decode_image
-from op_classifier.raw import (
+from op_classifier.data import arrays
+from op_classifier.data.images import ImageError, decode_image
+from op_classifier.data.raw import (
     BAD_LABELS,
     BAD_NAME,
     LINK_OUT,
@@ -38,7 +36,9 @@ from op_classifier.raw import (
     scan,
     skip_record,
 )
-from op_classifier.splits import MIN_IMAGES_PER_CLASS, SPLITS, assign_splits
+from op_classifier.data.splits import MIN_IMAGES_PER_CLASS, SPLITS, assign_splits
+from op_classifier.errors import DataError
+from op_classifier.files import chunk_size, cpu_count, staged_output, worker_pool
 
 MANIFEST = "manifest.json"
 _COPY_ROWS = 256  # rows copied per step from the staging array, so memory stays bounded

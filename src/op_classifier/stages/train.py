@@ -16,19 +16,20 @@ from typing import Any
 import keras
 import numpy as np
 
-from op_classifier import config, distributed, hparams, progress, state
-from op_classifier.backend import set_random_seed
+from op_classifier import config, progress
 from op_classifier.config import Config, ConfigError, ModelBase, TrainConfig, as_dict
-from op_classifier.data import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
-from op_classifier.distributed import SINGLE, Cluster
+from op_classifier.data.prepared import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
+from op_classifier.data.stream import split_stream
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
-from op_classifier.stream import split_stream
 from op_classifier.tracking import NullTracker, Tracker, flatten, git_commit, make_tracker
+from op_classifier.training import distributed, hparams, state
+from op_classifier.training.backend import set_random_seed
+from op_classifier.training.distributed import SINGLE, Cluster
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "train")

@@ -13,8 +13,6 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from op_classifier import hparams, state, tuner_cluster
-from op_classifier.backend import set_random_seed
 from op_classifier.config import (
     ARCHITECTURE,
     Config,
@@ -27,14 +25,16 @@ from op_classifier.config import (
     run_name,
     validate,
 )
-from op_classifier.data import data_hash, load_manifest
+from op_classifier.data.prepared import data_hash, load_manifest
+from op_classifier.data.stream import split_stream
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
-from op_classifier.stream import split_stream
 from op_classifier.tracking import Tracker, TrackingError, flatten, make_tracker
+from op_classifier.training import hparams, state, tuner_cluster
+from op_classifier.training.backend import set_random_seed
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
 PARAMS = hparams.SEARCH_PARAMS

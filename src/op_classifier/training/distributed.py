@@ -32,10 +32,10 @@ from typing import IO, Any
 import keras
 import numpy as np
 
-from op_classifier.data import load_labels
+from op_classifier.data.prepared import load_labels
+from op_classifier.data.stream import ImageStream, split_stream
 from op_classifier.errors import ConfigError, OpClassifierError
 from op_classifier.net import free_port, port_problem
-from op_classifier.stream import ImageStream, split_stream
 
 ADDRESS_ENV = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 COUNT_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"

@@ -14,8 +14,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from op_classifier.arrays import RowFile
-from op_classifier.data import load_labels
+from op_classifier.data.arrays import RowFile
+from op_classifier.data.prepared import load_labels
 from op_classifier.errors import DataError
 
 # Batches read ahead by threads (pread releases the GIL); the ordered queue keeps the batch order,

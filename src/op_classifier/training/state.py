@@ -18,7 +18,7 @@ from typing import Any
 from op_classifier.config import flat
 
 FINGERPRINT_FILE = "fingerprint.json"
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # the whole op_classifier package
 
 
 def code_hash() -> str:

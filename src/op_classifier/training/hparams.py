@@ -8,7 +8,6 @@ from typing import Any
 
 import yaml
 
-from op_classifier import state
 from op_classifier.config import (
     ARCHITECTURE,
     Config,
@@ -19,8 +18,9 @@ from op_classifier.config import (
     as_dict,
     validate_model,
 )
-from op_classifier.data import data_hash
+from op_classifier.data.prepared import data_hash
 from op_classifier.errors import DataError
+from op_classifier.training import state
 
 # What a search's result depends on besides the data: the tune stage's params (dvc.yaml declares them).
 SEARCH_PARAMS = ("seed", "data.image_size", "model", "tuner")

@@ -1,0 +1,167 @@
+"""The schema's vocabulary, shared by config.py and every architecture's schema (models/): ranges,
+rules, the one-line check, and the model section every architecture extends.
+
+It imports neither config nor models, so both can import it without a loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from omegaconf import MISSING
+
+from op_classifier.errors import ConfigError
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ConfigError `<key>: <message>` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def number_text(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed numbers; an open end excludes its bound, a None end is unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """`between 0 and 1`, `at least 1`, `positive`, ...: what `must be` is followed by."""
+        low, high = (None if x is None else number_text(x) for x in (self.low, self.high))
+        if high is None:
+            return ("positive" if self.low == 0 else f"above {low}") if self.low_open else f"at least {low}"
+        if low is None:
+            return f"below {high}" if self.high_open else f"at most {high}"
+        if self.low_open == self.high_open:
+            return f"between {low} and {high}" + (" (exclusive)" if self.low_open else "")
+        above = f"above {low}" if self.low_open else f"at least {low}"
+        return f"{above} and {f'below {high}' if self.high_open else f'at most {high}'}"
+
+
+def check_range(key: str, value: float, allowed: Range) -> None:
+    require(value in allowed, key, f"must be {allowed.describe()}, got {number_text(value)}")
+
+
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+POSITIVE = Range(0, low_open=True)
+UNIT = Range(0, 1)  # [0, 1]
+FRACTION = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
+IMAGE_SIDE = Range(8, 4096)
+SEED = Range(0, 2**32 - 1)  # what NumPy and Keras accept as a seed
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one model key (or the learning rate) takes: checked on the config and on every value the
+    search space can give it, so no candidate the tuner draws fails inside Keras."""
+
+    kind: type  # int, float, bool, str, or list (of ints)
+    allowed: Range | None = None  # the value's range (of each item for a list)
+    nullable: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not allowed (the text after `must be`), or None."""
+        if value is None and self.nullable:
+            return None
+        if self.kind is list:
+            items = list(value) if isinstance(value, (list, tuple)) else None
+            ok = bool(items) and all(_is_int(item) and item in self.allowed for item in items)
+            return None if ok else f"must be a non-empty list of integers, each {self.allowed.describe()}, got {value}"
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"must be true or false, got {value}"
+        if self.kind is str:
+            return None if isinstance(value, str) else f"must be a string, got {value}"
+        if not (_is_int(value) if self.kind is int else _is_number(value)):
+            return f"must be {'an integer' if self.kind is int else 'a number'}, got {value}"
+        if self.allowed is not None and value not in self.allowed:
+            return f"must be {'null or ' if self.nullable else ''}{self.allowed.describe()}, got {number_text(value)}"
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What the keys every architecture may take (and the learning rate) allow; an architecture's own keys
+# are in its schema's RULES (models/<name>.py). A test keeps every tunable name ruled.
+COMMON_RULES: dict[str, Rule] = {
+    "dropout": Rule(float, Range(0, 1, high_open=True)),
+    "l2": Rule(float, AT_LEAST_0),
+    "flip": Rule(bool),
+    "rotation": Rule(float, UNIT),
+    "zoom": Rule(float, UNIT),
+    "resize": Rule(int, IMAGE_SIDE, nullable=True),
+    "learning_rate": Rule(float, POSITIVE),
+}
+
+
+def check_rule(key: str, name: str, value: Any, rules: dict[str, Rule] | None = None) -> None:
+    problem = (rules or COMMON_RULES)[name].problem(value)
+    require(problem is None, key, problem or "")
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation applied inside the model while training."""
+
+    flip: bool = MISSING
+    rotation: float = MISSING
+    zoom: float = MISSING
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "zoom"):
+            check_rule(f"model.augment.{name}", name, getattr(self, name))
+
+
+@dataclass
+class ModelBase:
+    """What every architecture's section has; each architecture's schema subclasses it (models/)."""
+
+    RULES: ClassVar[dict[str, Rule]] = {}  # the architecture's own keys (COMMON_RULES has the shared ones)
+    name: str = MISSING
+    augment: AugmentConfig = MISSING
+
+    @classmethod
+    def args(cls) -> tuple[str, ...]:
+        """The builder's keyword arguments from config: this schema's keys, augment's flat."""
+        own = [item.name for item in dataclasses.fields(cls) if item.name not in ("name", "augment")]
+        return (*own, *(item.name for item in dataclasses.fields(AugmentConfig)))
+
+    @classmethod
+    def rules(cls) -> dict[str, Rule]:
+        """What each tunable name (the builder's arguments and the learning rate) allows."""
+        known = {**COMMON_RULES, **cls.RULES}
+        return {name: known[name] for name in (*cls.args(), "learning_rate")}
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            if item.name not in ("name", "augment"):
+                check_rule(f"model.{item.name}", item.name, getattr(self, item.name), self.rules())
+
+    def check(self, image_size: int, drawn: dict[str, list[Any]], where: Callable[..., str]) -> None:
+        """Checks across keys (shapes) for every value the search can draw; `where(*keys)` names the key."""
+
+    def weights_file(self) -> Path | None:
+        """The file the model's starting weights are read from (None: trained from scratch)."""
+        return None

@@ -1,0 +1,1 @@
+"""The training machinery: data-parallel runs, hyperparameters, the tuner cluster, resumable state, the backend."""
