@@ -86,7 +86,8 @@ def test_the_tiny_pipeline_runs_and_logs_under_jax_without_tensorflow(tmp_path: 
         import json
         from pathlib import Path
         import mlflow
-        from op_classifier import config, sample
+        from op_classifier import config
+        from op_classifier.data import sample
         from op_classifier.serving import predict
         from op_classifier.stages import evaluate, prepare, train, tune
 
