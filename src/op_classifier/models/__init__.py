@@ -1,7 +1,8 @@
 """The model registry: `model.name` picks an architecture module of this package.
 
-An architecture is one module here, `models/<name>.py`, registering its typed parameters and its
-builder with `@register`, plus one `conf/model/<name>.yaml`. Nothing else names it.
+An architecture is one module here registering its typed parameters and its builder with
+`@register(<name>, ...)`, plus one `conf/model/<name>.yaml`; a keras.applications backbone is one line
+of applications.py. Nothing else names it.
 
 Architecture modules import Keras inside their builders, never at the top: every composition
 (`op-classifier compose`, `dvc exp run -S`, each stage's start) imports the chosen module for its
@@ -48,14 +49,17 @@ def register(name: str, params: type) -> Callable[[Callable[..., Any]], Callable
 
 
 def names() -> list[str]:
-    """Every architecture this package holds, by module name."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_ARCHITECTURES)
+    """Every architecture this package registers (importing its modules: none imports Keras at the top)."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in NOT_ARCHITECTURES:
+            importlib.import_module(f"{__name__}.{module.name}")
+    return sorted(_REGISTRY)
 
 
 def get(name: str) -> Architecture:
-    """The architecture registered as `name` (importing its module); one line naming the key if unknown."""
-    if name not in _REGISTRY and name in names():
-        importlib.import_module(f"{__name__}.{name}")
+    """The architecture registered as `name`; one line naming the key if unknown."""
     if name not in _REGISTRY:
-        raise ConfigError(f"model.name: unknown architecture '{name}' (known: {', '.join(names())})")
+        known = names()
+        if name not in _REGISTRY:
+            raise ConfigError(f"model.name: unknown architecture '{name}' (known: {', '.join(known)})")
     return _REGISTRY[name]
