@@ -4,6 +4,7 @@ champions compared only on the same data."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,27 @@ def test_an_unknown_tracker_kind_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="tracking.kind: 'wandb' is not one of mlflow, none"):
         compose("tracking.kind=wandb")
+
+
+def _package_copy(tmp_path: Path) -> Path:
+    source = tmp_path / "src"
+    shutil.copytree(Path(state.__file__).resolve().parents[1], source / "op_classifier")
+    return source
+
+
+@pytest.mark.parametrize("stage", ["tune", "train"])
+def test_a_stage_keeps_its_state_when_code_it_never_runs_changes(stage: str, tmp_path: Path) -> None:
+    """Editing serving (no stage of training runs it) keeps a search or checkpoint; editing hparams does not."""
+    source = _package_copy(tmp_path)
+    module = f"op_classifier.stages.{stage}"
+    before = state.code_hash(module, source)
+    with (source / "op_classifier/serving/serve.py").open("a") as handle:
+        handle.write("\n# an edit to the server\n")
+    assert state.code_hash(module, source) == before
+    with (source / "op_classifier/training/hparams.py").open("a") as handle:
+        handle.write("\n# an edit to the hyperparameters' code\n")
+    assert state.code_hash(module, source) != before
+
+
+def test_the_stages_fingerprint_their_own_code() -> None:
+    assert tune.STAGE == tune.__spec__.name and train.STAGE == train.__spec__.name

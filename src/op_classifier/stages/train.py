@@ -33,6 +33,7 @@ from op_classifier.training.distributed import SINGLE, Cluster
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "train")
+STAGE = "op_classifier.stages.train"  # its state belongs to the code this module runs
 RUN_ID_FILE = "mlflow_run_id"  # in paths.checkpoints: the MLflow run a killed training continues
 HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
 BACKUP, FINE_BACKUP = "backup", "backup-fine"  # in paths.checkpoints: each phase's resumable state
@@ -355,7 +356,7 @@ def claim_checkpoints(
     drawn = {} if model_cfg is cfg.model else {"architecture": as_dict(model_cfg)}
     weights = state.weights_digest(model_cfg)
     drawn |= {"weights": weights} if weights else {}
-    made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(prepared), tuned=tuned, **drawn)
+    made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(prepared), STAGE, tuned=tuned, **drawn)
     if claim:
         state.claim(Path(cfg.paths.checkpoints), made_by, "training checkpoint", keep=(RUN_ID_FILE,))
     return made_by

@@ -38,6 +38,7 @@ from op_classifier.training.backend import set_random_seed
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
 PARAMS = hparams.SEARCH_PARAMS
+STAGE = "op_classifier.stages.tune"  # its state belongs to the code this module runs
 RUN_ID_FILE = "mlflow_run_id"  # in paths.tuning: the MLflow run an interrupted search continues
 
 
@@ -262,7 +263,7 @@ def search_fingerprint(cfg: Config, hypermodel: SearchModel) -> dict[str, Any]:
     extra = {"architectures": others} if others else {}
     weights = state.weights_digest(cfg.model)
     extra |= {"weights": weights} if weights else {}
-    return state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)), **extra)
+    return state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)), STAGE, **extra)
 
 
 def claim_search(cfg: Config, hypermodel: SearchModel) -> str:

@@ -18,14 +18,18 @@ from typing import Any
 from op_classifier.config import flat
 
 FINGERPRINT_FILE = "fingerprint.json"
-_PACKAGE = Path(__file__).resolve().parents[1]  # the whole op_classifier package
 
 
-def code_hash() -> str:
-    """Hash of every source file of the package: changed code means new state."""
+def code_hash(module: str | None = None, source: Path | None = None) -> str:
+    """Hash of the source files `python -m <module>` can run (all of the package's without one): an
+    edit to code the stage never runs keeps its state."""
+    from op_classifier import sources
+
+    root = source or sources.SOURCE
+    files = sources.closure(module, root) if module else (root / sources.PACKAGE).rglob("*.py")
     digest = hashlib.sha256()
-    for path in sorted(_PACKAGE.rglob("*.py")):
-        digest.update(path.relative_to(_PACKAGE).as_posix().encode())
+    for path in sorted(files):
+        digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -49,9 +53,10 @@ def select(tree: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return picked
 
 
-def fingerprint(params: Mapping[str, Any], data_hash: str, **extra: Any) -> dict[str, Any]:
-    """What a stage's state depends on: its params, the data, the code and any extra inputs."""
-    record = {"params": dict(params), "data": data_hash, "code": code_hash(), **extra}
+def fingerprint(params: Mapping[str, Any], data_hash: str, stage: str | None = None, **extra: Any) -> dict[str, Any]:
+    """What a stage's state depends on: its params, the data, the code it runs (`stage`, its module) and
+    any extra inputs."""
+    record = {"params": dict(params), "data": data_hash, "code": code_hash(stage), **extra}
     text = json.dumps(record, sort_keys=True, default=str)
     return {"id": hashlib.sha256(text.encode()).hexdigest()[:16], **json.loads(text)}
 
