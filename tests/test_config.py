@@ -279,3 +279,22 @@ def test_cli_unknown_architecture_is_one_line_exit_2(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "error: model.name: unknown architecture 'vit' (known: efficientnet_lite, efficientnet_v2_b0, mobilenet_v3_small, resnet, seed_cnn)"
     ]
+
+
+def test_the_schema_check_is_installed_on_this_hydra_and_knows_when_it_would_not_fit(monkeypatch, capsys) -> None:
+    """The plugin wraps Hydra 1.3's compose_config; on a Hydra whose compose_config takes other
+    arguments it must say so (a warning line), never leave compositions unchecked in silence."""
+    from hydra._internal.hydra import Hydra
+
+    from hydra_plugins import op_classifier_compose as plugin
+
+    assert plugin.INSTALLED and getattr(Hydra.compose_config, "op_classifier_checks", False)
+    assert plugin.fits(Hydra.compose_config.__wrapped__)
+
+    def renamed(self, name, overrides, mode):  # a Hydra that renamed compose_config's arguments
+        raise AssertionError("not called")
+
+    assert not plugin.fits(renamed)
+    monkeypatch.setattr(Hydra, "compose_config", renamed)
+    assert plugin.install() is False and Hydra.compose_config is renamed
+    assert "compositions are not checked" in capsys.readouterr().err

@@ -14,10 +14,12 @@ params.yaml (DVC resets the workspace when composing fails).
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import hydra
 from hydra._internal.hydra import Hydra
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -89,7 +91,29 @@ def _with_checks(compose_config: Callable[..., DictConfig]) -> Callable[..., Dic
     return wrapper
 
 
-# Hydra re-runs a module it scans, so wrap only once. (A Hydra that runs on_compose_config itself, as
-# 1.4 is to, runs the check twice: harmless.)
-if not getattr(Hydra.compose_config, "op_classifier_checks", False):
+EXPECTED = ("self", "config_name", "overrides", "run_mode")  # Hydra 1.3's compose_config, which we wrap
+
+
+def fits(compose_config: Callable[..., Any]) -> bool:
+    """Whether Hydra's compose_config still takes the arguments the wrapper passes on by position."""
+    return tuple(inspect.signature(compose_config).parameters)[: len(EXPECTED)] == EXPECTED
+
+
+def install() -> bool:
+    """Wrap Hydra's compose_config once (Hydra re-runs a module it scans); say so loudly where it does
+    not fit this Hydra, rather than leave compositions unchecked in silence. Whether it is installed."""
+    if getattr(Hydra.compose_config, "op_classifier_checks", False):
+        return True
+    if not fits(Hydra.compose_config):
+        print(
+            f"warning: op-classifier's schema check does not fit Hydra {hydra.__version__} (compose_config takes "
+            f"{tuple(inspect.signature(Hydra.compose_config).parameters)}): compositions are not checked",
+            file=sys.stderr,
+        )
+        return False
+    # (A Hydra that runs on_compose_config itself, as 1.4 is to, runs the check twice: harmless.)
     Hydra.compose_config = _with_checks(Hydra.compose_config)  # type: ignore[method-assign]
+    return True
+
+
+INSTALLED = install()
