@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ast
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from op_classifier import sources
 from tests.conftest import REPO
 
 PACKAGE = REPO / "src" / "op_classifier"
@@ -51,3 +54,100 @@ def test_models_logged_before_the_split_still_find_their_wrapper() -> None:
     from op_classifier.tracking.served import PixelClassifier
 
     assert pickle.loads(b"cop_classifier.tracking\nPixelClassifier\n.") is PixelClassifier
+
+
+# Which parts of the package each part may import (a part: a subpackage or a top-level module). Read
+# top to bottom: entry points, then stages and serving, then the machinery, then the vocabulary.
+# `config -> models` is the one arrow upward: config looks up model.name's schema in the registry.
+ALLOWED = {
+    "cli": {
+        "config",
+        "data",
+        "defaults",
+        "errors",
+        "models",
+        "quiet",
+        "runner",
+        "serving",
+        "stages",
+        "tracking",
+        "training",
+        "weights",
+    },
+    "stages": {
+        "config",
+        "data",
+        "errors",
+        "figures",
+        "files",
+        "metric_names",
+        "models",
+        "progress",
+        "runner",
+        "tracking",
+        "training",
+    },
+    "serving": {"config", "data", "defaults", "errors", "files", "progress", "tracking"},
+    "tracking": {"config", "defaults", "errors", "net"},
+    "training": {"config", "data", "errors", "net", "sources", "weights"},
+    "figures": {"data"},
+    "runner": {"config", "errors"},
+    "data": {"config", "errors", "files"},
+    "config": {"errors", "metric_names", "models", "schema"},
+    "models": {"errors", "metric_names", "schema", "weights"},
+    "weights": {"errors"},
+    "schema": {"errors"},
+    "__init__": {"quiet"},
+}
+STRING_MODULE = re.compile(r"op_classifier(\.\w+)+")
+
+
+def _part(path: Path, package: Path) -> str:
+    return path.relative_to(package).parts[0].removesuffix(".py")
+
+
+def _edges(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """part -> parts it imports: at module level, inside functions, and by name through importlib."""
+    source = package.parent
+    edges: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        names = set(sources.imports(path, source))
+        text = path.read_text(encoding="utf-8")
+        if "import_module" in text:  # a module loaded by its name: every module name the file spells
+            names |= {m.group(0) for m in STRING_MODULE.finditer(text) if sources.module_file(m.group(0), source)}
+        for name in names - {"op_classifier"}:  # the package's own __init__ runs before anything
+            target = name.split(".")[1]
+            if target != _part(path, package):
+                edges.setdefault(_part(path, package), set()).add(target)
+    return edges
+
+
+def _loops(edges: dict[str, set[str]]) -> list[str]:
+    """The parts from which the imports lead back to themselves."""
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in edges.get(start, set()) - seen:
+            if nxt == goal or reaches(nxt, goal, seen | {nxt}):
+                return True
+        return False
+
+    return sorted(part for part in edges if reaches(part, part, set()))
+
+
+def test_parts_import_only_what_the_layout_allows() -> None:
+    edges = _edges()
+    assert "stages" in edges.get("cli", set()), "importlib's stage loading is not seen: the scan is blind"
+    extra = {part: sorted(targets - ALLOWED.get(part, set())) for part, targets in edges.items()}
+    assert {part: found for part, found in extra.items() if found} == {}
+
+
+def test_no_import_loop_between_parts() -> None:
+    assert _loops(_edges()) == []
+
+
+def test_the_loop_check_sees_a_loop_through_a_function_level_import(tmp_path: Path) -> None:
+    copy = tmp_path / "src" / "op_classifier"
+    shutil.copytree(PACKAGE, copy)
+    with (copy / "weights/pytorch.py").open("a") as handle:
+        handle.write("\n\ndef _late() -> None:\n    from op_classifier.models import names  # noqa: F401\n")
+    assert {"models", "weights"} <= set(_loops(_edges(copy)))

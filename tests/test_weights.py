@@ -293,20 +293,26 @@ def test_the_first_block_matches_a_numpy_forward_pass_from_the_checkpoint() -> N
     np.testing.assert_allclose(keras_out, x, atol=1e-3, rtol=1e-3)
 
 
+def _lite0():
+    from op_classifier.models.efficientnet_lite import backbone
+
+    return backbone(32)
+
+
 def test_imagenet_weights_convert_once_into_a_cache_keyed_by_content(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv(imagenet.CACHE_ENV, str(tmp_path / "cache"))
-    first = imagenet.backbone_weights("imagenet", 1.0, 1.0)
+    first = imagenet.backbone_weights("imagenet", 1.0, 1.0, _lite0)
     assert Path(first).is_file() and Path(first).parent.parent == tmp_path / "cache"
     assert f"into {first}" in capsys.readouterr().err
     monkeypatch.setattr(imagenet, "convert", lambda *a: pytest.fail("converted again"))
-    assert imagenet.backbone_weights("imagenet", 1.0, 1.0) == first
+    assert imagenet.backbone_weights("imagenet", 1.0, 1.0, _lite0) == first
     assert capsys.readouterr().err == ""
     # another checkpoint content at the same place is another cache entry
     copy = tmp_path / "lite0.pth"
     copy.write_bytes(imagenet.checkpoint(1.0, 1.0).read_bytes() + b"\0")
     monkeypatch.setattr(imagenet, "checkpoint", lambda w, d: copy)
-    monkeypatch.setattr(imagenet, "convert", lambda source, w, d, out: out)
-    assert imagenet.backbone_weights("imagenet", 1.0, 1.0) != first
+    monkeypatch.setattr(imagenet, "convert", lambda source, make, what, out: out)
+    assert imagenet.backbone_weights("imagenet", 1.0, 1.0, _lite0) != first
 
 
 def test_a_missing_weights_package_is_one_line_naming_it(monkeypatch) -> None:

@@ -87,7 +87,10 @@ def _weights(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if not out.name.endswith(".weights.h5"):
         raise ConfigError(f"--out {out}: a Keras weights file's name ends in .weights.h5")
-    imagenet.convert(Path(args.file), model.width, model.depth, out)
+    from op_classifier.models.efficientnet_lite import backbone
+
+    what = f"{args.model} (width {model.width:g}, depth {model.depth:g})"
+    imagenet.convert(Path(args.file), lambda: backbone(32, model.width, model.depth), what, out)
     folder = Path(cfg.paths.weights).resolve()
     use = f"model={args.model} model.weights={out}"
     if folder not in out.resolve().parents:  # the schema takes weights files from paths.weights only

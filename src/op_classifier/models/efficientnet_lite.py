@@ -133,7 +133,8 @@ def build_model(
     def make(side: int, weights: str | None) -> keras.Model:
         net = backbone(side, width, depth)
         if weights:
-            net.load_weights(backbone_weights(weights, width, depth))
+            # the side does not change any weight's shape: a small one converts fast
+            net.load_weights(backbone_weights(weights, width, depth, lambda: backbone(32, width, depth)))
         return net
 
     return pretrained.assemble(

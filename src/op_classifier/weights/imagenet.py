@@ -8,10 +8,14 @@ import hashlib
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from op_classifier.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
 
 
 class Package(NamedTuple):
@@ -74,27 +78,28 @@ def file_hash(path: Path) -> str:
     return _sha256(str(path), stat.st_size, stat.st_mtime)
 
 
-def backbone_weights(weights: str, width: float, depth: float) -> str:
-    """The Keras weights file for model.weights: a given .weights.h5 as is; `imagenet` converted once and cached."""
+def backbone_weights(weights: str, width: float, depth: float, make: Callable[[], keras.Model]) -> str:
+    """The Keras weights file for model.weights: a given .weights.h5 as is; `imagenet` converted once into
+    the backbone `make()` builds, and cached."""
     if weights != "imagenet":
         return weights
     source = checkpoint(width, depth)
     out = cache_dir() / "weights" / f"efficientnet_lite-w{width:g}-d{depth:g}-{file_hash(source)[:16]}.weights.h5"
     if not out.is_file():
-        convert(source, width, depth, out)
+        convert(source, make, f"efficientnet_lite width {width:g} depth {depth:g}", out)
         print(f"note: converted the ImageNet weights {source.name} once, into {out}", file=sys.stderr, flush=True)
     return str(out)
 
 
-def convert(source: Path, width: float, depth: float, out: Path) -> Path:
-    """A PyTorch EfficientNet-Lite checkpoint as the Keras backbone's .weights.h5 (written whole or not at all)."""
-    from op_classifier.models.efficientnet_lite import backbone
+def convert(source: Path, make: Callable[[], keras.Model], what: str, out: Path) -> Path:
+    """A PyTorch EfficientNet-Lite checkpoint as the .weights.h5 of the backbone `make()` builds (`what` names
+    it in errors); written whole or not at all."""
     from op_classifier.weights.efficientnet_lite import load_into
     from op_classifier.weights.pytorch import read_state_dict
 
     state = read_state_dict(source)  # first: a bad file fails before Keras builds anything
-    net = backbone(32, width, depth)  # the side does not change any weight's shape
-    load_into(net, state, f"{source} as efficientnet_lite width {width:g} depth {depth:g}")
+    net = make()
+    load_into(net, state, f"{source} as {what}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{os.getpid()}.{out.name}")
     net.save_weights(str(partial))
