@@ -5,6 +5,7 @@ ImageNet weights come through Keras's own download and cache (models/pretrained.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,8 +39,9 @@ def _builder(name: str, application: str) -> Callable[..., keras.Model]:
         resize: int | None = 96,
         seed: int | None = None,
     ) -> keras.Model:
-        return pretrained.build(
-            application, name, num_classes, image_size, weights, dropout, flip, rotation, zoom, resize, seed
+        make = functools.partial(pretrained.application_backbone, application)
+        return pretrained.assemble(
+            make, name, num_classes, image_size, weights, dropout, flip, rotation, zoom, resize, seed
         )
 
     build_model.__doc__ = (

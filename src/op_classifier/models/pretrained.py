@@ -54,28 +54,6 @@ class Pretrained(ModelBase):
             )
 
 
-def build(
-    application: str,
-    name: str,
-    num_classes: int,
-    image_size: int,
-    weights: str | None,
-    dropout: float,
-    flip: bool,
-    rotation: float,
-    zoom: float,
-    resize: int | None,
-    seed: int | None,
-) -> keras.Model:
-    """A keras.applications backbone (by its name there) assembled under the shared head."""
-    import keras
-
-    def make(side: int, weights: str | None) -> keras.Model:
-        return _backbone(getattr(keras.applications, application), side, weights)
-
-    return assemble(make, name, num_classes, image_size, weights, dropout, flip, rotation, zoom, resize, seed)
-
-
 def assemble(
     make: Callable[[int, str | None], keras.Model],
     name: str,
@@ -114,13 +92,16 @@ def assemble(
     return keras.Model(inputs, head(x, num_classes), name=name)
 
 
-def _backbone(application: Callable[..., keras.Model], side: int, weights: str | None) -> keras.Model:
+def application_backbone(application: str, side: int, weights: str | None) -> keras.Model:
+    """keras.applications' backbone of that name (no top, its preprocessing inside) for `assemble`."""
+    import keras
+
     try:
         with warnings.catch_warnings():
             # keras.applications warns for every side but 224 that ImageNet weights are 224's: the
             # backbone is convolutional and global-pooled, so they apply at any side (as fine-tuning does).
             warnings.filterwarnings("ignore", message=".*input_shape. is undefined or non-square", category=UserWarning)
-            return application(
+            return getattr(keras.applications, application)(
                 input_shape=(side, side, 3), include_top=False, weights=weights, include_preprocessing=True
             )
     except Exception as error:  # keras.applications raises a bare Exception when the download fails
