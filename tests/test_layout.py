@@ -88,7 +88,7 @@ ALLOWED = {
         "training",
     },
     "serving": {"config", "data", "defaults", "errors", "files", "progress", "tracking"},
-    "tracking": {"config", "defaults", "errors", "net"},
+    "tracking": {"config", "defaults", "errors", "models", "net"},
     "training": {"config", "data", "errors", "net", "sources", "weights"},
     "figures": {"data"},
     "runner": {"config", "errors"},

@@ -160,3 +160,12 @@ def compile_model(
         metrics=metrics(class_names),
     )
     return model
+
+
+def load_model(path: Any) -> keras.Model:
+    """A model this package saved, without its compiled training state.
+
+    Its layers and metrics of ours (RandomAffine, TopOneAccuracy) are registered by importing this
+    module: a process that loads a model before building one (evaluate under DVC, predict, serve)
+    must load it through here, or Keras cannot find RandomAffine (every backend but TensorFlow)."""
+    return keras.saving.load_model(path, compile=False)

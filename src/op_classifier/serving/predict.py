@@ -234,10 +234,10 @@ def _from_mlflow(uri: str) -> Classifier:
 
 
 def _loaded(keras_file: Path, classes: Sequence[str], source: str) -> Classifier:
-    import keras
+    from op_classifier.models.common import load_model
 
     try:
-        model = keras.saving.load_model(keras_file, compile=False)
+        model = load_model(keras_file)
     except Exception as error:  # a corrupt or foreign file raises many types; all mean "cannot use it"
         raise DataError(f"{keras_file}: cannot load the model ({first_line(error)})") from None
     _, height, width, channels = model.input_shape

@@ -17,6 +17,7 @@ from op_classifier.config import Config, ConfigError
 from op_classifier.data.prepared import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label
 from op_classifier.data.stream import image_stream
 from op_classifier.errors import DataError
+from op_classifier.models.common import load_model
 from op_classifier.runner import stage_main
 from op_classifier.tracking import flatten, make_tracker
 
@@ -125,7 +126,7 @@ def run(cfg: Config) -> dict:
         raise DataError(f"{model_dir / 'model.keras'} not found: run the train stage first (`dvc repro train`)")
     record = json.loads((model_dir / RUN_FILE).read_text(encoding="utf-8"))
     classes = load_manifest(prepared)["classes"]
-    model = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    model = load_model(model_dir / "model.keras")
     metrics, splits, probs = evaluate(model, prepared, classes)
     test, test_probs = splits["test"], probs["test"]
     metrics_path = Path(cfg.paths.metrics)

@@ -12,6 +12,7 @@ import numpy as np
 from mlflow.pyfunc import PythonModel  # the served wrapper's base class must exist at import
 
 from op_classifier.errors import first_line
+from op_classifier.models.common import load_model
 from op_classifier.tracking import _ENV_URI, TrackingError, default_store, missing_sqlite
 from op_classifier.tracking.store import client_env
 
@@ -70,7 +71,7 @@ class PixelClassifier(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the Keras model (without its training metrics, which serving never needs)."""
-        self.model = keras.saving.load_model(context.artifacts[self.ARTIFACT], compile=False)
+        self.model = load_model(context.artifacts[self.ARTIFACT])
         self.shape = tuple(self.model.input_shape[1:])
 
     # model_input stays np.ndarray, a hint MLflow derives no schema from: a type-hint schema would
