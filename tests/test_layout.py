@@ -87,7 +87,7 @@ ALLOWED = {
         "tracking",
         "training",
     },
-    "serving": {"config", "data", "defaults", "errors", "files", "progress", "tracking"},
+    "serving": {"config", "data", "defaults", "errors", "files", "models", "progress", "tracking"},
     "tracking": {"config", "defaults", "errors", "models", "net"},
     "training": {"config", "data", "errors", "net", "sources", "weights"},
     "figures": {"data"},
