@@ -339,7 +339,7 @@ def test_a_new_weights_file_at_the_same_path_changes_the_fingerprint(tmp_path: P
         f"paths.prepared={tmp_path / 'prepared'}",
     )
     before = train.claim_checkpoints(cfg, {}, claim=False)
-    assert before["weights"] == state.weights_digest(cfg.model)
+    assert before["weights"] == state.starting_weights_hash(cfg.model)
     os.utime(weights, (1, 1))
     weights.write_bytes(b"other")
     assert train.claim_checkpoints(cfg, {}, claim=False)["id"] != before["id"]
@@ -357,4 +357,4 @@ def test_a_weights_file_outside_paths_weights_is_refused(tmp_path: Path) -> None
 def test_lite_composes_and_imagenet_fingerprint_is_the_package_checkpoint() -> None:
     cfg = compose("model=efficientnet_lite2")
     assert (cfg.model.width, cfg.model.depth, cfg.model.resize) == (1.1, 1.2, 260)
-    assert state.weights_digest(cfg.model) == imagenet.file_hash(imagenet.checkpoint(1.1, 1.2))
+    assert state.starting_weights_hash(cfg.model) == imagenet.file_hash(imagenet.checkpoint(1.1, 1.2))

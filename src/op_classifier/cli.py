@@ -91,9 +91,8 @@ def _weights(args: argparse.Namespace) -> None:
 
     what = f"{args.model} (width {model.width:g}, depth {model.depth:g})"
     imagenet.convert(Path(args.file), lambda: backbone(32, model.width, model.depth), what, out)
-    folder = Path(cfg.paths.weights).resolve()
     use = f"model={args.model} model.weights={out}"
-    if folder not in out.resolve().parents:  # the schema takes weights files from paths.weights only
+    if not config.in_weights_folder(cfg.paths, out):  # the schema takes weights files from there only
         use = f"move it under {cfg.paths.weights}/ (a DVC dependency of tune and train), then model.weights=<that path>"
     report({"weights": str(out), "model": args.model, "use": use})
 

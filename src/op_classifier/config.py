@@ -287,9 +287,8 @@ class Config:
         if getattr(self.model, "weights", None) in (None, "imagenet"):
             return  # none, or ImageNet's from an installed package or Keras's download
         source = self.model.weights_file()
-        folder = Path(self.paths.weights).resolve()
         require(
-            folder in Path(source).resolve().parents,
+            in_weights_folder(self.paths, source),
             "model.weights",
             f"keep the file under {self.paths.weights}/ (paths.weights, a DVC dependency of tune and train), not {source}",
         )
@@ -318,6 +317,11 @@ class Config:
 
         if any(name in space for name in configured):
             self.model.check(self.data.image_size, drawn, where)
+
+
+def in_weights_folder(paths: PathsConfig, file: Path) -> bool:
+    """Whether a weights file lies under paths.weights, the folder dvc.yaml declares for tune and train."""
+    return Path(paths.weights).resolve() in Path(file).resolve().parents
 
 
 def _hydra_message(text: str) -> str:

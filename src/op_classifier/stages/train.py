@@ -354,9 +354,9 @@ def claim_checkpoints(
     prepared = Path(cfg.paths.prepared)
     model_cfg = model_cfg or cfg.model
     drawn = {} if model_cfg is cfg.model else {"architecture": as_dict(model_cfg)}
-    weights = state.weights_digest(model_cfg)
-    drawn |= {"weights": weights} if weights else {}
-    made_by = state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(prepared), STAGE, tuned=tuned, **drawn)
+    made_by = state.fingerprint(
+        state.select(as_dict(cfg), PARAMS), data_hash(prepared), STAGE, model_cfg, tuned=tuned, **drawn
+    )
     if claim:
         state.claim(Path(cfg.paths.checkpoints), made_by, "training checkpoint", keep=(RUN_ID_FILE,))
     return made_by

@@ -261,9 +261,9 @@ def search_fingerprint(cfg: Config, hypermodel: SearchModel) -> dict[str, Any]:
         if name != cfg.model.name
     }
     extra = {"architectures": others} if others else {}
-    weights = state.weights_digest(cfg.model)
-    extra |= {"weights": weights} if weights else {}
-    return state.fingerprint(state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)), STAGE, **extra)
+    return state.fingerprint(
+        state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)), STAGE, cfg.model, **extra
+    )
 
 
 def claim_search(cfg: Config, hypermodel: SearchModel) -> str:

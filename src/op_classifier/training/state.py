@@ -34,7 +34,7 @@ def code_hash(module: str | None = None, source: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-def weights_digest(model: Any) -> str | None:
+def starting_weights_hash(model: Any) -> str | None:
     """sha256 of the file a model's starting weights come from: a new file at the same path is new state."""
     from op_classifier.weights.imagenet import file_hash
 
@@ -53,10 +53,14 @@ def select(tree: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return picked
 
 
-def fingerprint(params: Mapping[str, Any], data_hash: str, stage: str | None = None, **extra: Any) -> dict[str, Any]:
-    """What a stage's state depends on: its params, the data, the code it runs (`stage`, its module) and
-    any extra inputs."""
+def fingerprint(
+    params: Mapping[str, Any], data_hash: str, stage: str | None = None, model: Any = None, **extra: Any
+) -> dict[str, Any]:
+    """What a stage's state depends on: its params, the data, the code it runs (`stage`, its module), the
+    content of the file its `model` section's starting weights come from, and any extra inputs."""
+    weights = starting_weights_hash(model) if model is not None else None
     record = {"params": dict(params), "data": data_hash, "code": code_hash(stage), **extra}
+    record |= {"weights": weights} if weights else {}
     text = json.dumps(record, sort_keys=True, default=str)
     return {"id": hashlib.sha256(text.encode()).hexdigest()[:16], **json.loads(text)}
 
