@@ -35,6 +35,24 @@ def test_only_the_tracking_package_imports_mlflow() -> None:
     assert {name for name in importers if not name.startswith("tracking/")} == set()
 
 
+def test_outside_tracking_only_its_protocols_are_imported() -> None:
+    # Serving, predict and the CLI reach MLflow through tracking.open_store (the ModelStore protocol) and
+    # the stages through make_tracker (the Tracker): a second backend would touch tracking/ only. The team
+    # server's process manager (tracking/server.py) imports no MLflow; the CLI starts and stops it.
+    source = PACKAGE.parent
+    reached = {
+        (path.relative_to(PACKAGE).as_posix(), name)
+        for path in PACKAGE.rglob("*.py")
+        if path.parent.name != "tracking"
+        for name in sources.imports(path, source)
+        if name.startswith("op_classifier.tracking")
+    }
+    assert ("stages/train.py", "op_classifier.tracking") in reached  # the scan sees the stages' imports
+    assert {(path, name) for path, name in reached if name != "op_classifier.tracking"} == {
+        ("cli.py", "op_classifier.tracking.server")
+    }
+
+
 def test_tracking_off_loads_neither_mlflow_nor_keras() -> None:
     probe = (
         "import sys\n"

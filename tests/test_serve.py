@@ -629,3 +629,36 @@ def test_a_pyfunc_of_another_kind_is_served_through_its_own_predict() -> None:
     served = serving_model.ServedModel(Other(), (2, 2, 3))
     np.testing.assert_allclose(served.predict_images(np.full((2, 2, 2, 3), 6, np.uint8)), [[6.0], [6.0]])
     np.testing.assert_allclose(served.predict(np.full((1, 2, 2, 3), 3).tolist()), [[3.0]])
+
+
+def test_the_champion_command_reads_and_moves_the_alias(
+    champion: tuple, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    root, images, _, model = champion
+    cfg = compose(f"tracking.uri=sqlite:///{root / 'mlflow.db'}")
+    tracker = MlflowTracker(cfg.tracking)
+    with tracker.run("serve-test-second"):
+        uri = tracker.log_model(model, images[:1])
+    second = tracker.register(uri, score=0.5, target=0.0, metric="val_accuracy")
+    assert not second["champion"] and second["registered_version"] == 2
+    capsys.readouterr()  # MLflow's notes on registering
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(root)
+    store = f"sqlite:///{root.resolve()}/mlflow.db"
+
+    def champion_command(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["champion", *args])
+        out, err = capsys.readouterr()
+        return exited.value.code, out.strip(), err.strip()
+
+    assert champion_command() == (0, f"{NAME}@champion: version 1 in {store}", "")
+    try:
+        assert champion_command("--set", "2") == (0, f"{NAME}@champion: version 2 (was 1) in {store}", "")
+        assert champion_command() == (0, f"{NAME}@champion: version 2 in {store}", "")
+        code, out, err = champion_command("--set", "9")
+        assert (code, out, err) == (1, "", f"error: no version 9 of model {NAME} in {store}")
+        assert champion_command()[1].endswith("version 2 in " + store)  # a refused move changes nothing
+    finally:
+        champion_command("--set", "1")  # the module's other tests serve version 1
+    assert champion_command()[1] == f"{NAME}@champion: version 1 in {store}"

@@ -107,29 +107,32 @@ def _ui(args: argparse.Namespace) -> None:
     import os
 
     from op_classifier import tracking
-    from op_classifier.tracking.store import runs_table_link
 
     cfg = config.validate(config.compose(tuple(args.overrides)))
-    store = tracking.tracking_uri(cfg.tracking)
-    print(
-        f"runs of {store}, compared: {runs_table_link(cfg.tracking, f'http://{args.host}:{args.port}')}",
-        flush=True,
-    )
-    argv = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "ui",
-        "--backend-store-uri",
-        store,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
+    store = tracking.open_store(cfg.tracking)
+    link = store.runs_link(cfg.tracking.experiment, f"http://{args.host}:{args.port}")
+    print(f"runs of {store.uri}, compared: {link}", flush=True)
+    argv = store.ui_command(args.host, args.port)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
     try:
         os.execve(argv[0], argv, env)  # the UI is MLflow's own server: nothing of ours stays in between
     except OSError as error:
         raise OpClassifierError(f"cannot start {argv[0]}: {error.strerror or error}") from None
+
+
+def _champion(args: argparse.Namespace) -> None:
+    from op_classifier import tracking
+
+    cfg = config.validate(config.compose(tuple(args.overrides)))
+    store, name = tracking.open_store(cfg.tracking), cfg.tracking.model_name
+    before = store.alias_version(name, config.CHAMPION)
+    if args.set is not None:
+        store.set_alias(name, config.CHAMPION, args.set)
+        print(f"{name}@{config.CHAMPION}: version {args.set} (was {before or 'none'}) in {store.uri}")
+    elif before is None:
+        raise OpClassifierError(f"no {config.CHAMPION} of model {name} in {store.uri}: run `make run` first")
+    else:
+        print(f"{name}@{config.CHAMPION}: version {before} in {store.uri}")
 
 
 def _tracking_server(args: argparse.Namespace) -> None:
@@ -227,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
+    chp = sub.add_parser(
+        "champion", parents=[common], help="which registered version is the champion; --set VERSION moves it"
+    )
+    chp.add_argument("--set", metavar="VERSION", type=_version, help="make this registered version the champion")
+    chp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.model_name=...")
+
     # tracking-server: mlflow server on PostgreSQL for a team (src/op_classifier/tracking/server.py)
     ts = sub.add_parser(
         "tracking-server",
@@ -283,6 +292,11 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _version(text: str) -> str:
+    """A registered model version: a whole number, at least 1."""
+    return str(_count(text))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command line and run the command."""
     args = build_parser().parse_args(argv)
@@ -296,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _serve(args))
     elif args.command == "ui":
         code = guarded(lambda: _ui(args))
+    elif args.command == "champion":
+        code = guarded(lambda: _champion(args))
     elif args.command == "tracking-server":
         code = guarded(lambda: _tracking_server(args))
     elif args.command == "predict":

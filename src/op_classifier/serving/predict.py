@@ -221,10 +221,10 @@ def _from_folder(source: str) -> Classifier:
 
 
 def _from_mlflow(uri: str) -> Classifier:
-    from op_classifier.tracking.served import fetch_model
+    from op_classifier import tracking
 
     with tempfile.TemporaryDirectory(prefix="op-classifier-model-") as tmp:
-        keras_file, classes = fetch_model(uri, Path(tmp))
+        keras_file, classes = tracking.open_store().fetch(uri, Path(tmp))
         if not classes:
             raise DataError(
                 f"{uri}: its training run logged no class list (param data.classes); "

@@ -45,16 +45,17 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import orjson
 
-from op_classifier import config
+from op_classifier import config, tracking
 from op_classifier.config import CHAMPION
 from op_classifier.data.images import ImageError, decode_image
 from op_classifier.defaults import HOST, MAX_BODY_MB, SERVE_PORT
 from op_classifier.errors import DataError, OpClassifierError
+from op_classifier.tracking import ModelStore, Served
 
 # 16 MiB: about 30 images of 180x180 as JSON integers (0.49 MiB each), which json.loads turns into
 # about 6 times as many bytes of Python objects (8 for floats): a request peaks near 100-130 MiB of
@@ -70,16 +71,6 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class Served(Protocol):
-    """What the app serves (tracking.served.ServedModel): probabilities of pixel arrays or of decoded images."""
-
-    shape: tuple[int, ...]  # of one image, (S, S, 3)
-
-    def predict(self, instances: Any) -> np.ndarray: ...  # checks the pixels: DataError
-
-    def predict_images(self, images: np.ndarray) -> np.ndarray: ...  # uint8, already (batch, *shape)
 
 
 class ServeError(OpClassifierError):
@@ -99,24 +90,22 @@ def default_model(cfg: config.Config) -> str:
     return f"models:/{cfg.tracking.model_name}@{CHAMPION}"
 
 
-def check_registered(model_uri: str, store: str, cfg: config.Config) -> str | None:
+def check_registered(model_uri: str, store: ModelStore, cfg: config.Config) -> str | None:
     """Fail in one line when a models:/<name>@<alias> URI points to nothing in the store; else its version."""
-    from op_classifier.tracking.store import alias_version
-
     scheme, _, rest = model_uri.partition(":/")
     name, _, alias = rest.strip("/").partition("@")
     if scheme != "models" or not alias:
         return None  # other URIs (versions, runs:/, paths): loading the model reports those
-    version = alias_version(store, name, alias)
+    version = store.alias_version(name, alias)
     if version is not None:
         return str(version)
     if alias == CHAMPION and name == cfg.tracking.model_name:
         raise ServeError(
-            f"no {CHAMPION} model registered in {store}: run `make run` first (a model becomes "
+            f"no {CHAMPION} model registered in {store.uri}: run `make run` first (a model becomes "
             f"{CHAMPION} when {cfg.tracking.champion_metric} >= tracking.champion_target, "
             f"now {cfg.tracking.champion_target})"
         )
-    raise ServeError(f"no model {name}@{alias} registered in {store}")
+    raise ServeError(f"no model {name}@{alias} registered in {store.uri}")
 
 
 def served_name(model_uri: str, alias_version: str | None, cfg: config.Config) -> tuple[str, str]:
@@ -673,20 +662,17 @@ def run(
         raise ServeError(f"--max-body-mb must be a positive number of MiB, not {max_body_mb}")
     import uvicorn
 
-    from op_classifier import tracking
-    from op_classifier.tracking.served import served_model
-
     cfg = config.validate(config.compose(tuple(overrides)))
-    store = tracking.tracking_uri(cfg.tracking)
+    store = tracking.open_store(cfg.tracking)
     model_uri = model_uri or default_model(cfg)
     version = check_registered(model_uri, store, cfg)
     name, version = served_name(model_uri, version, cfg)
     check_port(host, port)  # before the model's seconds of loading: a taken port fails at once
-    served = served_model(model_uri, store)
+    served = store.served(model_uri)
     sock = _bind(host, port)  # again: taken meanwhile is the same one-line error, not uvicorn's traceback
     max_body = int(max_body_mb * 2**20)
     print(
-        f"serving {model_uri} from {store} on http://{host}:{port}/invocations and "
+        f"serving {model_uri} from {store.uri} on http://{host}:{port}/invocations and "
         f"/v1/models/{name}:predict (bodies up to {max_body_mb:g} MiB)",
         flush=True,
     )

@@ -26,7 +26,7 @@ from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
-from op_classifier.tracking import NullTracker, Tracker, flatten, git_commit, make_tracker
+from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, git_commit, make_tracker
 from op_classifier.training import distributed, hparams, state
 from op_classifier.training.backend import set_random_seed
 from op_classifier.training.distributed import SINGLE, Cluster
@@ -34,7 +34,6 @@ from op_classifier.training.distributed import SINGLE, Cluster
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
 PARAMS = ("seed", "data.image_size", "model", "train")
 STAGE = "op_classifier.stages.train"  # its state belongs to the code this module runs
-RUN_ID_FILE = "mlflow_run_id"  # in paths.checkpoints: the MLflow run a killed training continues
 HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
 BACKUP, FINE_BACKUP = "backup", "backup-fine"  # in paths.checkpoints: each phase's resumable state
 PHASE_ONE_FILE = "phase-one.json"  # in paths.checkpoints: the head's phase ended after this many epochs

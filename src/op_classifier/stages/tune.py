@@ -32,14 +32,13 @@ from op_classifier.metric_names import metric_names
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
-from op_classifier.tracking import Tracker, TrackingError, flatten, make_tracker
+from op_classifier.tracking import RUN_ID_FILE, Tracker, TrackingError, flatten, make_tracker
 from op_classifier.training import hparams, state, tuner_cluster
 from op_classifier.training.backend import set_random_seed
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
 PARAMS = hparams.SEARCH_PARAMS
 STAGE = "op_classifier.stages.tune"  # its state belongs to the code this module runs
-RUN_ID_FILE = "mlflow_run_id"  # in paths.tuning: the MLflow run an interrupted search continues
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""Tracking: the Tracker protocol the stages use, the null tracker, and where the store is.
+"""Tracking behind two protocols: the Tracker the stages use, the ModelStore serving, predict and the CLI use.
 
-`tracking.kind` picks the tracker (make_tracker). Everything MLflow lives in this package and nowhere
-else: store.py (connections, experiments, locks), runs.py (MlflowTracker: runs, metrics, models),
-registry.py (the champion alias), served.py (the logged pyfunc and how it is served), server.py (the
-team server). This module imports neither MLflow nor Keras, so a run with tracking=none loads neither.
+`tracking.kind` picks the tracker (make_tracker; NullTracker records nothing); open_store gives the
+model store. Everything MLflow lives in this package and nowhere else: store.py (connections,
+experiments, locks), runs.py (MlflowTracker: runs, metrics, models), registry.py (the champion rule),
+model_store.py (MlflowModelStore: fetch, aliases, the served model, the UI), served.py (the logged
+pyfunc and how it is served), server.py (the team server's processes). Code outside this package
+imports only this module, which imports neither MLflow nor Keras: a run with tracking=none loads neither.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
 # The user's setting, read once: mlflow.set_tracking_uri() writes this variable too, and must not
 # make one run's store the next run's in the same process.
 _ENV_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+# In a stage's state folder (paths.tuning, paths.checkpoints): the tracker's run an interrupted stage continues.
+RUN_ID_FILE = "mlflow_run_id"
 
 
 class TrackingError(OpClassifierError):
@@ -126,6 +132,49 @@ class Tracker(Protocol):
         self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
     ) -> dict[str, Any]:
         """Register a logged model; whether it became the champion, and why."""
+
+
+class Served(Protocol):
+    """A model loaded to serve: probabilities of raw pixel arrays or of decoded images."""
+
+    shape: tuple[int, ...]  # of one image, (S, S, 3)
+
+    def predict(self, instances: Any) -> np.ndarray:
+        """(batch, classes) of nested lists or an array of 0..255 pixels, checked first (DataError)."""
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """(batch, classes) of decoded uint8 images, already (batch, *shape)."""
+
+
+class ModelStore(Protocol):
+    """What serving, predict and the CLI ask of the model registry; open_store gives the project's."""
+
+    uri: str  # where the store is, as the user would name it (MLFLOW_TRACKING_URI's form)
+
+    def fetch(self, model_uri: str, dst: Path) -> tuple[Path, list[str] | None]:
+        """A logged model's .keras file, downloaded into dst, and the classes its run trained on."""
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version `name@alias` points to; None if the model or the alias is missing."""
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point `name@alias` at an existing version."""
+
+    def served(self, model_uri: str) -> Served:
+        """The model model_uri names, loaded and warmed up to serve."""
+
+    def runs_link(self, experiment: str, base_url: str) -> str:
+        """The UI page at base_url comparing the experiment's runs on the columns that matter."""
+
+    def ui_command(self, host: str, port: int) -> list[str]:
+        """The command line of the store's own UI on host:port."""
+
+
+def open_store(cfg: TrackingConfig | None = None) -> ModelStore:
+    """The model store: tracking_uri(cfg), or without a config MLFLOW_TRACKING_URI, else the project's."""
+    from op_classifier.tracking.model_store import MlflowModelStore  # MLflow loads only when it is used
+
+    return MlflowModelStore(tracking_uri(cfg) if cfg is not None else _ENV_URI or default_store())
 
 
 def make_tracker(cfg: TrackingConfig) -> Tracker:

@@ -1,10 +1,8 @@
-"""The logged model as MLflow holds it (a pyfunc checking raw pixels) and as it is fetched and served."""
+"""The logged model as MLflow holds it (a pyfunc checking raw pixels) and as it is served."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -13,54 +11,8 @@ from mlflow.pyfunc import PythonModel  # the served wrapper's base class must ex
 
 from op_classifier.errors import first_line
 from op_classifier.models.common import load_model
-from op_classifier.tracking import _ENV_URI, TrackingError, default_store, missing_sqlite
+from op_classifier.tracking import TrackingError
 from op_classifier.tracking.store import client_env
-
-
-def fetch_model(model_uri: str, dst: Path) -> tuple[Path, list[str] | None]:
-    """Download a logged Keras model (models:/name@alias, models:/name/N, runs:/id/path) into dst.
-
-    Returns its .keras file and the class names its training run logged (param `classes`), if any.
-    The store is MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db.
-    """
-    client_env()
-    import mlflow
-
-    uri = _ENV_URI or default_store()
-    if missing_sqlite(uri):
-        raise TrackingError(f"no MLflow store at {uri}: train a model first (`make run`) or set MLFLOW_TRACKING_URI")
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
-    try:
-        params = client.get_run(_run_of(client, model_uri)).data.params
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=str(dst), tracking_uri=uri, registry_uri=uri
-        )
-    except TrackingError:
-        raise
-    except Exception as error:  # MLflow raises many types for a missing model, alias or run
-        raise TrackingError(f"cannot fetch {model_uri} from {uri}: {first_line(error)}") from None
-    found = sorted(Path(local).rglob("*.keras"))
-    if not found:
-        raise TrackingError(f"{model_uri} holds no .keras file: not a Keras model")
-    # The train stage logs the classes it trained on (inferred ones too); data.classes is the config.
-    classes = params.get("classes") or params.get("data.classes")
-    parsed = json.loads(classes) if classes and classes.startswith("[") else None
-    return found[0], parsed
-
-
-def _run_of(client: Any, model_uri: str) -> str:
-    """The run that logged the model a models:/ or runs:/ URI names."""
-    scheme, _, rest = model_uri.partition(":/")
-    rest = rest.strip("/")
-    if scheme == "runs":
-        return rest.split("/")[0]
-    name, _, alias = rest.partition("@")
-    if alias:
-        return client.get_model_version_by_alias(name, alias).run_id
-    name, _, version = rest.partition("/")
-    if not version.isdigit():
-        raise TrackingError(f"{model_uri}: use models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/<path>")
-    return client.get_model_version(name, version).run_id
 
 
 class PixelClassifier(PythonModel):

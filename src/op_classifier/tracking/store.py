@@ -10,9 +10,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from op_classifier.config import TrackingConfig
 from op_classifier.errors import first_line
-from op_classifier.tracking import TrackingError, missing_sqlite, sqlite_file, tracking_uri
+from op_classifier.tracking import TrackingError, sqlite_file
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -55,42 +54,6 @@ def client_env(**extra: str) -> None:
     """MLflow's client settings for this project (CLIENT_ENV and extra), unless the user set them."""
     for key, value in {**CLIENT_ENV, **extra}.items():
         os.environ.setdefault(key, value)
-
-
-def alias_version(store_uri: str, name: str, alias: str) -> str | None:
-    """The version `name@alias` points to in the registry at store_uri; None if the model or alias is missing."""
-    if missing_sqlite(store_uri):
-        return None  # asking would create an empty store as a side effect
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client_env()
-    try:
-        return (
-            mlflow.MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
-            .get_model_version_by_alias(name, alias)
-            .version
-        )
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise TrackingError(f"MLflow store {store_uri} cannot be read ({first_line(error)})") from None
-    except Exception as error:  # MLflow raises many types for a store it cannot reach
-        raise TrackingError(f"MLflow store {store_uri} is unreachable ({first_line(error)})") from None
-
-
-def runs_table_link(cfg: TrackingConfig, base_url: str) -> str:
-    """The MLflow UI page comparing this project's runs (val/test accuracy, model, learning rate, dropout, units)."""
-    store = tracking_uri(cfg)
-    experiment = None
-    if not missing_sqlite(store):
-        import mlflow
-
-        with contextlib.suppress(Exception):  # no store or no run yet: the UI's home page still helps
-            experiment = mlflow.MlflowClient(store).get_experiment_by_name(cfg.experiment)
-    if experiment is None:
-        return f"{base_url}/#/experiments"
-    return f"{base_url}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
 
 
 def set_uri_keeping_env(uri: str) -> None:

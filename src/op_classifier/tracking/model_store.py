@@ -1,0 +1,124 @@
+"""MlflowModelStore: the ModelStore that serving, predict and the CLI use, on an MLflow tracking store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from op_classifier.errors import first_line
+from op_classifier.tracking import TrackingError, missing_sqlite
+from op_classifier.tracking.store import SHARED_VIEW_KEY, client_env
+
+# Registry lookups that mean "no such model, version or alias" rather than a broken store.
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+class MlflowModelStore:
+    """The registry and artifacts of the MLflow store at uri (a sqlite:/// file or a tracking server)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def _client(self) -> Any:
+        client_env()
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def fetch(self, model_uri: str, dst: Path) -> tuple[Path, list[str] | None]:
+        """Download a logged Keras model (models:/name@alias, models:/name/N, runs:/id/path) into dst.
+
+        Returns its .keras file and the class names its training run logged (param `classes`), if any.
+        """
+        if missing_sqlite(self.uri):
+            raise TrackingError(
+                f"no MLflow store at {self.uri}: train a model first (`make run`) or set MLFLOW_TRACKING_URI"
+            )
+        client = self._client()
+        import mlflow
+
+        try:
+            params = client.get_run(_run_of(client, model_uri)).data.params
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=str(dst), tracking_uri=self.uri, registry_uri=self.uri
+            )
+        except TrackingError:
+            raise
+        except Exception as error:  # MLflow raises many types for a missing model, alias or run
+            raise TrackingError(f"cannot fetch {model_uri} from {self.uri}: {first_line(error)}") from None
+        found = sorted(Path(local).rglob("*.keras"))
+        if not found:
+            raise TrackingError(f"{model_uri} holds no .keras file: not a Keras model")
+        # The train stage logs the classes it trained on (inferred ones too); data.classes is the config.
+        classes = params.get("classes") or params.get("data.classes")
+        parsed = json.loads(classes) if classes and classes.startswith("[") else None
+        return found[0], parsed
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version `name@alias` points to in the registry; None if the model or alias is missing."""
+        if missing_sqlite(self.uri):
+            return None  # asking would create an empty store as a side effect
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client().get_model_version_by_alias(name, alias).version
+        except MlflowException as error:
+            if error.error_code in MISSING:
+                return None
+            raise TrackingError(f"MLflow store {self.uri} cannot be read ({first_line(error)})") from None
+        except Exception as error:  # MLflow raises many types for a store it cannot reach
+            raise TrackingError(f"MLflow store {self.uri} is unreachable ({first_line(error)})") from None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point `name@alias` at version, which must exist."""
+        if missing_sqlite(self.uri):
+            raise TrackingError(f"no MLflow store at {self.uri}: train a model first (`make run`)")
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        try:
+            client.get_model_version(name, version)
+            client.set_registered_model_alias(name, alias, version)
+        except MlflowException as error:
+            if error.error_code in MISSING:
+                raise TrackingError(f"no version {version} of model {name} in {self.uri}") from None
+            raise TrackingError(f"MLflow store {self.uri} cannot be written ({first_line(error)})") from None
+
+    def served(self, model_uri: str) -> Any:
+        """The pyfunc model model_uri (models:/, runs:/, a path) names, loaded to serve (served.ServedModel)."""
+        from op_classifier.tracking.served import served_model
+
+        return served_model(model_uri, self.uri)
+
+    def runs_link(self, experiment: str, base_url: str) -> str:
+        """The MLflow UI page comparing the experiment's runs (val/test accuracy, model, learning rate, ...)."""
+        found = None
+        if not missing_sqlite(self.uri):
+            with contextlib.suppress(Exception):  # no store or no run yet: the UI's home page still helps
+                found = self._client().get_experiment_by_name(experiment)
+        if found is None:
+            return f"{base_url}/#/experiments"
+        return f"{base_url}/#/experiments/{found.experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
+
+    def ui_command(self, host: str, port: int) -> list[str]:
+        """`mlflow ui` on this store, from the same environment as this Python."""
+        mlflow = str(Path(sys.executable).parent / "mlflow")
+        return [mlflow, "ui", "--backend-store-uri", self.uri, "--host", host, "--port", str(port)]
+
+
+def _run_of(client: Any, model_uri: str) -> str:
+    """The run that logged the model a models:/ or runs:/ URI names."""
+    scheme, _, rest = model_uri.partition(":/")
+    rest = rest.strip("/")
+    if scheme == "runs":
+        return rest.split("/")[0]
+    name, _, alias = rest.partition("@")
+    if alias:
+        return client.get_model_version_by_alias(name, alias).run_id
+    name, _, version = rest.partition("/")
+    if not version.isdigit():
+        raise TrackingError(f"{model_uri}: use models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/<path>")
+    return client.get_model_version(name, version).run_id
