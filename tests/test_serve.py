@@ -278,7 +278,7 @@ def test_a_bad_b64_instance_is_a_400_naming_it(server: str, champion: tuple, nam
 
 
 def test_more_b64_images_than_the_server_decodes_is_413(server: str, champion: tuple) -> None:
-    most = 8 * LIMIT // (SIZE * SIZE * 3)  # serve.max_images: 8 times the body limit as decoded pixels
+    most = 8 * LIMIT // (SIZE * SIZE * 3)  # request.max_images: 8 times the body limit as decoded pixels
     message = _short_error(*_request(server, _b64_text(*["AAAA"] * (most + 1))), 413)
     assert f"at most {most}" in message, message
     _serves(server, champion[1])
@@ -332,7 +332,7 @@ BAD_BODIES = {
     "no instances key": json.dumps({"images": [[1, 2, 3]]}).encode(),
     # Each of these failed before the server guarded its input (issue 10):
     "pixels above 255, among many": _instances(np.full((4, SIZE, SIZE, 3), 300.0)),  # message dumped the array
-    "integers above 255": _instances(np.full((1, SIZE, SIZE, 3), 300)),  # read by serve.pixel_array
+    "integers above 255": _instances(np.full((1, SIZE, SIZE, 3), 300)),  # read by request.pixel_array
     "integers of 4 digits": _instances(_pixels_with(1000)),  # left by pixel_array to the general path
     "blanks inside a number": _instances(np.ones((1, SIZE, SIZE, 3), int)).replace(b"1, 1", b"1 1, 1", 1),
     "NaN": json.dumps({"instances": _pixels_with(float("nan"))}).encode(),
@@ -521,7 +521,7 @@ def test_max_body_mb_defaults_to_16() -> None:
 def test_the_json_scan_counts_nesting_and_finds_booleans_outside_strings(
     body: bytes, depth: int, has_bool: bool
 ) -> None:
-    from op_classifier.serving.serve import scan_json
+    from op_classifier.serving.request import scan_json
 
     assert scan_json(body) == (depth, has_bool)
 
@@ -537,7 +537,7 @@ def _pixel_body(images: np.ndarray, key: str = "instances", **dumps: Any) -> byt
     "shape", [(2, SIZE, SIZE, 3), (1, 1, 1, 1), (3, 2, 5, 3)], ids=["two images", "one pixel", "3x2x5"]
 )
 def test_the_fast_pixel_reader_reads_what_json_and_numpy_read(shape: tuple[int, ...], dumps: dict) -> None:
-    from op_classifier.serving.serve import pixel_array
+    from op_classifier.serving.request import pixel_array
 
     images = np.random.default_rng(0).integers(0, 256, shape)
     images.flat[: min(images.size, 6)] = [0, 9, 10, 99, 100, 255][: min(images.size, 6)]
@@ -581,7 +581,7 @@ GOOD = json.dumps({"instances": np.ones((1, 2, 2, 3), int).tolist()})
     ],
 )
 def test_the_fast_pixel_reader_leaves_anything_else_to_the_general_path(body: str) -> None:
-    from op_classifier.serving.serve import pixel_array
+    from op_classifier.serving.request import pixel_array
 
     assert pixel_array(GOOD.encode(), (2, 2, 3)) is not None
     assert pixel_array(body.encode(), (2, 2, 3)) is None
@@ -591,7 +591,7 @@ def test_the_fast_pixel_reader_never_reads_what_json_would_not() -> None:
     """Random edits of small bodies: pixel_array reads exactly json.loads' array, or nothing."""
     import random
 
-    from op_classifier.serving.serve import pixel_array
+    from op_classifier.serving.request import pixel_array
 
     rng, alphabet = random.Random(0), b'0123456789[], \n-.e"{}:'
     for _ in range(3000):

@@ -1,0 +1,198 @@
+"""The guard in front of the scoring app: body limits, content types, and every error a short JSON answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+MESSAGE_MAX = 200  # characters of an error message, at most
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BadRequest(Exception):
+    """A request the server refuses: an HTTP status and a short message that quotes none of it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The JSON of an error answer: MLflow's {"error_code", "message"}, the message cut to MESSAGE_MAX."""
+    try:
+        code = HTTPStatus(status).name
+    except ValueError:
+        code = "ERROR"
+    if len(message) > MESSAGE_MAX:
+        message = message[: MESSAGE_MAX - 3] + "..."
+    return json.dumps({"error_code": code, "message": message}).encode()
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = error_body(status, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """Pure ASGI middleware: POST bodies must be JSON within max_body bytes; every error answer is short JSON.
+
+    It reads a POST body itself, counting as it comes (a Content-Length over the limit is refused before
+    any of it is read), and hands the app the whole body in one message.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = _ShortErrors(send)
+        if scope["method"] == "POST":
+            try:
+                body = await self._body(scope, receive)
+            except BadRequest as refused:
+                await _send_error(send, refused.status, str(refused))
+                return
+            if body is None:
+                return  # the client went away
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
+        headers = dict(scope["headers"])  # lower-case names (ASGI); a repeated header: its last value
+        _check_content_type(headers.get(b"content-type"))
+        limit = f"this server takes bodies of at most {self.max_body / 2**20:g} MiB (--max-body-mb)"
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            if _sends_regardless(scope, headers):
+                await _discard(receive)
+            raise BadRequest(413, f"the body is {int(declared)} bytes; {limit}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = message.get("more_body", False)
+            if size > self.max_body:  # a chunked body (no Content-Length): refused as soon as it passes
+                if more and _sends_regardless(scope, headers):
+                    await _discard(receive)
+                raise BadRequest(413, f"the body passed {self.max_body} bytes; {limit}")
+            chunks.append(chunk)
+            if not more:
+                return b"".join(chunks)
+
+
+def _sends_regardless(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+    """Whether the client sends its whole body before it reads an answer, on a connection it closes after.
+
+    Such a client (urllib, HTTP/1.0) reads an early 413 only if the rest of its body is read first: uvicorn
+    closes the connection after the answer, under a client still sending (a broken pipe, not a 413). With
+    keep-alive, uvicorn itself discards the rest after an early answer; with `Expect: 100-continue` the
+    client waits for our go-ahead before sending, and an early 413 means the body is never sent at all.
+    """
+    if b"100-continue" in headers.get(b"expect", b"").lower():
+        return False
+    connection = headers.get(b"connection", b"").lower()
+    return b"close" in connection or (scope.get("http_version") == "1.0" and b"keep-alive" not in connection)
+
+
+async def _discard(receive: Receive) -> None:
+    """Read the rest of a refused body, keeping none of it."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+
+
+def _check_content_type(value: bytes | None) -> None:
+    """415 unless the Content-Type is application/json, with no charset or UTF-8."""
+    if value is None:
+        raise BadRequest(415, "no Content-Type: send the body as application/json")
+    media, *parameters = value.decode("latin-1").split(";")
+    if media.strip().lower() != "application/json":
+        raise BadRequest(415, "Content-Type must be application/json")
+    for parameter in parameters:
+        name, _, charset = parameter.partition("=")
+        if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise BadRequest(415, "Content-Type application/json must be UTF-8 (charset=utf-8 or none)")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the app the body read already, then whatever the connection says next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+class _ShortErrors:
+    """A send that holds an error answer (status >= 400) and lets it out only as short JSON.
+
+    The app's own refusals pass as they are; anything else (Starlette's plain-text 404, 405 or 500)
+    becomes {"error_code", "message": the status's phrase}.
+    """
+
+    KEEP = 2 * MESSAGE_MAX + 100  # bytes of an error answer worth looking at
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Message | None = None
+        self.body = b""
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            self.start = message
+            return
+        if self.start is None or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        if len(self.body) <= self.KEEP:
+            self.body += message.get("body", b"")
+        if message.get("more_body", False):
+            return
+        status = self.start["status"]
+        body = self.body if _is_short_error(self.body) else error_body(status, _phrase(status))
+        headers = [
+            (k, v) for k, v in self.start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
+        ]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await self.send({**self.start, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _is_short_error(body: bytes) -> bool:
+    if len(body) > _ShortErrors.KEEP:
+        return False
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    message = answer.get("message") if isinstance(answer, dict) else None
+    return isinstance(message, str) and 0 < len(message) <= MESSAGE_MAX
