@@ -123,7 +123,9 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
         f"figures/{name}.png"
         for name in ("learning_curves", "confusion_matrix", "per_class_scores", "worst_val_images")
     }
-    assert training.info.run_name.startswith("train data.image_size=32")  # what differs from conf/
+    # The runs table tells runs apart by name: the model and its main settings (DVC_EXP_NAME unset here).
+    assert training.info.run_name == f"train model=resnet image_size=32 tuner=random epochs=2 seed={cfg.seed}"
+    assert parent.info.run_name == "tune model=resnet tuner=random max_trials=2 image_size=32"
     experiment = _client(project).get_experiment(training.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens on runs
     version = _client(project).get_model_version("op-classifier", "1")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,25 +435,3 @@ def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
             k: v for name, item in tree.items() for k, v in flat(item, f"{prefix}.{name}" if prefix else name).items()
         }
     return {prefix: tree}
-
-
-RUN_NAME_MAX = 240  # MLflow stores run names up to 250 characters
-
-
-def run_name(stage: str, cfg: Config) -> str:
-    """What a run was: the DVC experiment's name, else the settings that differ from conf/'s defaults."""
-    experiment = os.environ.get("DVC_EXP_NAME")
-    if experiment:
-        return f"{stage} {experiment}"
-    try:
-        defaults = flat(as_dict(validate(compose())))
-    except ConfigError:  # no conf/ here (params.yaml alone): the stage's name says enough
-        return stage
-    ours = flat(as_dict(cfg))
-    changed = [
-        f"{key}={ours[key]}"
-        for key in ours
-        if not key.startswith(("paths.", "tracking.")) and ours[key] != defaults.get(key)
-    ]
-    name = f"{stage} {' '.join(changed) or 'defaults'}"
-    return name if len(name) <= RUN_NAME_MAX else name[: RUN_NAME_MAX - 1] + "…"

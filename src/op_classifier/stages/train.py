@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from op_classifier import config, progress
+from op_classifier import progress
 from op_classifier.config import Config, ConfigError, ModelBase, TrainConfig, as_dict
 from op_classifier.data.prepared import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
 from op_classifier.data.stream import split_stream
@@ -26,7 +26,7 @@ from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
-from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, git_commit, make_tracker
+from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, git_commit, make_tracker, run_name
 from op_classifier.training import distributed, hparams, state
 from op_classifier.training.backend import set_random_seed
 from op_classifier.training.distributed import SINGLE, Cluster
@@ -361,6 +361,13 @@ def claim_checkpoints(
     return made_by
 
 
+def _settings(cfg: Config) -> dict[str, Any]:
+    """What tells one training from another in the runs table (every param is logged besides)."""
+    chosen = {"tuner": cfg.tuner.kind} if cfg.tuner.kind != "none" else {"learning_rate": cfg.train.learning_rate}
+    epochs = cfg.train.epochs + cfg.train.fine_tune_epochs
+    return {"model": cfg.model.name, "image_size": cfg.data.image_size, **chosen, "epochs": epochs, "seed": cfg.seed}
+
+
 def run(cfg: Config) -> dict:
     """Train, export, log the model; record the run for evaluate.
 
@@ -394,7 +401,7 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
     params = {**flatten(as_dict(cfg)), **described, "state_fingerprint": made_by["id"]}
     resume = Path(cfg.paths.checkpoints) / RUN_ID_FILE
     with tracker.run(
-        config.run_name("train", cfg), resume_file=resume, tags=tags, params=params, system_metrics=True
+        run_name("train", _settings(cfg)), resume_file=resume, tags=tags, params=params, system_metrics=True
     ) as run_id:
         manifest = load_manifest(prepared)
         # The digest is DVC's hash of data/raw when DVC tracks it (the prepared data's hash otherwise).

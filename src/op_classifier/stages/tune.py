@@ -22,7 +22,6 @@ from op_classifier.config import (
     TunerConfig,
     as_dict,
     compose,
-    run_name,
     validate,
 )
 from op_classifier.data.prepared import data_hash, load_manifest
@@ -32,7 +31,7 @@ from op_classifier.metric_names import metric_names
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
-from op_classifier.tracking import RUN_ID_FILE, Tracker, TrackingError, flatten, make_tracker
+from op_classifier.tracking import RUN_ID_FILE, Tracker, TrackingError, flatten, make_tracker, run_name
 from op_classifier.training import hparams, state, tuner_cluster
 from op_classifier.training.backend import set_random_seed
 
@@ -279,6 +278,16 @@ def hypermodel_of(cfg: Config, classes: list[str]) -> SearchModel:
     return SearchModel(found, shared, choice, fixed, cfg.tuner.learning_rate, classes)
 
 
+def _settings(cfg: Config) -> dict[str, Any]:
+    """What tells one search from another in the runs table: the model, the tuner and its budget."""
+    return {
+        "model": cfg.model.name,
+        "tuner": cfg.tuner.kind,
+        "max_trials": cfg.tuner.max_trials,
+        "image_size": cfg.data.image_size,
+    }
+
+
 def run(cfg: Config) -> dict:
     """Search, then write best_hparams.yaml and the leaderboard; tuner=none records no values."""
     started = time.perf_counter()
@@ -301,7 +310,9 @@ def run(cfg: Config) -> dict:
     made_by = claim_search(cfg, hypermodel)
     params = {**flatten(state.select(as_dict(cfg), PARAMS)), "state_fingerprint": made_by}
     tags = {"stage": "tune", "tuner": cfg.tuner.kind, "data_hash": data_hash(Path(cfg.paths.prepared))}
-    with tracker.run(run_name("tune", cfg), resume_file=folder / RUN_ID_FILE, tags=tags, params=params) as run_id:
+    with tracker.run(
+        run_name("tune", _settings(cfg)), resume_file=folder / RUN_ID_FILE, tags=tags, params=params
+    ) as run_id:
         tuner = search(cfg, tracker, classes, hypermodel)
         rows = leaderboard(tuner)
         _require_a_result(tuner, rows)

@@ -80,6 +80,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+RUN_NAME_MAX = 240  # MLflow stores run names up to 250 characters
+
+
+def run_name(stage: str, settings: Mapping[str, Any]) -> str:
+    """A run's name in the runs table: the stage and its DVC experiment's name, else its main settings."""
+    described = os.environ.get("DVC_EXP_NAME") or " ".join(f"{key}={value}" for key, value in settings.items())
+    name = f"{stage} {described}"
+    return name if len(name) <= RUN_NAME_MAX else name[: RUN_NAME_MAX - 1] + "…"
+
+
 def git_commit() -> str | None:
     """The checked-out commit, or None outside git."""
     done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root())
