@@ -4,8 +4,8 @@
 model store. Everything MLflow lives in this package and nowhere else: store.py (connections,
 experiments, locks), runs.py (MlflowTracker: runs, metrics, models), registry.py (the champion rule),
 model_store.py (MlflowModelStore: fetch, aliases, the served model, the UI), served.py (the logged
-pyfunc and how it is served), server.py (the team server's processes). Code outside this package
-imports only this module, which imports neither MLflow nor Keras: a run with tracking=none loads neither.
+pyfunc and how it is served), server.py and processes.py (the team server's processes). Code outside
+this package imports only this module, which imports neither MLflow nor Keras: tracking=none loads neither.
 """
 
 from __future__ import annotations

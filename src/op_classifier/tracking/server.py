@@ -5,7 +5,8 @@ Everything lives in one folder (default `.mlflow-server/`, git- and DVC-ignored)
 database cluster, made by initdb on first use), `artifacts/` (what clients upload through the server),
 the two logs, and `server.json` (pids, ports, the backend URI with its password; mode 0600), written
 only once both processes answer. Both are stopped by their own ids. MLflow is run as its command,
-not imported: this module only starts and stops processes.
+not imported: this module only starts and stops processes (processes.py: how each is known, waited
+for and stopped).
 """
 
 from __future__ import annotations
@@ -19,17 +20,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
 from op_classifier.defaults import HOST, TRACKING_SERVER_PORT, TRACKING_SERVER_WORKERS
-from op_classifier.errors import OpClassifierError, first_line
 from op_classifier.net import free_port, port_problem
+from op_classifier.tracking.processes import Process, ServerError, stop_process, wait_until
 
 DEFAULT_DIR = ".mlflow-server"
 DB_USER = DB_NAME = "mlflow"
@@ -37,33 +35,6 @@ STATE_FILE = "server.json"
 # initdb and postgres refuse to run as root; as root we run them as this user (Debian's package makes
 # it), else as nobody. Any other user runs them as themselves, as on a laptop.
 PG_USERS = ("postgres", "nobody")
-START_TIMEOUT_S = 120
-STOP_TIMEOUT_S = 60
-
-
-class ServerError(OpClassifierError):
-    """The tracking server cannot be started, stopped or found."""
-
-
-@dataclass
-class Process:
-    """A started process, known by its id and its start time (so a reused pid is never signalled)."""
-
-    pid: int
-    create_time: float
-
-    @classmethod
-    def of(cls, pid: int) -> Process:
-        """The running process pid."""
-        return cls(pid, psutil.Process(pid).create_time())
-
-    def alive(self) -> bool:
-        """Whether this very process (not a later one with its pid) still runs."""
-        try:
-            proc = psutil.Process(self.pid)
-            return proc.create_time() == self.create_time and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
 
 
 @dataclass
@@ -130,15 +101,15 @@ def start(
             password = (pgdata / ".mlflow-password").read_text(encoding="utf-8").strip()
         pg_port = free_port()
         postgres = _start_postgres(binaries, pgdata, folder, pg_port, user)
-        undo.append(lambda: _stop(postgres, "postgres", signal.SIGINT))  # SIGINT: PostgreSQL's fast shutdown
+        undo.append(lambda: stop_process(postgres, "postgres", signal.SIGINT))  # SIGINT: PostgreSQL's fast shutdown
         if created:
             _createdb(binaries, pg_port, password)
         backend = f"postgresql+psycopg2://{DB_USER}:{password}@127.0.0.1:{pg_port}/{DB_NAME}"
         artifacts.mkdir(exist_ok=True)
         mlflow = _start_mlflow(folder, backend, artifacts, host, port, workers, allowed_hosts, app_name)
-        undo.append(lambda: _stop(mlflow, "mlflow server", signal.SIGTERM, group=True))
+        undo.append(lambda: stop_process(mlflow, "mlflow server", signal.SIGTERM, group=True))
         uri = f"http://{_client_host(host)}:{port}"
-        _wait_until(lambda: _healthy(uri), mlflow, "mlflow server", folder / "mlflow.log")
+        wait_until(lambda: _healthy(uri), mlflow, "mlflow server", folder / "mlflow.log")
         state = State(uri, host, port, pg_port, backend, str(artifacts), mlflow, postgres)
         state.save(state_file)
     except BaseException:
@@ -163,8 +134,8 @@ def stop(folder: Path) -> dict[str, object]:
     state = State.load(state_file)
     if state is None:
         raise ServerError(f"no tracking server was started from {folder} (no {STATE_FILE})")
-    _stop(state.mlflow, "mlflow server", signal.SIGTERM, group=True)
-    _stop(state.postgres, "postgres", signal.SIGINT)
+    stop_process(state.mlflow, "mlflow server", signal.SIGTERM, group=True)
+    stop_process(state.postgres, "postgres", signal.SIGINT)
     state_file.unlink()
     return {"status": "stopped", "pids": {"mlflow": state.mlflow.pid, "postgres": state.postgres.pid}}
 
@@ -364,9 +335,9 @@ def _start_postgres(binaries: Path, pgdata: Path, folder: Path, pg_port: int, us
         return subprocess.run(check, capture_output=True).returncode == 0
 
     try:
-        _wait_until(ready, process, "postgres", log)
+        wait_until(ready, process, "postgres", log)
     except BaseException:
-        _stop(process, "postgres", signal.SIGINT)
+        stop_process(process, "postgres", signal.SIGINT)
         raise
     return process
 
@@ -428,46 +399,3 @@ def _healthy(uri: str) -> bool:
         with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
             return answer.status == 200
     return False
-
-
-def _wait_until(ready: Callable[[], bool], process: Process, what: str, log: Path) -> None:
-    """Poll ready() until it holds; a process that exits or a timeout is one line, the log's last."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not ready():
-        if not process.alive():
-            raise ServerError(f"{what} exited while starting: {_last_line(log)} (log: {log})")
-        if time.monotonic() > deadline:
-            raise ServerError(f"{what} did not answer within {START_TIMEOUT_S} s (log: {log})")
-        time.sleep(0.3)
-
-
-def _last_line(log: Path) -> str:
-    with contextlib.suppress(OSError):
-        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-        if lines:
-            return first_line(Exception(lines[-1]))
-    return "no output"
-
-
-def _stop(process: Process, what: str, sig: signal.Signals, group: bool = False) -> None:
-    """Signal the process (its group when it leads one we made), then wait until it and its group are gone."""
-    if not process.alive():
-        return
-    with contextlib.suppress(ProcessLookupError):
-        if group:
-            os.killpg(process.pid, sig)
-        else:
-            os.kill(process.pid, sig)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while any(_members(process, group)):
-        if time.monotonic() > deadline:
-            raise ServerError(f"{what} (pid {process.pid}) did not stop within {STOP_TIMEOUT_S} s")
-        time.sleep(0.2)
-
-
-def _members(process: Process, group: bool) -> Iterator[bool]:
-    yield process.alive()
-    if group:  # any process left in the group (uvicorn's workers); zombies are gone already
-        for proc in psutil.process_iter(["status"]):
-            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
-                yield os.getpgid(proc.pid) == process.pid and proc.info["status"] != psutil.STATUS_ZOMBIE
