@@ -169,3 +169,15 @@ def test_the_loop_check_sees_a_loop_through_a_function_level_import(tmp_path: Pa
     with (copy / "weights/pytorch.py").open("a") as handle:
         handle.write("\n\ndef _late() -> None:\n    from op_classifier.models import names  # noqa: F401\n")
     assert {"models", "weights"} <= set(_loops(_edges(copy)))
+
+
+MODULE_MAX_LINES = 450  # a module longer than this does more than one job: split it by job
+
+
+def test_every_module_reads_at_once() -> None:
+    lengths = {
+        path.relative_to(REPO).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in (REPO / "src").rglob("*.py")
+    }
+    assert len(lengths) > 40, "the scan found too few modules: it is not looking at src/"
+    assert {name: n for name, n in lengths.items() if n >= MODULE_MAX_LINES} == {}
