@@ -67,11 +67,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The fast tests in TEST_WORKERS processes, a test file each at a time (its module fixtures made once);
+# the slowest 15 printed, so that a change sees what it costs.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest -m '' -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 lock: $(STAMP)
 	{ echo "# Tested versions, installed as constraints by the Makefile. Regenerate: make lock"; \

@@ -55,31 +55,31 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
     run_in(repo_copy, "git", "commit", "-qm", "baseline")
 
     # DVC composes conf/ + overrides into params.yaml; only the stages reading train.* re-run.
-    for override in ("train.epochs=3", "train.learning_rate=0.003"):
-        experiment = run_in(repo_copy, "dvc", "exp", "run", "-S", "experiment=tiny", "-S", override)
-        assert _ran(experiment.stdout) == {"train", "evaluate"}
+    override = ("-S", "experiment=tiny", "-S", "train.epochs=3", "-S", "train.learning_rate=0.003")
+    experiment = run_in(repo_copy, "dvc", "exp", "run", *override)
+    assert _ran(experiment.stdout) == {"train", "evaluate"}
 
-    first_run, second_run, third_run = _training_runs(repo_copy)
+    first_run, second_run = _training_runs(repo_copy)
     assert first_run.data.params["train.epochs"] == "2" and second_run.data.params["train.epochs"] == "3"
     assert second_run.data.tags.get("dvc_experiment")  # the DVC experiment's name, for finding it back
     (dataset,) = second_run.inputs.dataset_inputs  # the data set as DVC knows it: data.dvc's hash
     assert dataset.dataset.digest == yaml.safe_load((repo_copy / "data.dvc").read_text())["outs"][0]["md5"]
     assert "test_accuracy" in second_run.data.metrics
 
-    # Every experiment's row holds its own metrics (not "!"): git committed them with the experiment.
-    rows = _experiment_rows(json.loads(run_in(repo_copy, "dvc", "exp", "show", "--json").stdout))
-    assert len(rows) == 2
-    for row in rows:
-        metrics = row["data"]["metrics"]["experiments/metrics.json"]["data"]
-        assert 0.0 <= metrics["val_accuracy"] <= 1.0 and 0.0 <= metrics["test_accuracy"] <= 1.0
-    trains = [row["data"]["params"]["params.yaml"]["data"]["train"] for row in rows]
+    # The baseline's row and the experiment's each hold their own metrics (not "!"): git committed them.
+    table = json.loads(run_in(repo_copy, "dvc", "exp", "show", "--json").stdout)
+    (baseline,) = [row for row in table if row.get("experiments")]
+    (row,) = _experiment_rows(table)
     default_rate = yaml.safe_load((repo_copy / "conf/train/default.yaml").read_text())["learning_rate"]
-    assert sorted((t["epochs"], t["learning_rate"]) for t in trains) == [(2, 0.003), (3, default_rate)]
+    for shown_row, expected in ((baseline, (2, default_rate)), (row, (3, 0.003))):
+        metrics = shown_row["data"]["metrics"]["experiments/metrics.json"]["data"]
+        assert 0.0 <= metrics["val_accuracy"] <= 1.0 and 0.0 <= metrics["test_accuracy"] <= 1.0
+        train = shown_row["data"]["params"]["params.yaml"]["data"]["train"]
+        assert (train["epochs"], train["learning_rate"]) == expected
 
-    names = [row["name"] for row in rows]
-    shown = json.loads(run_in(repo_copy, "dvc", "plots", "diff", *names, "--json").stdout)
+    shown = json.loads(run_in(repo_copy, "dvc", "plots", "diff", "HEAD", row["name"], "--json").stdout)
     assert not shown.get("errors")
     for suffix in ("history.csv", "confusion.csv"):
         (key,) = [k for k in shown["data"] if k.endswith(suffix)]
         revisions = {rev for item in shown["data"][key] for rev in item["revisions"]}
-        assert set(names) <= revisions, (key, revisions)  # each experiment's own plot data
+        assert {"HEAD", row["name"]} <= revisions, (key, revisions)  # each one's own plot data

@@ -153,11 +153,10 @@ LOADERS = {
 }
 
 
-@pytest.mark.parametrize("loader", sorted(LOADERS))
-def test_a_fresh_process_loads_a_saved_model_under_jax(loader: str, tmp_path: Path) -> None:
-    """Under DVC every stage is its own process: evaluate, predict and serve load train's model.keras
-    (its RandomAffine layer is ours) without having built a model first."""
-    path = tmp_path / "model.keras"
+@pytest.fixture(scope="module")
+def jax_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet's model.keras saved under JAX (with our RandomAffine layer), once for the loaders below."""
+    path = tmp_path_factory.mktemp("jax-model") / "model.keras"
     _run_under_jax(
         f"""
         from op_classifier.models.resnet import build_model
@@ -166,10 +165,17 @@ def test_a_fresh_process_loads_a_saved_model_under_jax(loader: str, tmp_path: Pa
         REPO,
         tensorflow_free=False,  # Keras's file utilities use TensorFlow's gfile when it is installed
     )
+    return path
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_a_fresh_process_loads_a_saved_model_under_jax(loader: str, jax_saved_model: Path) -> None:
+    """Under DVC every stage is its own process: evaluate, predict and serve load train's model.keras
+    (its RandomAffine layer is ours) without having built a model first."""
     out = _run_under_jax(
         f"""
         from pathlib import Path
-        path = {str(path)!r}
+        path = {str(jax_saved_model)!r}
         {LOADERS[loader].replace(chr(10), chr(10) + "        ")}
         assert any(type(layer).__name__ == "RandomAffine" for layer in model.layers)
         print("LOADED")
