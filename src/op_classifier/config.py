@@ -426,12 +426,3 @@ def load_params(path: Path = Path(PARAMS_FILE)) -> Config:
 def as_dict(cfg: Config) -> dict[str, Any]:
     """The config as nested plain dicts (for logging and hashing)."""
     return dataclasses.asdict(cfg)
-
-
-def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as {"a.b.c": value}; under `prefix` when given (values are kept as they are)."""
-    if isinstance(tree, dict):
-        return {
-            k: v for name, item in tree.items() for k, v in flat(item, f"{prefix}.{name}" if prefix else name).items()
-        }
-    return {prefix: tree}

@@ -15,8 +15,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from op_classifier.config import flat
-
 FINGERPRINT_FILE = "fingerprint.json"
 
 
@@ -131,3 +129,12 @@ def _empty(folder: Path, keep: Iterable[str]) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {"a.b.c": value}; under `prefix` when given (values are kept as they are)."""
+    if isinstance(tree, dict):
+        return {
+            k: v for name, item in tree.items() for k, v in flat(item, f"{prefix}.{name}" if prefix else name).items()
+        }
+    return {prefix: tree}
