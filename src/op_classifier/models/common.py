@@ -1,11 +1,13 @@
 """What every architecture shares: input scaling, augmentation, the head, metrics and compilation.
 
-Pure Keras 3, backend-agnostic, no I/O, no tracking, no config loading."""
+Pure Keras 3, backend-agnostic, no tracking, no config loading. The only file I/O is at the end: how
+a saved model loads (load_model) and how one is exported for TensorFlow Serving and LiteRT."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -169,3 +171,18 @@ def load_model(path: Any) -> keras.Model:
     module: a process that loads a model before building one (evaluate under DVC, predict, serve)
     must load it through here, or Keras cannot find RandomAffine (every backend but TensorFlow)."""
     return keras.saving.load_model(path, compile=False)
+
+
+def export_saved_model(model: keras.Model, path: Path) -> str:
+    """TensorFlow Serving's layout: signature serving_default, (batch, S, S, 3) float32 pixels in."""
+    # model.export() traced the random augmentation layers in training mode (outputs differed from
+    # predict() by up to 0.57), so the endpoint calls the model with training=False explicitly.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda images: model(images, training=False),
+        input_signature=[keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")],
+    )
+    archive.write_out(str(path), verbose=False)
+    return str(path)

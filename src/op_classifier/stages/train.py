@@ -23,7 +23,7 @@ from op_classifier.data.stream import split_stream
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.models import get as architecture
-from op_classifier.models.common import compile_model
+from op_classifier.models.common import compile_model, export_saved_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
 from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, git_commit, make_tracker, run_name
@@ -220,21 +220,6 @@ def export(model: keras.Model, out: Path) -> dict[str, str]:
     else:
         print(f"note: no SavedModel under the {keras.backend.backend()} backend; export needs TensorFlow")
     return written
-
-
-def export_saved_model(model: keras.Model, path: Path) -> str:
-    """TensorFlow Serving's layout: signature serving_default, (batch, S, S, 3) float32 pixels in."""
-    # model.export() traced the random augmentation layers in training mode (outputs differed from
-    # predict() by up to 0.57), so the endpoint calls the model with training=False explicitly.
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="serve",
-        fn=lambda images: model(images, training=False),
-        input_signature=[keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")],
-    )
-    archive.write_out(str(path), verbose=False)
-    return str(path)
 
 
 def fit(
