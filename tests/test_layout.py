@@ -105,7 +105,7 @@ ALLOWED = {
         "tracking",
         "training",
     },
-    "serving": {"config", "data", "defaults", "errors", "files", "models", "progress", "tracking"},
+    "serving": {"config", "data", "defaults", "errors", "files", "models", "progress", "quiet", "tracking"},
     "tracking": {"config", "defaults", "errors", "models", "net"},
     "training": {"config", "data", "errors", "net", "sources", "weights"},
     "figures": {"data"},

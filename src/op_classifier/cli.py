@@ -97,6 +97,19 @@ def _weights(args: argparse.Namespace) -> None:
     report({"weights": str(out), "model": args.model, "use": use})
 
 
+def _export(args: argparse.Namespace) -> None:
+    import os
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend != "tensorflow":  # this process only: the converter is TensorFlow's, and so is the tracing
+        print(f"note: export converts with TensorFlow: KERAS_BACKEND={backend} is set aside for it", file=sys.stderr)
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+    from op_classifier.serving import export
+
+    cfg = config.validate(config.compose(tuple(args.overrides)))
+    report(export.run(cfg, args.model, args.quantize, Path(args.out) if args.out else None))
+
+
 def _serve(args: argparse.Namespace) -> None:
     from op_classifier.serving import serve
 
@@ -190,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--batch-size", type=int, default=defaults.PREDICT_BATCH, help="images per model call (default: %(default)s)"
     )
+
+    exp = sub.add_parser(
+        "export", parents=[common], help="a trained model as a LiteRT (.tflite) file, checked on the test split"
+    )
+    exp.add_argument("--format", choices=("litert",), default="litert", help="the file's kind (default: %(default)s)")
+    exp.add_argument("--quantize", choices=config.QUANTIZE, help="none, float16 or int8 (default: export.quantize)")
+    exp.add_argument(
+        "--model",
+        help="a model folder or an MLflow URI (default: models:/<tracking.model_name>@champion)",
+    )
+    exp.add_argument("--out", metavar="FILE.tflite", help="default: <paths.export>/model-<quantize>.tflite")
+    exp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.calibration_images=500")
 
     wts = sub.add_parser("weights", parents=[common], help="backbone weights: import a PyTorch checkpoint")
     wts_sub = wts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -316,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _tracking_server(args))
     elif args.command == "predict":
         code = guarded(lambda: _predict(args))
+    elif args.command == "export":
+        code = guarded(lambda: _export(args))
     elif args.command == "weights":
         code = guarded(lambda: _weights(args))
     else:

@@ -58,6 +58,7 @@ class PathsConfig:
     history: str = MISSING
     metrics: str = MISSING
     confusion: str = MISSING
+    export: str = MISSING
 
 
 @dataclass
@@ -255,6 +256,21 @@ class TrackingConfig:
         check_range("tracking.champion_target", self.champion_target, UNIT)
 
 
+QUANTIZE = ("none", "float16", "int8")  # serving/export.py's LiteRT conversions
+
+
+@dataclass
+class ExportConfig:
+    """How `op-classifier export` writes a LiteRT file: its quantisation, and int8's calibration sample."""
+
+    quantize: str = MISSING
+    calibration_images: int = MISSING
+
+    def __post_init__(self) -> None:
+        require(self.quantize in QUANTIZE, "export.quantize", f"'{self.quantize}' is not one of {', '.join(QUANTIZE)}")
+        check_range("export.calibration_images", self.calibration_images, AT_LEAST_1)
+
+
 @dataclass
 class Config:
     """The whole composed config, as params.yaml holds it."""
@@ -266,6 +282,7 @@ class Config:
     tuner: TunerConfig = MISSING
     train: TrainConfig = MISSING
     tracking: TrackingConfig = MISSING
+    export: ExportConfig = MISSING
 
     def __post_init__(self) -> None:
         check_range("seed", self.seed, SEED)

@@ -61,6 +61,9 @@ STARTUP_NOISE = re.compile(
             r"\] Unable to register cu(DNN|FFT|BLAS) factory",
             r"\] computation placer already registered",
             r"TF-TRT Warning: Could not find TensorRT",
+            # LiteRT: the converter's quantiser states its settings, the interpreter its default CPU delegate.
+            r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: ",
+            r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
         )
     )
 )
@@ -109,6 +112,11 @@ def _stderr_is_terminal() -> bool:
 def is_noise(line: str) -> bool:
     """A line TensorFlow prints while it starts up (see STARTUP_NOISE)."""
     return bool(STARTUP_NOISE.search(line))
+
+
+def unless_verbose() -> contextlib.AbstractContextManager[None]:
+    """filtered_stderr() around a noisy native call (LiteRT's converter and interpreter), unless verbose."""
+    return contextlib.nullcontext() if verbose_requested() else filtered_stderr()
 
 
 @contextlib.contextmanager

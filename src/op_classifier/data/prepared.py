@@ -27,6 +27,14 @@ def single_label(labels: np.ndarray) -> np.ndarray:
     return labels.sum(axis=1) == 1
 
 
+def top1(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Top-1 accuracy on single-label rows (the original notebook's metric)."""
+    single = single_label(labels)
+    if not single.any():
+        return float("nan")
+    return float((labels[single].argmax(1) == probs[single].argmax(1)).mean())
+
+
 def _missing(path: Path) -> DataError:
     return DataError(f"{path} not found: run the prepare stage first (`dvc repro prepare`)")
 

@@ -14,7 +14,9 @@ code is then 1.
 --model: a model folder as the train stage writes it (`model.keras` + `run.json`; default
 `paths.model` of params.yaml, else `experiments/model`), or an MLflow model URI
 (`models:/op-classifier@champion`, `models:/op-classifier/3`, `runs:/<run_id>/model`) resolved
-through tracking.py; the class names then come from the training run's `data.classes` param.
+through the tracking package's model store; the class names then come from the training run's
+`data.classes` param. Or a LiteRT file that `op-classifier export` wrote (`model-int8.tflite`, or a
+folder holding one): run on LiteRT's interpreter, TensorFlow never loaded, its class list read from it.
 
 `--json` writes one JSON document on stdout:
 
@@ -48,7 +50,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import yaml
@@ -61,7 +63,11 @@ from op_classifier.data.raw import list_files
 from op_classifier.defaults import PREDICT_BATCH, PREDICT_THRESHOLD
 from op_classifier.errors import DataError, first_line
 from op_classifier.files import cpu_count
+from op_classifier.serving import litert
 from op_classifier.serving.report import percent, write_report
+
+if TYPE_CHECKING:
+    from op_classifier.tracking import ModelStore
 
 FALLBACK_MODEL = "experiments/model"
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image_pixels' default
@@ -198,11 +204,25 @@ def default_model_folder() -> str:
         return FALLBACK_MODEL
 
 
-def load_classifier(source: str) -> Classifier:
-    """Load a model folder (model.keras + run.json) or an MLflow models:/ or runs:/ URI."""
+def load_classifier(source: str, store: ModelStore | None = None) -> Classifier:
+    """Load a model folder (model.keras + run.json), an MLflow models:/ or runs:/ URI (from store, by
+    default the project's), or a LiteRT file (.tflite, or a folder holding one and no model.keras), the
+    last without TensorFlow."""
     if source.startswith(MLFLOW_SCHEMES):
-        return _from_mlflow(source)
+        return _from_mlflow(source, store)
+    path = Path(source)
+    if path.suffix == litert.SUFFIX:
+        return _from_litert(path, source)
+    if path.is_dir() and not (path / "model.keras").is_file():
+        found = litert.model_file(path)
+        if found is not None:
+            return _from_litert(found, source)
     return _from_folder(source)
+
+
+def _from_litert(path: Path, source: str) -> Classifier:
+    model = litert.load(path, threads=cpu_count())
+    return Classifier(model, model.classes, model.image_size, source)
 
 
 def _from_folder(source: str) -> Classifier:
@@ -220,11 +240,11 @@ def _from_folder(source: str) -> Classifier:
     return _loaded(keras_file, classes, source)
 
 
-def _from_mlflow(uri: str) -> Classifier:
+def _from_mlflow(uri: str, store: ModelStore | None) -> Classifier:
     from op_classifier import tracking
 
     with tempfile.TemporaryDirectory(prefix="op-classifier-model-") as tmp:
-        keras_file, classes = tracking.open_store().fetch(uri, Path(tmp))
+        keras_file, classes = (store or tracking.open_store()).fetch(uri, Path(tmp))
         if not classes:
             raise DataError(
                 f"{uri}: its training run logged no class list (param data.classes); "

@@ -14,7 +14,7 @@ import numpy as np
 
 from op_classifier import progress
 from op_classifier.config import Config, ConfigError
-from op_classifier.data.prepared import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label
+from op_classifier.data.prepared import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label, top1
 from op_classifier.data.stream import image_stream
 from op_classifier.errors import DataError
 from op_classifier.models.common import load_model
@@ -30,14 +30,6 @@ def predict(model: keras.Model, prepared: Path, split: str, batch_size: int = 64
     with progress.bar(len(images.rows), desc) as bar:
         callback = progress.keras_callback(bar, batch_size)
         return np.asarray(model.predict(images, verbose=0, callbacks=[callback]))
-
-
-def top1(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Top-1 accuracy on single-label rows (the original notebook's metric)."""
-    single = single_label(labels)
-    if not single.any():
-        return float("nan")
-    return float((labels[single].argmax(1) == probs[single].argmax(1)).mean())
 
 
 def per_class(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:

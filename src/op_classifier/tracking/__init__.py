@@ -170,6 +170,9 @@ class ModelStore(Protocol):
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point `name@alias` at an existing version."""
 
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
+        """Tag a registered version (what was made of it: an export's file and figures)."""
+
     def served(self, model_uri: str) -> Served:
         """The model model_uri names, loaded and warmed up to serve."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,17 @@ class MlflowModelStore:
             if error.error_code in MISSING:
                 raise TrackingError(f"no version {version} of model {name} in {self.uri}") from None
             raise TrackingError(f"MLflow store {self.uri} cannot be written ({first_line(error)})") from None
+
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
+        """Tag version `version` of model `name` (values as text, as MLflow keeps them)."""
+        client = self._client()
+        try:
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version, key, str(value))
+        except Exception as error:  # MLflow raises many types for a store it cannot write
+            raise TrackingError(
+                f"MLflow store {self.uri} cannot tag {name} version {version} ({first_line(error)})"
+            ) from None
 
     def served(self, model_uri: str) -> Any:
         """The pyfunc model model_uri (models:/, runs:/, a path) names, loaded to serve (served.ServedModel)."""

@@ -1,0 +1,182 @@
+"""`op-classifier export --format litert`: float16 and int8 files checked on their own test split, predict on
+LiteRT without TensorFlow, the file and its figures in MLflow, and one line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from op_classifier.data import sample
+from op_classifier.data.prepared import load_split
+from op_classifier.serving import export, litert
+from op_classifier.stages import evaluate, prepare, train, tune
+from tests.conftest import REPO, compose, paths_under
+
+CLI = str(Path(sys.executable).parent / "op-classifier")
+TINY = ("experiment=tiny", "tuner=none", "tracking.champion_target=0")
+
+
+def _overrides(root: Path, *extra: str) -> list[str]:
+    return [*TINY, *paths_under(root), f"tracking.uri=sqlite:///{root / 'mlflow.db'}", *extra]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny sample prepared, a resnet trained on it and registered as the champion."""
+    root = tmp_path_factory.mktemp("export")
+    shutil.copytree(REPO / "conf", root / "conf")
+    sample.generate(root / "data/raw", per_class=20, scenes=4)
+    cfg = compose(*_overrides(root))
+    for stage in (prepare, tune, train):
+        stage.run(cfg)
+    assert evaluate.run(cfg)["champion"]
+    return root
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([CLI, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def int8(project: Path) -> tuple[Path, dict]:
+    """`op-classifier export --format litert --quantize int8` of the champion, as a user runs it."""
+    done = _cli(project, "export", "--format", "litert", "--quantize", "int8", *_overrides(project))
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # no converter or interpreter chatter
+    summary = json.loads(done.stdout)
+    return Path(summary["litert"]), summary
+
+
+def _keras_probabilities(root: Path, images: np.ndarray) -> np.ndarray:
+    from op_classifier.models.common import load_model
+
+    return np.asarray(load_model(root / "experiments/model/model.keras").predict_on_batch(images))
+
+
+def test_int8_agrees_with_the_keras_model_on_its_test_split(project: Path, int8: tuple[Path, dict]) -> None:
+    path, summary = int8
+    test = load_split(project / "data/prepared", "test")
+    lite = litert.load(path).predict_on_batch(np.asarray(test.images))
+    keras_probs = _keras_probabilities(project, np.asarray(test.images, np.float32))
+    agreement = float((lite.argmax(1) == keras_probs.argmax(1)).mean())
+    assert summary["test_images"] == len(test.images) and summary["agreement"] == pytest.approx(agreement, abs=1e-4)
+    assert agreement >= export.AGREEMENT["int8"]
+    assert abs(summary["keras_test_accuracy"] - summary["litert_test_accuracy"]) <= export.INT8_ACCURACY_DROP
+    assert summary["quantize"] == "int8" and summary["registered_version"] == 1
+    assert litert.metadata(path.read_bytes())["classes"] == list(sample.CLASSES)
+
+
+def test_float16_is_half_the_float32_file_and_agrees(project: Path, int8: tuple[Path, dict]) -> None:
+    cfg = compose(*_overrides(project))
+    sizes = {}
+    for quantize in ("none", "float16"):
+        summary = export.run(cfg, quantize=quantize)
+        assert summary["agreement"] >= export.AGREEMENT[quantize], summary
+        sizes[quantize] = summary["bytes"]
+    assert 0.4 < sizes["float16"] / sizes["none"] < 0.6 and int8[1]["bytes"] < 0.3 * sizes["none"]
+
+
+def test_the_file_and_its_figures_go_to_mlflow_with_the_version(project: Path, int8: tuple[Path, dict]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    _, summary = int8
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["stage"] == "export" and run.data.metrics["litert_int8_agreement"] == summary["agreement"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "litert")] == ["litert/model-int8.tflite"]
+    tags = client.get_model_version("op-classifier", "1").tags
+    assert float(tags["litert_int8_agreement"]) == summary["agreement"]
+    assert tags["litert_int8_run_id"] == run.info.run_id
+
+
+def test_predict_runs_the_litert_file_without_tensorflow(project: Path, int8: tuple[Path, dict]) -> None:
+    path, _ = int8
+    probe = (
+        "import json, sys\n"
+        "from op_classifier import cli\n"
+        "try:\n"
+        f"    cli.main(['predict', {str(project / 'data/raw/Nami')!r}, '--model', {str(path)!r}, '--json'])\n"
+        "except SystemExit as done:\n"
+        "    assert done.code == 0, done.code\n"
+        "print(json.dumps(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=project, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    document, _, loaded = done.stdout.rpartition("\n[")
+    assert "[" + loaded.strip() == "[]"  # neither TensorFlow nor Keras was imported
+    results = json.loads(document)
+    assert results["classes"] == list(sample.CLASSES) and len(results["results"]) == 20 and not results["errors"]
+    first = results["results"][0]
+    assert set(first) == {"path", "probabilities", "predicted", "top"}
+    from op_classifier.data.images import load_image
+
+    pixels = load_image(Path(first["path"]), 32, 89_478_485)[None].astype(np.float32)
+    keras_row = _keras_probabilities(project, pixels)[0]
+    np.testing.assert_allclose(list(first["probabilities"].values()), keras_row, atol=0.02)
+
+
+def test_a_folder_holding_one_litert_file_is_a_model(project: Path, int8: tuple[Path, dict], tmp_path: Path) -> None:
+    path, _ = int8
+    folder = tmp_path / "device"
+    folder.mkdir()
+    shutil.copy(path, folder)
+    done = _cli(project, "predict", str(project / "data/raw/Zoro/0000.jpg"), "--model", str(folder), "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["model"] == str(folder)
+    shutil.copy(path, folder / "other.tflite")
+    done = _cli(project, "predict", str(project / "data/raw/Zoro/0000.jpg"), "--model", str(folder))
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {folder} holds 2 LiteRT models (model-int8.tflite, other.tflite): name one with --model"
+    )
+
+
+def test_a_file_that_is_not_litert_or_whose_classes_do_not_fit_is_one_line(
+    project: Path, int8: tuple[Path, dict], tmp_path: Path
+) -> None:
+    path, _ = int8
+    fake = tmp_path / "fake.tflite"
+    fake.write_text("not a model")
+    wrong = tmp_path / "wrong.tflite"
+    wrong.write_bytes(litert.with_metadata(path.read_bytes(), {"classes": ["a", "b", "c"], "image_size": 32}))
+    image = str(project / "data/raw/Zoro/0000.jpg")
+    for model, message in (
+        (fake, f"error: {fake}: not a LiteRT model (no TFL3 flatbuffer)"),
+        (wrong, f"error: {wrong}: 4 outputs but 3 class names inside"),
+    ):
+        done = _cli(project, "predict", image, "--model", str(model))
+        assert done.returncode == 2 and done.stderr.strip() == message
+
+
+def test_a_missing_calibration_split_is_one_line(project: Path, tmp_path: Path) -> None:
+    prepared = tmp_path / "prepared"
+    shutil.copytree(project / "data/prepared", prepared)
+    shutil.rmtree(prepared / "train")
+    cfg = compose(*_overrides(project, f"paths.prepared={prepared}", f"paths.export={tmp_path}"))
+    with pytest.raises(
+        export.ExportError, match=r"export needs the prepared train split: .*train/images.npy not found"
+    ):
+        export.run(cfg, quantize="int8")
+    assert not list(tmp_path.glob("*.tflite"))  # nothing written
+
+
+def test_a_layer_litert_cannot_run_is_named(project: Path) -> None:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="test")
+    class Tangent(keras.layers.Layer):
+        def call(self, x: object) -> object:
+            return keras.ops.tan(x / 255.0)
+
+    inputs = keras.Input((8, 8, 3))
+    hidden = keras.layers.GlobalAveragePooling2D()(Tangent(name="odd_tangent")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="sigmoid")(hidden))
+    with pytest.raises(export.ExportError) as refused:
+        export.convert(model, "none")
+    assert str(refused.value) == "LiteRT cannot run layer 'odd_tangent' (tf.Tan)"
+    assert export.ExportError.exit_code == 2
