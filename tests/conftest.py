@@ -19,6 +19,10 @@ from op_classifier import config
 REPO = Path(__file__).resolve().parents[1]
 
 
+TINY = ("experiment=tiny",)
+DATA = ("raw", "prepared")  # the paths a test keeps in a tiny project when it moves the rest
+
+
 def compose(*overrides: str) -> config.Config:
     """The real conf/ composed with overrides and validated, as a stage receives it."""
     return config.validate(config.compose(overrides, conf_dir=REPO / config.CONF_DIR))
@@ -27,6 +31,31 @@ def compose(*overrides: str) -> config.Config:
 def paths_under(root: Path, skip: tuple[str, ...] = ()) -> list[str]:
     """Overrides putting every configured path but those in skip under root."""
     return [f"paths.{key}={root / value}" for key, value in vars(compose().paths).items() if key not in skip]
+
+
+def tiny_cfg(root: Path, *overrides: str) -> config.Config:
+    """conf/ + tiny budgets, every path and the MLflow store inside root."""
+    return compose(*TINY, *paths_under(root), f"tracking.uri=sqlite:///{root / 'mlflow.db'}", *overrides)
+
+
+def mlflow_client(root: Path):  # mlflow stays out of conftest's imports: no return annotation
+    """An MLflow client of a tiny project's store."""
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with conf/, the tiny sample and its prepared data (made once per module)."""
+    from op_classifier.data import sample
+    from op_classifier.stages import prepare
+
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(REPO / "conf", root / "conf")
+    sample.generate(root / "data/raw", per_class=8, scenes=4)
+    prepare.run(tiny_cfg(root))
+    return root
 
 
 @pytest.fixture

@@ -19,47 +19,25 @@ import pytest
 
 from op_classifier import models
 from op_classifier.config import Config, ConfigError
-from op_classifier.data import sample
 from op_classifier.errors import DataError
 from op_classifier.metric_names import metric_names
 from op_classifier.models.common import metrics
-from op_classifier.stages import evaluate, prepare, train, tune
+from op_classifier.stages import evaluate, train, tune
 from op_classifier.tracking import TrackingError
 from op_classifier.training import hparams
-from op_classifier.weights.pytorch import read_state_dict
-from tests.conftest import REPO, compose, free_port, paths_under
+from tests.conftest import TINY, compose, free_port, mlflow_client, paths_under, tiny_cfg
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
-TINY = ("experiment=tiny",)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder with conf/, the tiny sample, and its prepared data (made once per module)."""
-    root = tmp_path_factory.mktemp("project")
-    subprocess.run(["cp", "-r", str(REPO / "conf"), str(root / "conf")], check=True)
-    sample.generate(root / "data/raw", per_class=8, scenes=4)
-    prepare.run(_cfg(root))
-    return root
-
-
-DATA = ("raw", "prepared")  # the paths a test keeps in the module's project when it moves the rest
-
-
-def _cfg(root: Path, *overrides: str) -> Config:
-    """conf/ + tiny budgets, every path and the MLflow store inside root."""
-    store = f"tracking.uri=sqlite:///{root / 'mlflow.db'}"
-    return compose(*TINY, *paths_under(root), store, *overrides)
-
-
-def _client(root: Path):  # mlflow stays out of the module's imports: no return annotation
-    import mlflow
-
-    return mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+def project(tiny_project: Path) -> Path:
+    """The tiny sample prepared, once for this module (conftest.tiny_project)."""
+    return tiny_project
 
 
 def _runs(root: Path) -> list:
-    client = _client(root)
+    client = mlflow_client(root)
     experiment = client.get_experiment_by_name("op-classifier")
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
@@ -67,7 +45,7 @@ def _runs(root: Path) -> list:
 @pytest.fixture(scope="module")
 def pipeline(project: Path) -> tuple[Config, dict, dict, dict]:
     """tune, train and evaluate once on the tiny project: (config, and each stage's summary)."""
-    cfg = _cfg(project)
+    cfg = tiny_cfg(project)
     return cfg, tune.run(cfg), train.run(cfg), evaluate.run(cfg)
 
 
@@ -75,7 +53,7 @@ def test_logging_the_data_set_warns_nothing(project: Path) -> None:
     """The train stage's output carries no MLflow warning about how it read the data's path."""
     from op_classifier.tracking import make_tracker
 
-    tracker = make_tracker(_cfg(project).tracking)
+    tracker = make_tracker(tiny_cfg(project).tracking)
     with warnings.catch_warnings(record=True) as caught, tracker.run("dataset-only"):
         warnings.simplefilter("always")
         tracker.log_dataset("raw", "abc123", project / "data/raw", {"train": 1}, "abc123")
@@ -112,13 +90,13 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     assert training.data.tags["tuning_run_id"] == parent.info.run_id and training.data.tags["data_hash"]
     assert {"val_accuracy", "test_accuracy", "epoch_loss", "epoch_val_loss"} <= set(training.data.metrics)
     (output,) = training.outputs.model_outputs  # the runs table's Models column
-    logged = _client(project).get_logged_model(output.model_id)
+    logged = mlflow_client(project).get_logged_model(output.model_id)
     assert logged.source_run_id == training.info.run_id and logged.name == "model"
     (dataset,) = training.inputs.dataset_inputs  # the runs table's Dataset column
     # No .dvc file tracks this project's data/raw: the digest is the prepared data's hash.
     assert dataset.dataset.digest == training.data.tags["data_hash"] and dataset.dataset.name == "raw"
     assert {t.key: t.value for t in dataset.tags}["train_images"] == "23"
-    figures = {a.path for a in _client(project).list_artifacts(training.info.run_id, "figures")}
+    figures = {a.path for a in mlflow_client(project).list_artifacts(training.info.run_id, "figures")}
     assert figures == {
         f"figures/{name}.png"
         for name in ("learning_curves", "confusion_matrix", "per_class_scores", "worst_val_images")
@@ -126,9 +104,9 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     # The runs table tells runs apart by name: the model and its main settings (DVC_EXP_NAME unset here).
     assert training.info.run_name == f"train model=resnet image_size=32 tuner=random epochs=2 seed={cfg.seed}"
     assert parent.info.run_name == "tune model=resnet tuner=random max_trials=2 image_size=32"
-    experiment = _client(project).get_experiment(training.info.experiment_id)
+    experiment = mlflow_client(project).get_experiment(training.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens on runs
-    version = _client(project).get_model_version("op-classifier", "1")
+    version = mlflow_client(project).get_model_version("op-classifier", "1")
     assert version.run_id == training.info.run_id
 
 
@@ -138,10 +116,10 @@ def test_runs_table_shows_the_evaluated_models_accuracy(project: Path, pipeline:
     metrics = json.loads(Path(cfg.paths.metrics).read_text())
     training = next(r for r in _runs(project) if r.data.tags.get("stage") == "train")
     for key in ("val_accuracy", "test_accuracy"):
-        history = _client(project).get_metric_history(training.info.run_id, key)
+        history = mlflow_client(project).get_metric_history(training.info.run_id, key)
         assert [m.value for m in history] == [pytest.approx(metrics[key])]
         assert training.data.metrics[key] == pytest.approx(metrics[key])
-    curve = _client(project).get_metric_history(training.info.run_id, "epoch_val_accuracy")
+    curve = mlflow_client(project).get_metric_history(training.info.run_id, "epoch_val_accuracy")
     assert [m.step for m in curve] == [0, 1]  # the per-epoch curve lives under its own name
 
 
@@ -174,10 +152,10 @@ def test_a_changed_config_never_reuses_an_old_search(project: Path, tmp_path: Pa
         f"paths.leaderboard={tmp_path / 'board.csv'}",
         "tuner.max_trials=1",  # one trial shows a search reused or not: the searches themselves cost the time
     )
-    first = tune.run(_cfg(project, *own))
+    first = tune.run(tiny_cfg(project, *own))
     first_parent = (tmp_path / "search/mlflow_run_id").read_text()
 
-    changed = tune.run(_cfg(project, *own, "model.dropout=0.5"))
+    changed = tune.run(tiny_cfg(project, *own, "model.dropout=0.5"))
     assert "not resuming the tuner search" in capsys.readouterr().err
     parent = (tmp_path / "search/mlflow_run_id").read_text()
     assert parent != first_parent and changed["trials"] == 1
@@ -186,20 +164,22 @@ def test_a_changed_config_never_reuses_an_old_search(project: Path, tmp_path: Pa
     assert all(t.data.params["model.dropout"] == "0.5" for t in _runs(project) if t.info.run_id == parent)
 
     # Same config again (e.g. `dvc repro -f`): a finished search is run anew, its trials logged again.
-    tune.run(_cfg(project, *own, "model.dropout=0.5"))
+    tune.run(tiny_cfg(project, *own, "model.dropout=0.5"))
     again = (tmp_path / "search/mlflow_run_id").read_text()
     assert again != parent and len(_trials_of(project, again)) == 1 == first["trials"]
 
 
 def test_missing_prepared_data_names_the_stage(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run the prepare stage"):
-        tune.run(_cfg(tmp_path, "tracking=none"))
+        tune.run(tiny_cfg(tmp_path, "tracking=none"))
 
 
 def test_objective_the_model_does_not_report_fails_before_training(project: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tuner.objective: the model does not report 'val_f1'"):
-        _cfg(project, "tuner.objective=val_f1", f"paths.tuning={tmp_path / 'search'}")  # refused when composed
-    cfg = _cfg(project, "data.classes=null", "tuner.objective=val_recall_Usopp", f"paths.tuning={tmp_path / 'search'}")
+        tiny_cfg(project, "tuner.objective=val_f1", f"paths.tuning={tmp_path / 'search'}")  # refused when composed
+    cfg = tiny_cfg(
+        project, "data.classes=null", "tuner.objective=val_recall_Usopp", f"paths.tuning={tmp_path / 'search'}"
+    )
     with pytest.raises(ConfigError, match="tuner.objective: the model does not report 'val_recall_Usopp'"):
         tune.run(cfg)  # no class list in the config: the prepared data's classes decide, before any search
     assert not (tmp_path / "search").exists()
@@ -228,15 +208,15 @@ def test_tuner_none_trains_the_configured_model() -> None:
 
 def test_search_space_entry_of_unknown_type_or_name_is_a_config_error(project: Path) -> None:
     with pytest.raises(ConfigError, match="tuner.search_space.dropout.type: 'integer' is not one of"):
-        _cfg(project, "tuner.search_space.dropout.type=integer")
+        tiny_cfg(project, "tuner.search_space.dropout.type=integer")
     with pytest.raises(ConfigError, match="tuner.search_space.momentum: not a tunable name"):
-        tune.run(_cfg(project, "+tuner.search_space.momentum={type: float, min: 0.1, max: 0.9}"))
+        tune.run(tiny_cfg(project, "+tuner.search_space.momentum={type: float, min: 0.1, max: 0.9}"))
 
 
 def test_unreachable_mlflow_store_is_a_clear_error(project: Path) -> None:
     started = time.monotonic()
     with pytest.raises(TrackingError, match="unreachable.*tracking=none"):
-        tune.run(_cfg(project, "tracking.uri=http://127.0.0.1:9"))
+        tune.run(tiny_cfg(project, "tracking.uri=http://127.0.0.1:9"))
     assert time.monotonic() - started < 60
 
 
@@ -391,7 +371,7 @@ def test_killed_then_changed_config_never_wedges_tracking(project: Path, tmp_pat
 
 
 def test_an_unreadable_checkpoint_starts_fresh_instead_of_wedging(project: Path, tmp_path: Path, capsys) -> None:
-    cfg = _cfg(project, "tuner=none", "tracking=none", *_own_outputs(tmp_path))
+    cfg = tiny_cfg(project, "tuner=none", "tracking=none", *_own_outputs(tmp_path))
     tune.run(cfg)
     train.claim_checkpoints(cfg, hparams.read_best(Path(cfg.paths.best_hparams))["values"])  # this config's...
     backup = Path(cfg.paths.checkpoints) / "backup"
@@ -507,259 +487,4 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
 
 def test_unknown_champion_metric_is_a_config_error(project: Path, pipeline: tuple) -> None:
     with pytest.raises(ConfigError, match="tracking.champion_metric: evaluate reports no 'val_acc'"):
-        evaluate.run(_cfg(project, "tracking.champion_metric=val_acc"))
-
-
-def test_seed_cnn_is_the_original_network_unchanged() -> None:
-    """Layers, parameter count and outputs as model.py built them before the registry (same seed)."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = models.get("seed_cnn").build(4, 180, resize=96, seed=0)
-    assert model.count_params() == 789884
-    assert [layer.__class__.__name__ for layer in model.layers] == [
-        *("InputLayer", "Resizing", "Rescaling", "RandomFlip", "RandomRotation", "RandomZoom"),
-        *("Conv2D", "BatchNormalization", "MaxPooling2D", "BatchNormalization"),
-        *("Conv2D", "MaxPooling2D", "BatchNormalization", "Conv2D", "MaxPooling2D", "BatchNormalization"),
-        *("Flatten", "Dense", "Dropout", "Dense"),
-    ]
-    pixels = np.random.default_rng(0).integers(0, 255, (2, 180, 180, 3)).astype("float32")
-    expected = [[0.495511, 0.442982, 0.462578, 0.455308], [0.494951, 0.43246, 0.463313, 0.45634]]
-    np.testing.assert_allclose(model.predict(pixels, verbose=0), expected, atol=1e-5)
-
-
-def test_model_name_picks_the_builder_in_tune_and_train(project: Path, tmp_path: Path) -> None:
-    """model=seed_cnn (the default is resnet): the search and the final training both build the
-    original's CNN, here under the default recipe's AdamW, cosine schedule and label smoothing."""
-    moved = paths_under(tmp_path, skip=DATA)
-    cfg = _cfg(project, "model=seed_cnn", "model.resize=null", "tuner.max_trials=1", *moved)
-    assert (cfg.train.optimizer, cfg.train.schedule, cfg.train.label_smoothing) == ("adamw", "cosine", 0.1)
-    tuned = tune.run(cfg)
-    assert set(tuned["best"]) == {"units", "learning_rate"}
-    train.run(cfg)
-    import keras
-
-    model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
-    assert model.name == "seed_cnn"
-    assert any(layer.__class__.__name__ == "Flatten" for layer in model.layers)
-    rates = [float(row.split(",")[-1]) for row in Path(cfg.paths.history).read_text().splitlines()[1:]]
-    assert rates[0] > rates[1]  # the cosine schedule decays the learning rate every step
-
-
-def _leaderboard(cfg: Config) -> list[dict[str, str]]:
-    import csv
-
-    with open(cfg.paths.leaderboard, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-PRESETS = sorted(path.stem for path in (REPO / "conf/experiment").glob("*.yaml") if path.stem != "tiny")
-SMOKE_BUDGET = (  # the tiny project's 32-pixel data, one-epoch trials, 4 training epochs (past a warm-up)
-    "data.image_size=32",
-    "model.resize=null",
-    "tuner.max_trials=1",
-    "tuner.epochs=1",
-    "tuner.max_epochs=2",
-    "train.epochs=4",
-)
-
-
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_experiment_preset_runs_tune_and_train(project: Path, tmp_path: Path, preset: str) -> None:
-    """Each conf/experiment file (tiny is every other test's) composes and trains on the tiny project."""
-    moved = [*paths_under(project), *paths_under(tmp_path, skip=DATA)]  # the project's data, the rest in tmp_path
-    store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = compose(f"experiment={preset}", *SMOKE_BUDGET, *moved, store)
-    tune.run(cfg)
-    trained = train.run(cfg)
-    assert trained["epochs_run"] == 4
-    assert (Path(cfg.paths.model) / "model.keras").is_file()
-
-
-@pytest.mark.slow  # the default suite searches architectures in the architecture_search preset's test
-def test_the_search_picks_the_architecture_with_a_sub_space_each(project: Path, tmp_path: Path) -> None:
-    """tuner.search_space.name: each trial draws an architecture and only that one's own entries."""
-    moved = paths_under(tmp_path, skip=DATA)
-    choice = "+tuner.search_space.name={type: choice, values: [seed_cnn, resnet]}"
-    cfg = _cfg(project, choice, "tuner.max_trials=4", "train.epochs=1", *moved)
-    tuned = tune.run(cfg)
-    rows = _leaderboard(cfg)
-    assert {row["name"] for row in rows} == {"seed_cnn", "resnet"}  # seeded: both drawn in 4 trials
-    for row in rows:
-        own = {key for key, value in row.items() if "." in key and value}
-        assert own == ({"resnet.dropout"} if row["name"] == "resnet" else {"seed_cnn.units"})
-    best = hparams.read_best(Path(cfg.paths.best_hparams))
-    drawn = tuned["best"]["name"]
-    assert best["architecture"]["name"] == drawn and set(tuned["best"]) == {
-        "name",
-        "learning_rate",
-        "dropout" if drawn == "resnet" else "units",
-    }
-    train.run(cfg)
-    import keras
-
-    model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
-    assert model.name == drawn
-
-
-def test_a_searched_architecture_other_than_model_name_is_what_train_builds(project: Path, tmp_path: Path) -> None:
-    """model.name is resnet, the search may only draw seed_cnn: seed_cnn's conf/model section is trained."""
-    moved = paths_under(tmp_path, skip=DATA)
-    cfg = _cfg(project, "+tuner.search_space.name={type: choice, values: [seed_cnn]}", "tuner.max_trials=1", *moved)
-    assert cfg.model.name == "resnet"
-    tuned = tune.run(cfg)
-    assert tuned["best"]["name"] == "seed_cnn" and "dropout" not in tuned["best"]
-    record = hparams.read_best(Path(cfg.paths.best_hparams))
-    assert record["architecture"]["filters"] == compose("model=seed_cnn").model.filters  # from its conf/model file
-    summary = train.run(cfg)
-    import keras
-
-    model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
-    assert model.name == "seed_cnn" and summary["epochs_run"] == 2
-    run_id = json.loads((Path(cfg.paths.model) / "run.json").read_text())["run_id"]
-    params = _client(project).get_run(run_id).data.params
-    assert params["architecture_used"] == "seed_cnn" and params["model.name"] == "resnet"
-
-
-def test_train_refuses_tuned_values_from_another_search(project: Path, tmp_path: Path) -> None:
-    """Stage by stage, a search made with other settings does not hand its values to this config."""
-    moved = paths_under(tmp_path, skip=DATA)
-    cfg = _cfg(project, "tuner.max_trials=1", *moved)
-    assert "dropout" in tune.run(cfg)["best"]
-    for change, named in (("model.dropout=0.3", "model.dropout"), ("tuner.epochs=2", "tuner.epochs")):
-        with pytest.raises(DataError, match=rf"best_hparams.yaml comes from another search \({named} changed since\)"):
-            train.run(_cfg(project, "tuner.max_trials=1", *moved, change))
-    assert not Path(cfg.paths.model).exists()  # nothing trained
-    same = hparams.read_best(Path(cfg.paths.best_hparams), hparams.search_record(cfg))  # the config that searched
-    assert "dropout" in same["values"]
-
-
-def test_an_architecture_choice_names_registered_architectures_only(project: Path) -> None:
-    with pytest.raises(ConfigError, match=r"tuner.search_space.name.values: unknown architecture 'vgg' \(known: "):
-        _cfg(project, "+tuner.search_space.name={type: choice, values: [seed_cnn, vgg]}")
-    with pytest.raises(ConfigError, match="tuner.search_space.name.type: the architecture is a choice, not bool"):
-        _cfg(project, "+tuner.search_space.name={type: bool}")
-
-
-def test_cosine_schedule_warms_up_then_decays_to_a_hundredth() -> None:
-    cfg = compose("train.schedule=cosine", "train.epochs=10", "train.warmup_epochs=2").train
-    schedule = train.learning_rate_schedule(cfg, 1e-2, steps_per_epoch=5)
-    assert float(schedule(0)) == pytest.approx(1e-3)
-    assert float(schedule(10)) == pytest.approx(1e-2)
-    assert float(schedule(50)) == pytest.approx(1e-4)
-    assert train.learning_rate_schedule(compose("train.schedule=plateau").train, 1e-2, 5) == 1e-2  # a constant
-
-
-def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path) -> None:
-    """dvc.yaml declares the search folder, best_hparams.yaml and the leaderboard: all three exist."""
-    moved = [f"paths.{key}={tmp_path / key}" for key in ("tuning", "best_hparams", "leaderboard")]
-    cfg = _cfg(project, "tuner=none", *moved)
-    assert tune.run(cfg) == {"tuner": "none", "best": {}}
-    assert Path(cfg.paths.tuning).is_dir() and Path(cfg.paths.leaderboard).is_file()
-    assert hparams.read_best(Path(cfg.paths.best_hparams))["values"] == {}
-
-
-def _backbone_file(folder: Path, side: int) -> Path:
-    """A MobileNetV3Small backbone's weights file, as a user would bring one (random here: offline)."""
-    import keras
-
-    keras.utils.set_random_seed(7)
-    backbone = keras.applications.MobileNetV3Small(
-        input_shape=(side, side, 3), include_top=False, weights=None, include_preprocessing=True
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "backbone.weights.h5"
-    backbone.save_weights(path)
-    return path
-
-
-@pytest.mark.slow  # the default suite fine-tunes a backbone in the EfficientNet-Lite test below
-def test_a_backbone_from_a_weights_file_trains_its_head_then_fine_tunes_its_top(project: Path, tmp_path: Path) -> None:
-    """Phase one trains the head on the frozen backbone; phase two unfreezes its top layers, BatchNorm
-    excepted: the bottom keeps the file's weights, the top moves, BatchNorm statistics stay the file's."""
-    import keras
-
-    moved = paths_under(tmp_path, skip=DATA)
-    weights = _backbone_file(tmp_path / compose().paths.weights, 32)  # under paths.weights, as the schema asks
-    cfg = _cfg(
-        project,
-        *("model=mobilenet_v3_small", f"model.weights={weights}", "model.resize=null", "tuner=none"),
-        *("train.epochs=1", "train.fine_tune_epochs=1", "train.fine_tune_layers=8", "tracking=none", *moved),
-    )
-    tune.run(cfg)
-    summary = train.run(cfg)
-    assert summary["epochs_run"] == 1 and summary["fine_tune_epochs_run"] == 1
-    trained = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False).get_layer("backbone")
-    original = keras.applications.MobileNetV3Small(
-        input_shape=(32, 32, 3), include_top=False, weights=str(weights), include_preprocessing=True
-    )
-    moved_layers = {
-        layer.name
-        for layer, before in zip(trained.layers, original.layers)
-        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before.get_weights()))
-    }
-    top = {layer.name for layer in original.layers[-8:] if layer.weights}
-    assert moved_layers and moved_layers <= top  # only the unfrozen top moved...
-    assert not any(isinstance(original.get_layer(name), keras.layers.BatchNormalization) for name in moved_layers)
-
-
-def test_efficientnet_lite_starts_from_the_installed_imagenet_weights_and_fine_tunes(
-    project: Path, tmp_path: Path, monkeypatch
-) -> None:
-    """model=efficientnet_lite0 offline: ImageNet weights from the installed package, the head's phase on the
-    frozen backbone, then the top layers; the model saved takes raw pixels and keeps the bottom's weights."""
-    import keras
-
-    from op_classifier.weights import imagenet
-
-    monkeypatch.setenv(imagenet.CACHE_ENV, str(tmp_path / "cache"))
-    cfg = _cfg(
-        project,
-        *("model=efficientnet_lite0", "model.resize=32", "tuner=none", "train.epochs=1", "train.warmup_epochs=0"),
-        *("train.fine_tune_epochs=1", "train.fine_tune_layers=10", "tracking=none", *paths_under(tmp_path, skip=DATA)),
-    )
-    tune.run(cfg)
-    summary = train.run(cfg)
-    assert summary["epochs_run"] == 1 and summary["fine_tune_epochs_run"] == 1
-    model = keras.saving.load_model(Path(cfg.paths.model) / "model.keras", compile=False)
-    backbone = model.get_layer("backbone")
-    stem = np.asarray(backbone.get_layer("stem_conv").kernel)
-    imagenet_stem = read_state_dict(imagenet.checkpoint(1.0, 1.0))["_conv_stem.weight"].transpose(2, 3, 1, 0)
-    np.testing.assert_array_equal(stem, imagenet_stem)  # below the unfrozen top: ImageNet's, untouched
-    top = np.asarray(backbone.get_layer("top_conv").kernel)
-    assert not np.array_equal(
-        top, read_state_dict(imagenet.checkpoint(1.0, 1.0))["_conv_head.weight"].transpose(2, 3, 1, 0)
-    )
-    probabilities = model.predict(np.full((2, cfg.data.image_size, cfg.data.image_size, 3), 200.0), verbose=0)
-    assert probabilities.shape == (2, 4) and np.all((probabilities >= 0) & (probabilities <= 1))
-
-
-def test_imagenet_weights_offline_is_one_line_naming_the_alternatives(project: Path, monkeypatch) -> None:
-    from keras.src.utils import file_utils
-
-    def offline(*args: object, **kwargs: object) -> None:  # what Keras raises without a network (measured here)
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -2] Name or service")
-
-    monkeypatch.setattr(file_utils, "get_file", offline)
-    cfg = _cfg(project, "model=mobilenet_v3_small", "model.weights=imagenet", "model.resize=null", "tuner=none")
-    with pytest.raises(ConfigError, match=r"^model.weights=imagenet: the ImageNet weights cannot be downloaded .*null"):
-        train.build(cfg, ["a", "b"], {})
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (("model=efficientnet_v2_b0", "model.weights=missing.weights.h5"), "model.weights: no file missing.weights.h5"),
-        (
-            ("model=mobilenet_v3_small", "model.resize=16"),
-            "model.resize: mobilenet_v3_small takes images of at least 32",
-        ),
-        (
-            ("model=mobilenet_v3_small", "model.resize=null", "data.image_size=24"),
-            "data.image_size: mobilenet_v3_small",
-        ),
-    ],
-)
-def test_backbone_config_errors_name_the_key(overrides: tuple[str, ...], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        compose(*overrides)
+        evaluate.run(tiny_cfg(project, "tracking.champion_metric=val_acc"))
