@@ -13,6 +13,7 @@ batches of 32, and top-1 agreement with Keras.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -66,8 +67,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="LiteRT's threads (default: the cores)")
     args = parser.parse_args()
 
-    import tensorflow as tf
+    import op_classifier  # noqa: F401  (first: importing the package quiets TensorFlow's start-up)
 
+    tf = importlib.import_module("tensorflow")
     from op_classifier.data.prepared import load_split
     from op_classifier.models.common import load_model
     from op_classifier.serving import export, litert
