@@ -24,10 +24,10 @@ from op_classifier.schema import (
     UNIT,
     ModelBase,
     Range,
-    Rule,
+    SearchParam,
     check_range,
-    check_rule,
-    number_text,
+    check_search_param,
+    drawable,
     require,
 )
 
@@ -87,21 +87,7 @@ class DataConfig:
             require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")
 
 
-SEARCH_TYPES = ("int", "float", "choice", "bool")
-SAMPLINGS = ("linear", "log", "reverse_log")
 TUNER_KINDS = ("hyperband", "random", "bayesian", "none")
-
-
-@dataclass
-class SearchParam:
-    """One hyperparameter of the search space."""
-
-    type: str = MISSING
-    min: Optional[float] = None
-    max: Optional[float] = None
-    step: Optional[float] = None
-    sampling: Optional[str] = None
-    values: Optional[List[Any]] = None
 
 
 @dataclass
@@ -143,50 +129,6 @@ def _check_architecture_choice(spec: SearchParam) -> None:
     known = models.names()
     for value in spec.values:
         require(value in known, f"{key}.values", f"unknown architecture '{value}' (known: {', '.join(known)})")
-
-
-def _check_search_param(key: str, name: str, spec: SearchParam, rules: Dict[str, Rule]) -> None:
-    """A known name, a well-formed entry, and every value it can draw allowed for that name."""
-    require(spec.type in SEARCH_TYPES, f"{key}.type", f"'{spec.type}' is not one of {', '.join(SEARCH_TYPES)}")
-    require(name in rules, key, f"not a tunable name of this model (one of {', '.join(rules)})")
-    rule = rules[name]
-    takes = {int: ("int", "choice"), float: ("int", "float", "choice"), bool: ("bool", "choice")}.get(
-        rule.kind, ("choice",)
-    )  # filters: a choice of lists
-    require(spec.type in takes, f"{key}.type", f"{name} takes {' or '.join(takes)}, not {spec.type}")
-    if spec.type in ("int", "float"):
-        require(spec.min is not None and spec.max is not None, key, f"type {spec.type} needs min and max")
-        for bound in ("min", "max", "step"):
-            value = getattr(spec, bound)
-            if spec.type == "int" and value is not None:
-                require(float(value).is_integer(), f"{key}.{bound}", f"must be whole for type int, got {value}")
-        require(spec.min <= spec.max, key, f"min ({number_text(spec.min)}) is above max ({number_text(spec.max)})")
-        if spec.step is not None:
-            check_range(f"{key}.step", spec.step, POSITIVE)
-        if spec.sampling is not None:
-            require(
-                spec.sampling in SAMPLINGS, f"{key}.sampling", f"'{spec.sampling}' is not one of {', '.join(SAMPLINGS)}"
-            )
-            require(
-                spec.sampling == "linear" or spec.min > 0,
-                f"{key}.min",
-                f"must be positive for sampling {spec.sampling}, got {number_text(spec.min)}",
-            )
-    if spec.type == "choice":
-        require(bool(spec.values), key, "type choice needs a non-empty values list")
-    for bound, value in _drawable(spec):
-        check_rule(f"{key}.{bound}", name, value, rules)
-
-
-def _drawable(spec: SearchParam) -> list[tuple[str, Any]]:
-    """(where it is written, value) for the extreme values an entry can draw (ranges are intervals)."""
-    if spec.type == "int":
-        return [("min", int(spec.min)), ("max", int(spec.max))]
-    if spec.type == "float":
-        return [("min", float(spec.min)), ("max", float(spec.max))]
-    if spec.type == "choice":
-        return [("values", value) for value in spec.values]
-    return [("values", True), ("values", False)]
 
 
 @dataclass
@@ -320,11 +262,11 @@ class Config:
             if name == ARCHITECTURE:
                 _check_architecture_choice(spec)
             else:
-                _check_search_param(f"tuner.search_space.{name}", name, spec, rules)
+                check_search_param(f"tuner.search_space.{name}", name, spec, rules)
         configured = {name: [getattr(self.model, name, None)] for name in self.model.args()}
         self.model.check(self.data.image_size, configured, lambda *keys: f"model.{keys[0]}")
         drawn = {
-            name: [v for _, v in _drawable(space[name])] if name in space else values
+            name: [v for _, v in drawable(space[name])] if name in space else values
             for name, values in configured.items()
         }
 

@@ -1,5 +1,6 @@
 """The schema's vocabulary, shared by config.py and every architecture's schema (models/): ranges,
-rules, the one-line check, and the model section every architecture extends.
+rules, the one-line check, the model section every architecture extends, and a search-space entry
+with the checks that need no registry.
 
 It imports neither config nor models, so both can import it without a loop.
 """
@@ -10,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -165,3 +166,63 @@ class ModelBase:
     def weights_file(self) -> Path | None:
         """The file the model's starting weights are read from (None: trained from scratch)."""
         return None
+
+
+SEARCH_TYPES = ("int", "float", "choice", "bool")
+SAMPLINGS = ("linear", "log", "reverse_log")
+
+
+@dataclass
+class SearchParam:
+    """One hyperparameter of the search space."""
+
+    type: str = MISSING
+    min: Optional[float] = None
+    max: Optional[float] = None
+    step: Optional[float] = None
+    sampling: Optional[str] = None
+    values: Optional[List[Any]] = None
+
+
+def check_search_param(key: str, name: str, spec: SearchParam, rules: Dict[str, Rule]) -> None:
+    """A known name, a well-formed entry, and every value it can draw allowed for that name."""
+    require(spec.type in SEARCH_TYPES, f"{key}.type", f"'{spec.type}' is not one of {', '.join(SEARCH_TYPES)}")
+    require(name in rules, key, f"not a tunable name of this model (one of {', '.join(rules)})")
+    rule = rules[name]
+    takes = {int: ("int", "choice"), float: ("int", "float", "choice"), bool: ("bool", "choice")}.get(
+        rule.kind, ("choice",)
+    )  # filters: a choice of lists
+    require(spec.type in takes, f"{key}.type", f"{name} takes {' or '.join(takes)}, not {spec.type}")
+    if spec.type in ("int", "float"):
+        require(spec.min is not None and spec.max is not None, key, f"type {spec.type} needs min and max")
+        for bound in ("min", "max", "step"):
+            value = getattr(spec, bound)
+            if spec.type == "int" and value is not None:
+                require(float(value).is_integer(), f"{key}.{bound}", f"must be whole for type int, got {value}")
+        require(spec.min <= spec.max, key, f"min ({number_text(spec.min)}) is above max ({number_text(spec.max)})")
+        if spec.step is not None:
+            check_range(f"{key}.step", spec.step, POSITIVE)
+        if spec.sampling is not None:
+            require(
+                spec.sampling in SAMPLINGS, f"{key}.sampling", f"'{spec.sampling}' is not one of {', '.join(SAMPLINGS)}"
+            )
+            require(
+                spec.sampling == "linear" or spec.min > 0,
+                f"{key}.min",
+                f"must be positive for sampling {spec.sampling}, got {number_text(spec.min)}",
+            )
+    if spec.type == "choice":
+        require(bool(spec.values), key, "type choice needs a non-empty values list")
+    for bound, value in drawable(spec):
+        check_rule(f"{key}.{bound}", name, value, rules)
+
+
+def drawable(spec: SearchParam) -> list[tuple[str, Any]]:
+    """(where it is written, value) for the extreme values an entry can draw (ranges are intervals)."""
+    if spec.type == "int":
+        return [("min", int(spec.min)), ("max", int(spec.max))]
+    if spec.type == "float":
+        return [("min", float(spec.min)), ("max", float(spec.max))]
+    if spec.type == "choice":
+        return [("values", value) for value in spec.values]
+    return [("values", True), ("values", False)]

@@ -18,7 +18,6 @@ from op_classifier.config import (
     Config,
     ConfigError,
     ModelBase,
-    SearchParam,
     TunerConfig,
     as_dict,
     compose,
@@ -31,6 +30,7 @@ from op_classifier.metric_names import metric_names
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
+from op_classifier.schema import SearchParam
 from op_classifier.tracking import RUN_ID_FILE, Tracker, TrackingError, flatten, make_tracker, run_name
 from op_classifier.training import hparams, state, tuner_cluster
 from op_classifier.training.backend import set_random_seed

@@ -13,13 +13,13 @@ from op_classifier.config import (
     Config,
     ConfigError,
     ModelBase,
-    SearchParam,
     TrainConfig,
     as_dict,
     validate_model,
 )
 from op_classifier.data.prepared import data_hash
 from op_classifier.errors import DataError
+from op_classifier.schema import SearchParam
 from op_classifier.training import state
 
 # What a search's result depends on besides the data: the tune stage's params (dvc.yaml declares them).
