@@ -100,6 +100,14 @@ def test_bad_override_is_an_error_naming_the_key(override: str, message: str) ->
         ("model.augment.rotation=1.5", "model.augment.rotation: must be between 0 and 1, got 1.5"),
         ("model.augment.zoom=-0.1", "model.augment.zoom: must be between 0 and 1, got -0.1"),
         ("train.learning_rate=0", "train.learning_rate: must be positive, got 0"),
+        # Infinity passed "positive" and trained to a NaN loss with exit 0 (issue 25); NaN is no number either.
+        ("train.learning_rate=inf", "train.learning_rate: must be a finite number, got inf"),
+        ("model.dropout=nan", "model.dropout: must be a finite number, got nan"),
+        ("tuner.search_space.units.max=inf", "tuner.search_space.units.max: must be a finite number, got inf"),
+        ("tuner.search_space.learning_rate.values=[0.01,-inf]", "tuner.search_space.learning_rate.values[1]: must be"),
+        # MLflow refused it only when evaluate registered the model, after the whole training (issue 25).
+        ("tracking.model_name=a/b", "tracking.model_name: 'a/b' cannot be a registered model's name"),
+        ("tracking.model_name=a:b", "tracking.model_name: 'a:b' cannot be a registered model's name"),
         ("train.lr_patience=-1", "train.lr_patience: must be at least 0, got -1"),
         ("train.lr_factor=0", "train.lr_factor: must be above 0 and at most 1, got 0"),
         ("tuner.patience=-1", "tuner.patience: must be at least 0, got -1"),

@@ -294,7 +294,7 @@ def test_tensorflow_servings_rest_path_answers_as_invocations(server: str, champ
     assert status == 200 and np.allclose(answer["outputs"], expected, atol=1e-5), answer
     # The guard stands in front of it too.
     assert "application/json" in _short_error(
-        *_request(server, _instances(images), {}, f"/v1/models/{NAME}:predict"), 415
+        *_request(server, _instances(images), {"Content-Type": "text/plain"}, f"/v1/models/{NAME}:predict"), 415
     )
     assert "NaN" in _short_error(*_request(server, BAD_BODIES["NaN"], path=f"/v1/models/{NAME}:predict"), 400)
 
@@ -305,6 +305,24 @@ def test_tensorflow_servings_rest_path_answers_as_invocations(server: str, champ
 def test_another_model_name_or_version_is_a_404(server: str, champion: tuple, path: str) -> None:
     message = _short_error(*_request(server, _instances(champion[1]), path=path), 404)
     assert f"serves the model {NAME}, version 1" in message, message
+
+
+def test_the_original_projects_client_is_served_without_a_content_type(server: str, champion: tuple) -> None:
+    """Its Scripts/Prediction_OP_Model_Test.py: requests.post(url, data=json.dumps({'instances': ...})), which
+    sends no Content-Type; curl -d (and urllib) send form-urlencoded. TensorFlow Serving reads both as JSON."""
+    _, images, expected, _ = champion
+    host, port = server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.putrequest("POST", f"/v1/models/{NAME}:predict", skip_accept_encoding=True)
+    body = json.dumps({"instances": images.tolist()}).encode()
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    answer = connection.getresponse()
+    assert answer.status == 200 and np.allclose(json.loads(answer.read())["predictions"], expected, atol=1e-5)
+    connection.close()
+    status, raw = _request(server, _instances(images), {})  # urllib: application/x-www-form-urlencoded
+    assert status == 200 and np.allclose(json.loads(raw)["predictions"], expected, atol=1e-5)
+    assert _short_error(*_request(server, b"instances=1", {}), 400)  # a form body is no JSON: 400
 
 
 def test_tensorflow_servings_model_status(server: str) -> None:
@@ -382,15 +400,14 @@ def test_the_messages_say_what_is_wrong(server: str) -> None:
 @pytest.mark.parametrize(
     "headers",
     [
-        {},
         {"Content-Type": "text/plain"},
         {"Content-Type": "text/csv"},
         {"Content-Type": "application/json; charset=latin-1"},
     ],
-    ids=["missing", "text/plain", "csv", "latin-1"],
+    ids=["text/plain", "csv", "latin-1"],
 )
-def test_a_body_that_is_not_json_is_415(server: str, champion: tuple, headers: dict[str, str]) -> None:
-    status, raw = _request(server, _instances(champion[1]), headers)  # missing answered 500 before
+def test_a_body_declared_as_not_json_is_415(server: str, champion: tuple, headers: dict[str, str]) -> None:
+    status, raw = _request(server, _instances(champion[1]), headers)
     assert "application/json" in _short_error(status, raw, 415)
     _serves(server, champion[1])
     # The media type is case-insensitive and may name UTF-8, as JSON always is on the wire.
@@ -662,3 +679,21 @@ def test_the_champion_command_reads_and_moves_the_alias(
     finally:
         champion_command("--set", "1")  # the module's other tests serve version 1
     assert champion_command()[1] == f"{NAME}@champion: version 1 in {store}"
+
+
+def test_a_port_out_of_range_or_a_missing_model_folder_is_one_line(
+    champion: tuple, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--port 99999 was an OverflowError traceback; --model /nonexistent "downloading ... from /:" (issue 25)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(champion[0])
+    for command in (["serve"], ["ui"], ["tracking-server", "status"]):
+        with pytest.raises(SystemExit) as exited:
+            cli.main([*command, "--port", "99999"])
+        assert exited.value.code == 2
+        assert "argument --port: must be a TCP port, 1 to 65535, not '99999'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--model", "/nonexistent", "--port", str(free_port())])
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and err.count("\n") == 1
+    assert err.startswith("error: --model /nonexistent: no such folder (give a logged model's folder, or models:/")

@@ -180,3 +180,16 @@ def test_bad_cluster_input_is_one_line_and_writes_nothing(
     code, err = _one_line_error(capsys, ["tune", "--workers", "2", *TINY])
     assert code == 2 and "--workers starts its own cluster: unset KERASTUNER_TUNER_ID" in err
     assert not (project / "experiments").exists()  # nothing half-written
+
+
+def test_data_prepared_at_another_size_is_one_line_before_any_process_starts(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Prepared at 32 px, searched at 48: every worker died in Keras and was restarted 4 times (issue 25)."""
+    monkeypatch.chdir(project)
+    for name in KT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for command in (["tune", "--workers", "2"], ["tune"], ["train"]):
+        code, err = _one_line_error(capsys, [*command, *TINY, "data.image_size=48"])
+        assert code == 1 and "holds 32-pixel images, this config's data.image_size is 48: prepare them again" in err
+    assert not (project / "experiments").exists() and not (project / "mlflow.db").exists()  # nothing started

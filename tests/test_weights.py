@@ -358,3 +358,23 @@ def test_lite_composes_and_imagenet_fingerprint_is_the_package_checkpoint() -> N
     cfg = compose("model=efficientnet_lite2")
     assert (cfg.model.width, cfg.model.depth, cfg.model.resize) == (1.1, 1.2, 260)
     assert state.starting_weights_hash(cfg.model) == imagenet.file_hash(imagenet.checkpoint(1.1, 1.2))
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite", "mobilenet_v3_small"])
+def test_a_weights_file_that_is_not_the_backbones_is_one_line(model: str, tmp_path: Path) -> None:
+    """A text file named .weights.h5, or another network's weights: a traceback before (issue 25)."""
+    import keras
+
+    from op_classifier import models
+    from op_classifier.errors import ConfigError
+
+    text = tmp_path / "notes.weights.h5"
+    text.write_text("these are not weights\n")
+    other = tmp_path / "other.weights.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(other)
+    for path, says in ((text, "Unable to synchronously open file"), (other, "")):
+        with pytest.raises(ConfigError) as refused:
+            models.get(model).build(4, 32, weights=str(path), resize=None, seed=0)
+        message = str(refused.value)
+        assert message.startswith(f"model.weights={path}: not this backbone's weights (") and "\n" not in message
+        assert says in message

@@ -43,10 +43,12 @@ def _stage(
 ) -> None:
     cfg = config.validate(config.compose(tuple(overrides)))
     if workers is not None:  # the chief and each worker compose the same config themselves
+        from op_classifier.data.prepared import load_manifest
         from op_classifier.training import tuner_cluster
 
         if cfg.tuner.kind == "none":
             raise ConfigError("--workers: tuner.kind is none, there is no search to distribute")
+        load_manifest(Path(cfg.paths.prepared), cfg.data.image_size)  # once here, not in every worker
         report(tuner_cluster.launch(workers, overrides))
         return
     if processes > 1:  # this command again, once per process, joined on 127.0.0.1 (distributed.py)
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ui", parents=[common], help="the MLflow UI over this project's store; prints the link to the runs table"
     )
     ui.add_argument("--host", default=defaults.HOST, help="interface to listen on (default: %(default)s)")
-    ui.add_argument("--port", type=int, default=defaults.UI_PORT, help="port (default: %(default)s)")
+    ui.add_argument("--port", type=_port, default=defaults.UI_PORT, help="port (default: %(default)s)")
     ui.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 
     srv = sub.add_parser(
@@ -242,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default=defaults.HOST, help="interface to listen on (default: %(default)s)")
     srv.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=defaults.SERVE_PORT,
         help="port (default: %(default)s, TensorFlow Serving's REST port)",
     )
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--host", default=defaults.HOST, help="interface mlflow listens on (default: %(default)s)")
     ts.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=defaults.TRACKING_SERVER_PORT,
         help="mlflow's port (default: %(default)s; make ui takes the UI's)",
     )
@@ -314,6 +316,13 @@ def _count(text: str) -> int:
     """A count of workers or processes: a whole number, at least 1."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number, at least 1, not {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    """A TCP port: a whole number from 1 to 65535 (a larger one was an OverflowError traceback)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, not {text!r}")
     return int(text)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,13 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         require(self.kind in TRACKER_KINDS, "tracking.kind", f"'{self.kind}' is not one of {', '.join(TRACKER_KINDS)}")
         check_range("tracking.champion_target", self.champion_target, UNIT)
+        require(bool(self.experiment.strip()), "tracking.experiment", "must name an experiment")
+        name = self.model_name
+        require(  # MLflow's registry refuses these, but only when evaluate registers: after the training
+            bool(name.strip()) and not set(name) & set("/:") and name not in (".", ".."),
+            "tracking.model_name",
+            f"'{name}' cannot be a registered model's name (MLflow's registry takes no '/' or ':')",
+        )
 
 
 QUANTIZE = ("none", "float16", "int8")  # serving/export.py's LiteRT conversions
@@ -321,11 +329,22 @@ def _typed(merge: Callable[[], DictConfig]) -> Any:
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"{missing[0]}: missing value")
+        _check_finite(OmegaConf.to_container(merged, resolve=True))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
     except (TypeError, ValueError) as error:
         raise ConfigError(first_line(error)) from None
+
+
+def _check_finite(tree: Any, key: str = "") -> None:
+    """No infinity or NaN anywhere: inf passes "positive", and no training survives either."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
+    if items is None:
+        require(not (isinstance(tree, float) and not math.isfinite(tree)), key, f"must be a finite number, got {tree}")
+        return
+    for name, value in items:
+        _check_finite(value, f"{key}.{name}" if key and isinstance(name, str) else f"{key}[{name}]" if key else name)
 
 
 def _model_schema(name: Any) -> type:

@@ -39,12 +39,20 @@ def _missing(path: Path) -> DataError:
     return DataError(f"{path} not found: run the prepare stage first (`dvc repro prepare`)")
 
 
-def load_manifest(prepared: Path) -> dict:
-    """The manifest prepare wrote: classes, counts, per-file split, skipped files."""
+def load_manifest(prepared: Path, image_size: int | None = None) -> dict:
+    """The manifest prepare wrote: classes, counts, per-file split, skipped files. With image_size, the
+    data must have been prepared at that size (a model built for another fails deep inside Keras)."""
     path = prepared / "manifest.json"
     if not path.is_file():
         raise _missing(path)
-    return json.loads(path.read_text(encoding="utf-8"))
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    made = manifest.get("image_size")
+    if image_size is not None and made != image_size:
+        raise DataError(
+            f"{prepared} holds {made}-pixel images, this config's data.image_size is {image_size}: "
+            "prepare them again (`dvc repro prepare`, or `op-classifier prepare` with the same overrides)"
+        )
+    return manifest
 
 
 def data_hash(prepared: Path) -> str:

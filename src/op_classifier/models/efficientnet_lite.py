@@ -134,7 +134,11 @@ def build_model(
         net = backbone(side, width, depth)
         if weights:
             # the side does not change any weight's shape: a small one converts fast
-            net.load_weights(backbone_weights(weights, width, depth, lambda: backbone(32, width, depth)))
+            source = backbone_weights(weights, width, depth, lambda: backbone(32, width, depth))
+            try:
+                net.load_weights(source)
+            except Exception as error:  # h5py's OSError for a file that is not HDF5, Keras's ValueError for others
+                raise pretrained.unloadable(str(source), error) from None
         return net
 
     return pretrained.assemble(

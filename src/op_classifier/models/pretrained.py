@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional
 from omegaconf import MISSING
 
 from op_classifier import schema
-from op_classifier.errors import ConfigError
+from op_classifier.errors import ConfigError, first_line
 from op_classifier.schema import ModelBase, Rule
 
 if TYPE_CHECKING:
@@ -110,4 +110,11 @@ def application_backbone(application: str, side: int, weights: str | None) -> ke
                 "model.weights=imagenet: the ImageNet weights cannot be downloaded (offline?); "
                 "use model.weights=null or a local .weights.h5 file"
             ) from None
+        if weights not in (None, "imagenet"):
+            raise unloadable(weights, error) from None
         raise
+
+
+def unloadable(weights: str, error: Exception) -> ConfigError:
+    """One line for a weights file the backbone cannot take: not HDF5, truncated, another architecture's."""
+    return ConfigError(f"model.weights={weights}: not this backbone's weights ({first_line(error)})")

@@ -122,11 +122,16 @@ async def _discard(receive: Receive) -> None:
             return
 
 
+# Read as JSON too, as TensorFlow Serving reads them: no Content-Type (the original project's client,
+# `requests.post(url, data=json.dumps(...))`) and curl's default for `-d` (and urllib's for a body).
+UNDECLARED = ("", "application/x-www-form-urlencoded")
+
+
 def _check_content_type(value: bytes | None) -> None:
-    """415 unless the Content-Type is application/json, with no charset or UTF-8."""
-    if value is None:
-        raise BadRequest(415, "no Content-Type: send the body as application/json")
-    media, *parameters = value.decode("latin-1").split(";")
+    """415 for a body declared as something other than JSON, or JSON in another charset than UTF-8."""
+    media, *parameters = (value or b"").decode("latin-1").split(";")
+    if media.strip().lower() in UNDECLARED:
+        return
     if media.strip().lower() != "application/json":
         raise BadRequest(415, "Content-Type must be application/json")
     for parameter in parameters:

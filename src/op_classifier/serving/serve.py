@@ -25,7 +25,8 @@ message of at most MESSAGE_MAX characters that never quotes the request:
   413  a body over --max-body-mb: refused from its Content-Length before it is read, or as soon as a
        chunked body passes the limit; never kept in memory (see _sends_regardless for when the rest is read).
        More b64 images in one request than max_images (8 times the limit as decoded pixels)
-  415  a Content-Type other than application/json (missing included), or a charset other than UTF-8
+  415  a body declared as another type than application/json, or in a charset other than UTF-8; none
+       declared, or curl's form type, is read as JSON (as TensorFlow Serving does)
 
 The body limit (MAX_BODY_MB, 16 MiB): about 30 images of 180x180 as JSON integers (0.49 MiB each), which
 json.loads turns into about 6 times as many bytes of Python objects (8 for floats): a request peaks near
@@ -46,6 +47,7 @@ import logging
 import math
 import socket
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -241,6 +243,11 @@ def run(
     cfg = config.validate(config.compose(tuple(overrides)))
     store = tracking.open_store(cfg.tracking)
     model_uri = model_uri or default_model(cfg)
+    if ":/" not in model_uri and not Path(model_uri).is_dir():  # else MLflow: "downloading ... from /:"
+        raise ServeError(
+            f"--model {model_uri}: no such folder (give a logged model's folder, or models:/<name>@<alias>, "
+            "models:/<name>/<version>, runs:/<run id>/<path>)"
+        )
     version = check_registered(model_uri, store, cfg)
     name, version = served_name(model_uri, version, cfg)
     check_port(host, port)  # before the model's seconds of loading: a taken port fails at once

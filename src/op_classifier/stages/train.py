@@ -367,7 +367,7 @@ def run(cfg: Config) -> dict:
 
 def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
     prepared = Path(cfg.paths.prepared)
-    classes = load_manifest(prepared)["classes"]
+    classes = load_manifest(prepared, cfg.data.image_size)["classes"]
     if cfg.train.monitor not in metric_names(classes):
         raise ConfigError(f"train.monitor: the model does not report '{cfg.train.monitor}'")
     best = hparams.read_best(Path(cfg.paths.best_hparams), hparams.search_record(cfg))

@@ -294,7 +294,7 @@ def run(cfg: Config) -> dict:
     cluster = tuner_cluster.role()  # a bad or taken address is refused before anything is read or written
     if cluster is not None and cluster.chief:
         tuner_cluster.check_port_free(cluster)
-    classes = load_manifest(Path(cfg.paths.prepared))["classes"]
+    classes = load_manifest(Path(cfg.paths.prepared), cfg.data.image_size)["classes"]
     check_objective(cfg.tuner.objective, classes)
     hparams.check_space(cfg.tuner.search_space, cfg.model)
     tracker = make_tracker(cfg.tracking)
