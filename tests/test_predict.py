@@ -277,3 +277,17 @@ def test_champion_from_the_mlflow_registry(
 
     code, _, err = main_in_process(capsys, good, "--model", "models:/op-classifier@nobody")
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: cannot fetch models:/op-classifier@nobody")
+
+
+def test_a_fifo_among_the_inputs_is_its_own_error_line(
+    model_dir: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A FIFO hung predict before it printed anything, even for the good images (issue 25)."""
+    folder = tmp_path / "with-pipe"
+    write_good(folder)
+    os.mkfifo(folder / "pipe.jpg")
+    code, out, _ = main_in_process(capsys, str(folder), "--model", str(model_dir))
+    lines = out.strip().splitlines()
+    assert code == 1 and len(lines) == 4
+    assert f"{folder / 'pipe.jpg'}: error: not a regular file (a FIFO); not read" in lines
+    assert sum(" -> " in line for line in lines) == 3  # the good images are predicted

@@ -18,6 +18,7 @@ from PIL import Image
 from op_classifier import config
 from op_classifier.data import raw as raw_folder
 from op_classifier.data import splits
+from op_classifier.data.images import ImageError, read_file
 from op_classifier.errors import DataError
 from op_classifier.stages import prepare
 from tests.conftest import png_header_only
@@ -130,6 +131,44 @@ def test_image_over_max_image_pixels_is_refused(make_cfg, raw: Path) -> None:
     _, _, manifest = run_prepare(make_cfg, "data.max_image_pixels=1000")
     assert "over data.max_image_pixels" in skipped(manifest, "Zoro/big.png")["reason"]
     assert sum(manifest["counts"].values()) == 12
+
+
+def test_a_fifo_is_skipped_unread_and_prepare_ends(make_cfg, raw: Path) -> None:
+    """A FIFO in data/raw hung prepare for ever (issue 25): it is named and skipped without being opened
+    for a writer that never comes."""
+    write_dataset(raw)
+    os.mkfifo(raw / "Nami" / "pipe.jpg")
+    _, summary, manifest = run_prepare(make_cfg)
+    assert skipped(manifest, "Nami/pipe.jpg")["reason"] == "not a regular file (a FIFO); not read"
+    assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 1
+
+
+def test_a_file_over_max_file_mb_or_not_starting_as_an_image_is_refused_unread(make_cfg, raw: Path) -> None:
+    """A 3 GB non-image was read whole (3.19 GB of memory) before being refused (issue 25)."""
+    write_dataset(raw)
+    with open(raw / "Zoro" / "huge.jpg", "wb") as sparse:  # 2 MiB on paper, nothing on disk
+        sparse.truncate(2 * 2**20)
+    (raw / "Zoro" / "notes.jpg").write_bytes(b"notes " * 100_000)
+    _, _, manifest = run_prepare(make_cfg, "data.max_file_mb=1")
+    reason = "2,097,152 bytes, over the 1,048,576-byte limit (data.max_file_mb); not read"
+    assert skipped(manifest, "Zoro/huge.jpg")["reason"] == reason
+    assert skipped(manifest, "Zoro/notes.jpg")["reason"] == "not an image (a text file)"
+    assert sum(manifest["counts"].values()) == 12
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts the bytes read through Linux's /proc/self/io")
+def test_a_file_that_does_not_start_as_an_image_is_read_no_further(tmp_path: Path) -> None:
+    def read_so_far() -> int:
+        return int(Path("/proc/self/io").read_text().split("rchar: ")[1].split()[0])
+
+    notes = tmp_path / "notes.jpg"
+    notes.write_bytes(b"notes " * 1_000_000)  # 6 MB
+    with pytest.raises(ImageError):
+        read_file(notes)  # once before counting: Pillow loads its format plugins (their files count too)
+    before = read_so_far()
+    with pytest.raises(ImageError, match=r"^not an image \(a text file\)$"):
+        read_file(notes)
+    assert read_so_far() - before < 100_000
 
 
 # --- files that must be accepted, decoded by content and converted to RGB -------------------------------

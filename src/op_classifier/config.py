@@ -72,6 +72,7 @@ class DataConfig:
     val_fraction: float = MISSING
     test_fraction: float = MISSING
     max_image_pixels: int = MISSING
+    max_file_mb: int = MISSING
 
     def __post_init__(self) -> None:
         check_range("data.image_size", self.image_size, IMAGE_SIDE)
@@ -83,6 +84,7 @@ class DataConfig:
             "val_fraction + test_fraction must leave images to train on",
         )
         check_range("data.max_image_pixels", self.max_image_pixels, AT_LEAST_1)
+        check_range("data.max_file_mb", self.max_file_mb, AT_LEAST_1)
         if self.classes is not None:
             require(len(self.classes) >= 2, "data.classes", "needs at least two classes")
             require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")

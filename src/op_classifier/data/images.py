@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import codecs
 import io
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -19,15 +21,17 @@ _FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "I
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _REASON_CHARS = 160
+_HEAD_BYTES = 512  # what Pillow's format checks look at (each reads at most the first few dozen)
+MAX_FILE_BYTES = 256 * 2**20  # data.max_file_mb's default: larger image files are refused unread
 
 
 class ImageError(DataError):
     """One file cannot be used as an image; the message is the short reason."""
 
 
-def load_image(path: Path, size: int, max_pixels: int) -> np.ndarray:
+def load_image(path: Path, size: int, max_pixels: int, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
     """Decode a file by its content into a uint8 (size, size, 3) RGB array, or raise ImageError."""
-    return decode_image(_read(path), size, max_pixels)
+    return decode_image(read_file(path, max_bytes), size, max_pixels)
 
 
 def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
@@ -72,11 +76,29 @@ def _formats() -> tuple[str, ...]:
     return tuple(name for name in _FORMATS if name in Image.OPEN)
 
 
-def _read(path: Path) -> bytes:
+def read_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes, read only once it is known to be one, at most max_bytes long, and to start
+    as an image format does: a FIFO, a device or a socket would block or never end, and a huge file
+    of anything else would be read whole only to be refused."""
     try:
-        return Path(path).read_bytes()
+        # O_NONBLOCK: a FIFO opens without waiting for a writer (it is then refused unread).
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError(f"not a regular file ({_special_kind(info.st_mode)}); not read")
+            if info.st_size > max_bytes:
+                raise ImageError(f"{info.st_size:,} bytes, over the {max_bytes:,}-byte limit (data.max_file_mb); not read")
+            head = handle.read(_HEAD_BYTES)
+            if head and not any(Image.OPEN[name][1](head) for name in _formats() if Image.OPEN[name][1]):
+                raise ImageError(_not_an_image(head))
+            return head + handle.read(max_bytes - len(head))
     except OSError as error:
         raise ImageError(f"cannot read file: {error.strerror or error}") from None
+
+
+def _special_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a folder" if stat.S_ISDIR(mode) else "not a file")
 
 
 def _check_pixels(image_size: tuple[int, int], max_pixels: int) -> None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from op_classifier.config import Config, DataConfig
 from op_classifier.data import arrays
-from op_classifier.data.images import ImageError, decode_image
+from op_classifier.data.images import ImageError, decode_image, read_file
 from op_classifier.data.raw import (
     BAD_LABELS,
     BAD_NAME,
@@ -115,7 +115,7 @@ def decode_all(
     reasons: list[str | None] = [None] * len(paths)
     if not paths:
         return digests, reasons
-    job = partial(_decode_file, size=size, max_pixels=data.max_image_pixels)
+    job = partial(_decode_file, size=size, max_pixels=data.max_image_pixels, max_bytes=data.max_file_mb * 2**20)
     workers = min(cpu_count(), len(paths))
     jobs = ((index, str(raw / path)) for index, path in enumerate(paths))
     pool = worker_pool(workers, initializer=_start_worker, initargs=(str(staging),))
@@ -135,13 +135,15 @@ def _start_worker(staging: str) -> None:
     _staging = arrays.RowFile(Path(staging), writable=True)
 
 
-def _decode_file(job: tuple[int, str], size: int, max_pixels: int) -> tuple[int, str | None, str | None]:
+def _decode_file(
+    job: tuple[int, str], size: int, max_pixels: int, max_bytes: int
+) -> tuple[int, str | None, str | None]:
     """Worker: decode (index, path) into row index of the staging array; return (index, sha256, skip reason)."""
     index, path = job
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        return index, None, f"cannot read file: {error.strerror or error}"
+        data = read_file(Path(path), max_bytes)  # regular files only, bounded, sniffed before read whole
+    except ImageError as error:
+        return index, None, str(error)
     digest = hashlib.sha256(data).hexdigest()
     try:
         _staging.write(index, decode_image(data, size, max_pixels)[None])
