@@ -697,3 +697,51 @@ def test_a_port_out_of_range_or_a_missing_model_folder_is_one_line(
     err = capsys.readouterr().err
     assert exited.value.code == 1 and err.count("\n") == 1
     assert err.startswith("error: --model /nonexistent: no such folder (give a logged model's folder, or models:/")
+
+
+def test_what_uvicorn_cannot_parse_and_a_huge_integer_are_short_json_400s(server: str, champion: tuple) -> None:
+    """A 5000-digit pixel was a 500 with a traceback; an absurd Content-Length uvicorn's plain text (issue 25)."""
+    digits = "9" * 5000
+    body = ('{"instances": [[[' + digits + ",0,0]]]}").encode()
+    assert "too many digits" in _short_error(*_request(server, body), 400)
+    host, port = server.removeprefix("http://").split(":")
+    for request in (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999999999\r\n\r\n{}",
+        b"\x16\x03\x01 not http at all\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            raw.sendall(request)
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), answer
+        assert "not an HTTP request this server reads" in _short_error(400, rest, 400)
+    _serves(server, champion[1])
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_short_json_408() -> None:
+    """1,100 half-sent bodies were held open for over 70 s (issue 25): the guard lets one go after its time."""
+    import asyncio
+
+    from op_classifier.serving.guard import Guard
+
+    sent: list[dict] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        raise AssertionError("the app got a body that never arrived")
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)  # the client sent its headers and a little, then nothing
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(Guard(app, 2**20, body_seconds=0.2)(scope, receive, send))
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"]) == {
+        "error_code": "REQUEST_TIMEOUT",
+        "message": "the body did not arrive within 0.2 s",
+    }

@@ -199,6 +199,8 @@ def _loads(body: bytes) -> Any:
         raise BadRequest(400, f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
     except RecursionError:  # cannot happen below the nesting read_request allows; the last line of defence
         raise BadRequest(400, "the JSON nests too deep") from None
+    except ValueError:  # Python's guard against integers of thousands of digits (a 500 before, issue 25)
+        raise BadRequest(400, "a number in the JSON has too many digits to be a pixel") from None
 
 
 _URL_SAFE = str.maketrans("-_", "+/")

@@ -20,8 +20,10 @@ message of at most MESSAGE_MAX characters that never quotes the request:
 
   400  malformed or non-UTF-8 JSON, nesting deeper than the input needs, no "instances", true/false,
        strings or nulls among the pixels, a ragged array, a wrong shape, NaN or infinity, values outside 0..255;
-       a b64 value that is not base64 or not an image (the message names the instance), b64 mixed with pixels
+       a b64 value that is not base64 or not an image (the message names the instance), b64 mixed with pixels;
+       a number of thousands of digits; a request uvicorn cannot parse (its own answer made JSON)
   404  another model name under /v1/models/ (or an unknown path)
+  408  a body that has not arrived whole within 30 s (guard.BODY_SECONDS)
   413  a body over --max-body-mb: refused from its Content-Length before it is read, or as soon as a
        chunked body passes the limit; never kept in memory (see _sends_regardless for when the rest is read).
        More b64 images in one request than max_images (8 times the limit as decoded pixels)
@@ -56,7 +58,7 @@ from op_classifier import config, tracking
 from op_classifier.config import CHAMPION
 from op_classifier.defaults import HOST, MAX_BODY_MB, SERVE_PORT
 from op_classifier.errors import DataError, OpClassifierError
-from op_classifier.serving.guard import ASGIApp, BadRequest, Guard, error_body
+from op_classifier.serving.guard import ASGIApp, BadRequest, Guard, error_body, json_protocol
 from op_classifier.serving.request import MAX_PIXELS, decoded_images, max_images, read_request
 from op_classifier.tracking import ModelStore, Served
 
@@ -260,5 +262,5 @@ def run(
         flush=True,
     )
     scoring = app(served, max_body, name, version, cfg.data.max_image_pixels)
-    server = uvicorn.Server(uvicorn.Config(scoring, log_level="info"))
+    server = uvicorn.Server(uvicorn.Config(scoring, log_level="info", http=json_protocol()))
     server.run(sockets=[sock])
