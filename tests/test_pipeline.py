@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from op_classifier import models
-from op_classifier.config import Config, ConfigError
+from op_classifier.config import Config, ConfigError, to_yaml
 from op_classifier.errors import DataError
 from op_classifier.metric_names import metric_names
 from op_classifier.models.common import metrics
@@ -488,3 +489,42 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
 def test_unknown_champion_metric_is_a_config_error(project: Path, pipeline: tuple) -> None:
     with pytest.raises(ConfigError, match="tracking.champion_metric: evaluate reports no 'val_acc'"):
         evaluate.run(tiny_cfg(project, "tracking.champion_metric=val_acc"))
+
+
+@pytest.mark.slow
+def test_a_stage_whose_parent_is_killed_stops_and_its_run_says_killed(project: Path, tmp_path: Path) -> None:
+    """SIGKILL of `dvc` alone left train finishing every epoch and logging a FINISHED run (issue 25)."""
+    import psutil
+
+    root = tmp_path / "stage"
+    shutil.copytree(project / "conf", root / "conf")
+    overrides = [*_paths_args(root), "tuner=none", "train.epochs=500", "train.patience=500"]
+    cfg = tiny_cfg(root, *overrides, f"paths.prepared={project / 'data/prepared'}")
+    (root / "params.yaml").write_text(
+        to_yaml(compose(*TINY, *overrides, f"paths.prepared={project / 'data/prepared'}"))
+    )
+    tune.run(cfg)  # the stage reads what tune wrote
+    launcher = (  # what dvc does: start the stage, then wait for it
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'op_classifier.stages.train'], stderr=open('stage.err', 'w'))\n"
+        "print(child.pid, flush=True)\n"
+        "child.wait()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher], cwd=root, stdout=subprocess.PIPE, text=True)
+    stage = psutil.Process(int(parent.stdout.readline()))
+    history = Path(cfg.paths.history)
+    _wait_for(lambda: history.is_file() and history.read_text().count("\n") >= 2, parent)  # epochs under way
+    parent.kill()
+    parent.wait()
+    stage.wait(timeout=60)  # it notices within a second or two, and ends its epoch
+    err = (root / "stage.err").read_text()
+    assert "error: the process that started this stage" in err and "is gone: stopping" in err
+    (run,) = [
+        r
+        for r in mlflow_client(root).search_runs(
+            [mlflow_client(root).get_experiment_by_name("op-classifier").experiment_id]
+        )
+        if r.data.tags.get("stage") == "train"
+    ]
+    assert run.info.status == "KILLED"
+    assert history.read_text().count("\n") < 400  # stopped, far from its 500 epochs

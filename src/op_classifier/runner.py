@@ -6,7 +6,11 @@ The stages import this, not the CLI, so a stage's code is only what it really us
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 from op_classifier import config
@@ -26,9 +30,30 @@ def guarded(action: Callable[[], object]) -> int:
     return 0
 
 
+PARENT_POLL_SECONDS = 1.0
+
+
 def stage_main(run: Callable[[config.Config], dict]) -> None:
-    """Entry point of a DVC stage: run it with the validated params.yaml."""
+    """Entry point of a DVC stage: run it with the validated params.yaml, for as long as its parent lives."""
+    stop_with_parent()
     sys.exit(guarded(lambda: report(run(config.load_params()))))
+
+
+def stop_with_parent() -> None:
+    """Interrupt this process (as Ctrl-C does) once the process that started it is gone.
+
+    `dvc repro` killed alone (SIGKILL) left its stage training every epoch to the end and logging a
+    FINISHED run that nothing evaluated: now the stage stops, its run ends KILLED, its checkpoint stays.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        print(f"error: the process that started this stage (pid {parent}) is gone: stopping", file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="op-classifier-parent-watch", daemon=True).start()
 
 
 def report(summary: dict) -> None:
