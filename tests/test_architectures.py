@@ -163,13 +163,21 @@ def test_cosine_schedule_warms_up_then_decays_to_a_hundredth() -> None:
     assert train.learning_rate_schedule(compose("train.schedule=plateau").train, 1e-2, 5) == 1e-2  # a constant
 
 
-def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path) -> None:
-    """dvc.yaml declares the search folder, best_hparams.yaml and the leaderboard: all three exist."""
+def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path, capsys) -> None:
+    """dvc.yaml declares the search folder, best_hparams.yaml and the leaderboard: all three exist, the
+    folder not empty (DVC warned on every run), and no earlier search in it passes for this config's."""
     moved = [f"paths.{key}={tmp_path / key}" for key in ("tuning", "best_hparams", "leaderboard")]
+    tune.run(tiny_cfg(project, "tuner.max_trials=1", "tracking=none", *moved))  # a random search first
+    assert any(Path(tmp_path / "tuning").glob("trial_*"))
+    capsys.readouterr()
     cfg = tiny_cfg(project, "tuner=none", *moved)
     assert tune.run(cfg) == {"tuner": "none", "best": {}}
-    assert Path(cfg.paths.tuning).is_dir() and Path(cfg.paths.leaderboard).is_file()
+    assert "tuner=none searches nothing" in capsys.readouterr().err
+    assert [p.name for p in Path(cfg.paths.tuning).iterdir()] == ["fingerprint.json"]  # the search is gone
+    assert Path(cfg.paths.leaderboard).is_file()
     assert hparams.read_best(Path(cfg.paths.best_hparams))["values"] == {}
+    tune.run(cfg)
+    assert capsys.readouterr().err == ""  # again: nothing to say
 
 
 def _backbone_file(folder: Path, side: int) -> Path:

@@ -299,7 +299,7 @@ def run(cfg: Config) -> dict:
     hparams.check_space(cfg.tuner.search_space, cfg.model)
     tracker = make_tracker(cfg.tracking)
     if cfg.tuner.kind == "none":
-        Path(cfg.paths.tuning).mkdir(parents=True, exist_ok=True)  # dvc.yaml declares it: an empty search
+        _no_search(Path(cfg.paths.tuning))
         hparams.write_best(Path(cfg.paths.best_hparams), {}, None, None, made_with=hparams.search_record(cfg))
         write_leaderboard(Path(cfg.paths.leaderboard), [])
         return {"tuner": "none", "best": {}}
@@ -333,6 +333,19 @@ def run(cfg: Config) -> dict:
         "score": score,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+NO_SEARCH = {"id": "tuner=none"}  # the fingerprint of the search folder when nothing is searched
+
+
+def _no_search(folder: Path) -> None:
+    """tuner=none: the search folder dvc.yaml declares holds only a fingerprint saying nothing was searched.
+
+    An earlier search left there would pass for this config's, and an empty folder made DVC warn on
+    every `dvc repro` ("'experiments/tuning/search' is empty")."""
+    if (state.read(folder) or {}).get("id") != NO_SEARCH["id"]:
+        state.claim(folder, NO_SEARCH, "tuner search", why="tuner=none searches nothing (its runs stay in MLflow)")
+        state.mark_complete(folder)
 
 
 def work(cfg: Config, worker: tuner_cluster.Role, classes: list[str], tracker: Tracker) -> dict:

@@ -75,7 +75,7 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return changed
 
 
-def claim(folder: Path, new: Mapping[str, Any], what: str, keep: Iterable[str] = ()) -> bool:
+def claim(folder: Path, new: Mapping[str, Any], what: str, keep: Iterable[str] = (), why: str | None = None) -> bool:
     """Make folder hold state of `new`; True if its existing state matches and may be resumed.
 
     Otherwise the folder is emptied (except the `keep` files, e.g. the id of a tracking run that the
@@ -85,17 +85,20 @@ def claim(folder: Path, new: Mapping[str, Any], what: str, keep: Iterable[str] =
     if recorded is not None and recorded.get("id") == new["id"] and not recorded.get("complete"):
         return True
     if _has_state(folder, keep):
-        if recorded is None:
-            why = "it carries no fingerprint"
-        elif recorded.get("id") == new["id"]:
-            why = "it finished"
-        else:
-            why = f"{', '.join(differences(recorded, new)[:6]) or 'its inputs'} changed"
+        why = why or _why_not_resumed(recorded, new)
         print(f"note: not resuming the {what} in {folder}: {why}; starting fresh", file=sys.stderr, flush=True)
         _empty(folder, keep)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / FINGERPRINT_FILE).write_text(json.dumps(dict(new), indent=2, sort_keys=True), encoding="utf-8")
     return False
+
+
+def _why_not_resumed(recorded: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    if recorded is None:
+        return "it carries no fingerprint"
+    if recorded.get("id") == new["id"]:
+        return "it finished"
+    return f"{', '.join(differences(recorded, new)[:6]) or 'its inputs'} changed"
 
 
 def mark_complete(folder: Path) -> None:
