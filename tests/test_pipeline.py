@@ -111,6 +111,15 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     assert version.run_id == training.info.run_id
 
 
+def test_the_confusion_matrix_counts_its_images_as_the_split_does() -> None:
+    """It said "test, 160 images" where the data set said 180 (issue 26): 20 were scenes, not counted."""
+    from op_classifier.figures import single_count
+
+    scenes = np.array([[1, 1, 0, 0]] * 20)
+    assert single_count(np.vstack([np.eye(4)[np.arange(160) % 4], scenes])) == "160 single-character images of 180"
+    assert single_count(np.eye(4)) == "4 single-character images"
+
+
 def test_runs_table_shows_the_evaluated_models_accuracy(project: Path, pipeline: tuple) -> None:
     """MLflow's table lists a key's highest-step value: val_accuracy must be evaluate's, logged once."""
     cfg = pipeline[0]
