@@ -537,3 +537,28 @@ def test_a_stage_whose_parent_is_killed_stops_and_its_run_says_killed(project: P
     ]
     assert run.info.status == "KILLED"
     assert history.read_text().count("\n") < 400  # stopped, far from its 500 epochs
+
+
+def test_each_training_epoch_is_one_short_line(capsys) -> None:
+    """Keras's lines carried some 20 per-class metrics an epoch (about 300 characters, issue 26)."""
+    from op_classifier import progress
+    from op_classifier.models.common import compile_model
+    from op_classifier.models.seed_cnn import build_model
+
+    classes = ["Luffy", "Nami", "Sanji", "Zoro"]
+    model = compile_model(build_model(4, 16, filters=(4,), units=8, resize=None, seed=0), 1e-3, classes)
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype("float32")
+    labels = np.eye(4, dtype="float32")[np.arange(8) % 4]
+    model.fit(
+        images,
+        labels,
+        validation_data=(images, labels),
+        epochs=2,
+        verbose=0,
+        callbacks=[progress.epoch_lines("val_auc")],
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" - ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all(len(line) < 160 and "precision_" not in line for line in lines), lines
+    names = [part.split()[0] for part in lines[0].split(" - ")[2:]]
+    assert names == ["loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -37,6 +38,30 @@ def keras_callback(progress: tqdm, batch_size: int) -> Any:
             progress.update(max(0, min(batch_size, progress.total - progress.n)))
 
     return _PredictProgress()
+
+
+def epoch_lines(monitor: str) -> Any:
+    """A Keras callback printing one short line an epoch: time, loss, accuracy and the monitored metric.
+
+    Keras's own lines carry every metric (20 per-class ones for 4 classes, about 300 characters an
+    epoch); all of them are in MLflow and the history file, so the console keeps what one reads at a glance.
+    """
+    import keras
+
+    names = [name for name in ("loss", "accuracy", monitor.removeprefix("val_")) if name]
+    shown = list(dict.fromkeys([*names, *(f"val_{name}" for name in names)]))
+
+    class _EpochLines(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            values = [f"{name} {float(logs[name]):.4f}" for name in shown if name in logs]
+            took = time.perf_counter() - self.started
+            print(f"epoch {epoch + 1}/{self.params['epochs']} - {took:.1f}s - {' - '.join(values)}", flush=True)
+
+    return _EpochLines()
 
 
 class _AboveBars:

@@ -110,6 +110,7 @@ def callbacks(
         ),
         *_plateau(cfg.train, mode),
         tracker.epoch_callback(),
+        *([progress.epoch_lines(cfg.train.monitor)] if cluster.chief else []),
     ]
 
 
@@ -272,7 +273,7 @@ def _fit(
         epochs=end,
         shuffle=False,  # the stream shuffles each epoch itself, from the seed
         callbacks=callbacks(cfg, tracker, backup, cluster),
-        verbose=2 if cluster.chief else 0,
+        verbose=0,  # the chief prints its own short line an epoch (progress.epoch_lines)
     )
 
 
