@@ -77,3 +77,47 @@ def test_a_dvc_stage_says_only_its_own_line_unless_op_classifier_verbose(tmp_pat
     assert loud.returncode == 2
     assert "WARNING: All log messages before absl::InitializeLog() is called" in loud.stderr, loud.stderr
     assert loud.stderr.splitlines()[-1].startswith("error: params.yaml not found")
+
+
+def test_the_ui_prints_its_link_and_no_noise(tmp_path: Path) -> None:
+    """`op-classifier ui` printed MLflow's and uvicorn's INFO lines and four StarletteDeprecationWarnings
+    (issue 26): now its link, and MLflow's one note on which hosts may connect."""
+    import shutil
+    import signal
+    import time
+    import urllib.request
+
+    from tests.conftest import REPO, free_port
+
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OP_CLASSIFIER_VERBOSE")}
+    cli = str(Path(sys.executable).parent / "op-classifier")
+    log = tmp_path / "ui.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [cli, "ui", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        time.sleep(2)  # whatever it prints once up
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    lines = log.read_text().strip().splitlines()
+    assert (
+        lines[0] == f"runs of sqlite:///{tmp_path.resolve()}/mlflow.db, compared: http://127.0.0.1:{port}/#/experiments"
+    )
+    assert [line for line in lines[1:] if not line.startswith("[MLflow] Security middleware")] == [], lines

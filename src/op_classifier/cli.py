@@ -127,8 +127,8 @@ def _ui(args: argparse.Namespace) -> None:
     store = tracking.open_store(cfg.tracking)
     link = store.runs_link(cfg.tracking.experiment, f"http://{args.host}:{args.port}")
     print(f"runs of {store.uri}, compared: {link}", flush=True)
-    argv = store.ui_command(args.host, args.port)
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    argv, extra = store.ui_command(args.host, args.port)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"), **extra}
     try:
         os.execve(argv[0], argv, env)  # the UI is MLflow's own server: nothing of ours stays in between
     except OSError as error:

@@ -179,8 +179,8 @@ class ModelStore(Protocol):
     def runs_link(self, experiment: str, base_url: str) -> str:
         """The UI page at base_url comparing the experiment's runs on the columns that matter."""
 
-    def ui_command(self, host: str, port: int) -> list[str]:
-        """The command line of the store's own UI on host:port."""
+    def ui_command(self, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+        """The command line of the store's own UI on host:port, and what it adds to the environment."""
 
 
 def open_store(cfg: TrackingConfig | None = None) -> ModelStore:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,10 +116,19 @@ class MlflowModelStore:
             return f"{base_url}/#/experiments"
         return f"{base_url}/#/experiments/{found.experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
 
-    def ui_command(self, host: str, port: int) -> list[str]:
-        """`mlflow ui` on this store, from the same environment as this Python."""
+    def ui_command(self, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+        """`mlflow ui` on this store, from the same environment as this Python, and its environment's additions.
+
+        One worker, uvicorn's warnings only: its INFO lines (four workers starting) are no news to a user.
+        MLflow's own import of starlette.middleware.wsgi warns that starlette deprecates it, once a worker:
+        MLflow's to fix, not the user's, so that one warning (by its text) is not shown.
+        """
         mlflow = str(Path(sys.executable).parent / "mlflow")
-        return [mlflow, "ui", "--backend-store-uri", self.uri, "--host", host, "--port", str(port)]
+        store = ["--backend-store-uri", self.uri, "--registry-store-uri", self.uri]
+        serving = ["--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
+        known = "ignore:starlette.middleware.wsgi is deprecated:UserWarning"
+        warnings = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), known)))
+        return [mlflow, "ui", *store, *serving], {"PYTHONWARNINGS": warnings}
 
 
 def _run_of(client: Any, model_uri: str) -> str:
