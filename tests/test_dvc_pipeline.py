@@ -64,6 +64,7 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
     assert second_run.data.tags.get("dvc_experiment")  # the DVC experiment's name, for finding it back
     (dataset,) = second_run.inputs.dataset_inputs  # the data set as DVC knows it: data.dvc's hash
     assert dataset.dataset.digest == yaml.safe_load((repo_copy / "data.dvc").read_text())["outs"][0]["md5"]
+    assert dataset.dataset.name == "raw" and str(repo_copy / "data/raw") in dataset.dataset.source  # one folder
     assert "test_accuracy" in second_run.data.metrics
 
     # The baseline's row and the experiment's each hold their own metrics (not "!"): git committed them.

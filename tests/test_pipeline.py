@@ -95,7 +95,7 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     assert logged.source_run_id == training.info.run_id and logged.name == "model"
     (dataset,) = training.inputs.dataset_inputs  # the runs table's Dataset column
     # No .dvc file tracks this project's data/raw: the digest is the prepared data's hash.
-    assert dataset.dataset.digest == training.data.tags["data_hash"] and dataset.dataset.name == "raw"
+    assert dataset.dataset.digest == training.data.tags["data_hash"] and dataset.dataset.name == "prepared"
     assert {t.key: t.value for t in dataset.tags}["train_images"] == "23"
     figures = {a.path for a in mlflow_client(project).list_artifacts(training.info.run_id, "figures")}
     assert figures == {

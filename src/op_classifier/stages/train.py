@@ -390,10 +390,11 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
         run_name("train", _settings(cfg)), resume_file=resume, tags=tags, params=params, system_metrics=True
     ) as run_id:
         manifest = load_manifest(prepared)
-        # The digest is DVC's hash of data/raw when DVC tracks it (the prepared data's hash otherwise).
+        # The data as DVC tracks it (data/raw and its .dvc hash), else as this stage read it (prepared).
         raw = Path(cfg.paths.raw)
-        digest = dvc_hash(raw) or made_by["data"]
-        tracker.log_dataset(raw.name, digest, prepared, manifest["counts"], prepared_hash=made_by["data"])
+        tracked = dvc_hash(raw)
+        name, digest, source = (raw.name, tracked, raw) if tracked else (prepared.name, made_by["data"], prepared)
+        tracker.log_dataset(name, digest, source, manifest["counts"], prepared_hash=made_by["data"])
         summary = fit(cfg, model, tracker, classes, described["learning_rate_used"], cluster)
         digest = distributed.weights_digest(model)
         if not cluster.chief:
