@@ -745,3 +745,52 @@ def test_a_body_that_does_not_arrive_in_time_is_a_short_json_408() -> None:
         "error_code": "REQUEST_TIMEOUT",
         "message": "the body did not arrive within 0.2 s",
     }
+
+
+class _Touch:
+    """A pickle that runs a command when loaded: what an attacker puts into a model folder."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_swapped_into_a_logged_model_runs_nothing(champion: tuple, tmp_path: Path) -> None:
+    """`serve --model DIR` on a logged model whose python_model.pkl was replaced by a pickle calling
+    os.system ran it (issue 25): our models load their Keras file only; another pickle needs --trust-pickle."""
+    import pickle
+
+    import mlflow
+    import yaml
+
+    from op_classifier.tracking import TrackingError
+    from op_classifier.tracking.served import served_model
+
+    root, images, expected, _ = champion
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{NAME}/1", dst_path=str(tmp_path), tracking_uri=store, registry_uri=store
+        )
+    )
+    marker = tmp_path / "the-pickle-ran"
+    (folder / "python_model.pkl").write_bytes(pickle.dumps(_Touch(marker)))
+    served = served_model(str(folder), store)
+    assert not marker.exists()
+    np.testing.assert_allclose(served.predict(images.tolist()), expected, atol=1e-5)
+
+    described = yaml.safe_load((folder / "MLmodel").read_text())
+    del described["flavors"]["python_function"]["artifacts"]  # now a pyfunc of another kind: only its pickle
+    (folder / "MLmodel").write_text(yaml.safe_dump(described))
+    with pytest.raises(TrackingError) as refused:
+        served_model(str(folder), store)
+    assert str(refused.value) == (
+        f"{folder} is a pickled Python model (python_model.pkl): loading it runs its code; "
+        "serve it with --trust-pickle only if you trust where it came from"
+    )
+    assert not marker.exists()
+    with pytest.raises(TrackingError):  # trusted, it is loaded: and runs what it holds
+        served_model(str(folder), store, trust_pickle=True)
+    assert marker.exists()

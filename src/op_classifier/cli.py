@@ -115,7 +115,14 @@ def _export(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from op_classifier.serving import serve
 
-    serve.run(args.model, host=args.host, port=args.port, max_body_mb=args.max_body_mb, overrides=args.overrides)
+    serve.run(
+        args.model,
+        host=args.host,
+        port=args.port,
+        max_body_mb=args.max_body_mb,
+        overrides=args.overrides,
+        trust_pickle=args.trust_pickle,
+    )
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -254,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.MAX_BODY_MB,
         metavar="MIB",
         help="refuse request bodies over this many MiB with HTTP 413 (default: %(default)s, about 30 images of 180x180 as JSON)",
+    )
+    srv.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also serve a pickled Python model (not op-classifier's), whose loading runs its code",
     )
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -103,7 +104,9 @@ class ServedModel:
 
 
 def _keras_model_of(model: Any) -> keras.Model | None:
-    """The Keras model inside a loaded op-classifier pyfunc, or None for any other pyfunc."""
+    """The Keras model itself, or the one inside a loaded op-classifier pyfunc; None for any other pyfunc."""
+    if isinstance(model, keras.Model):
+        return model
     try:
         inner = model.unwrap_python_model()
     except Exception:  # not a Python-function model (another flavor): MLflow raises its own error
@@ -140,8 +143,12 @@ def serving_function(model: keras.Model, shape: tuple[int, ...], chunk: int) -> 
     return forward
 
 
-def served_model(model_uri: str, store: str) -> ServedModel:
-    """The pyfunc model that model_uri (models:/, runs:/, a path) names in store, loaded to serve."""
+def served_model(model_uri: str, store: str, trust_pickle: bool = False) -> ServedModel:
+    """The model that model_uri (models:/, runs:/, a path) names in store, loaded to serve.
+
+    An op-classifier model loads its Keras file only: its python_model.pkl is never unpickled, so a
+    pickle swapped into a model folder runs nothing. Any other pyfunc is a pickle whose loading runs
+    its code: refused unless trust_pickle (`serve --trust-pickle`)."""
     import tempfile
 
     client_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")  # no download progress bar in the server's log
@@ -151,19 +158,57 @@ def served_model(model_uri: str, store: str) -> ServedModel:
         # Downloaded with the store named, not the process-wide one. The Keras model is in memory once
         # loaded, so the files go.
         with tempfile.TemporaryDirectory(prefix="op-classifier-serve-") as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=model_uri, dst_path=tmp, tracking_uri=store, registry_uri=store
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=model_uri, dst_path=tmp, tracking_uri=store, registry_uri=store
+                )
             )
-            model = mlflow.pyfunc.load_model(local)
+            keras_file = keras_artifact(local)
+            if keras_file is None and not trust_pickle:
+                pickled = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.suffix in (".pkl", ".pickle"))
+                if pickled:
+                    raise TrackingError(
+                        f"{model_uri} is a pickled Python model ({pickled[0]}): loading it runs its code; "
+                        "serve it with --trust-pickle only if you trust where it came from"
+                    )
+            model = load_model(keras_file) if keras_file is not None else mlflow.pyfunc.load_model(str(local))
+    except TrackingError:
+        raise
     except Exception as error:  # MLflow raises many types for a missing or broken model
         raise TrackingError(f"cannot load {model_uri} from {store}: {first_line(error)}") from None
-    schema = model.metadata.get_input_schema()
-    spec = schema.inputs[0] if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1 else None
-    if spec is None or len(spec.shape) != 4 or any(size <= 0 for size in spec.shape[1:]):
+    shape = _input_shape(model)
+    if shape is None:
         raise TrackingError(f"{model_uri} does not take one (batch, S, S, 3) image tensor: not a model to serve")
     try:
-        served = ServedModel(model, tuple(int(size) for size in spec.shape[1:]))
+        served = ServedModel(model, shape)
         served.forward(np.zeros((1, *served.shape), np.float32))  # the first call's one-time costs, before serving
     except Exception as error:  # a model that cannot take its own schema's input
         raise TrackingError(f"cannot run {model_uri} on its input schema: {first_line(error)}") from None
     return served
+
+
+def keras_artifact(folder: Path) -> Path | None:
+    """The Keras file of a logged op-classifier model (PixelClassifier's artifact), read from its MLmodel."""
+    import yaml
+
+    try:
+        flavor = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
+        path = folder / flavor["artifacts"][PixelClassifier.ARTIFACT]["path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return (
+        path if path.suffix == ".keras" and path.is_file() and path.resolve().is_relative_to(folder.resolve()) else None
+    )
+
+
+def _input_shape(model: Any) -> tuple[int, ...] | None:
+    """(S, S, 3) of a Keras model's input or of a pyfunc's one tensor input; None for anything else."""
+    if isinstance(model, keras.Model):
+        dims = tuple(model.input_shape)
+    else:
+        schema = model.metadata.get_input_schema()
+        ok = schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1
+        dims = tuple(schema.inputs[0].shape) if ok else ()
+    if len(dims) != 4 or any(size is None or size <= 0 for size in dims[1:]):
+        return None
+    return tuple(int(size) for size in dims[1:])
