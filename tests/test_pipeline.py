@@ -97,7 +97,12 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     # No .dvc file tracks this project's data/raw: the digest is the prepared data's hash.
     assert dataset.dataset.digest == training.data.tags["data_hash"] and dataset.dataset.name == "prepared"
     assert {t.key: t.value for t in dataset.tags}["train_images"] == "23"
-    figures = {a.path for a in mlflow_client(project).list_artifacts(training.info.run_id, "figures")}
+    # Evaluate logs into its own run under the training run, which stays as it ended (issue 25).
+    (evaluated,) = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
+    assert evaluated.data.tags["mlflow.parentRunId"] == training.info.run_id and training.info.status == "FINISHED"
+    assert evaluated.data.metrics["test_accuracy"] == training.data.metrics["test_accuracy"] == result["test_accuracy"]
+    assert training.data.tags["op_classifier.resumable"] == "true"  # until it finished: never continued now
+    figures = {a.path for a in mlflow_client(project).list_artifacts(evaluated.info.run_id, "figures")}
     assert figures == {
         f"figures/{name}.png"
         for name in ("learning_curves", "confusion_matrix", "per_class_scores", "worst_val_images")
@@ -562,3 +567,34 @@ def test_each_training_epoch_is_one_short_line(capsys) -> None:
     assert all(len(line) < 160 and "precision_" not in line for line in lines), lines
     names = [part.split()[0] for part in lines[0].split(" - ")[2:]]
     assert names == ["loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"]
+
+
+def test_a_failing_evaluate_never_changes_the_finished_training_run(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluate reopened the training run and, failing, ended it FAILED; the next train then logged into
+    it again (epoch_loss with 24 points over steps 0 to 11, issue 25)."""
+    from op_classifier.tracking.runs import MlflowTracker
+
+    moved = [*paths_under(tmp_path, skip=("raw", "prepared")), f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    cfg = compose(*TINY, *paths_under(project), *moved, "tuner=none")
+    tune.run(cfg)
+    train.run(cfg)
+
+    def refuse(*args: object, **kwargs: object) -> dict:
+        raise TrackingError("MLflow store refuses the model name")
+
+    monkeypatch.setattr(MlflowTracker, "register", refuse)
+    with pytest.raises(TrackingError):
+        evaluate.run(cfg)
+    client = mlflow_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("op-classifier").experiment_id])
+    (training,) = [r for r in runs if r.data.tags.get("stage") == "train"]
+    (evaluated,) = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
+    assert training.info.status == "FINISHED" and evaluated.info.status == "FAILED"
+    monkeypatch.undo()
+    train.run(cfg)  # the same config again: a new run, the finished one untouched
+    runs = client.search_runs([client.get_experiment_by_name("op-classifier").experiment_id], "tags.stage = 'train'")
+    assert len(runs) == 2 and client.get_run(training.info.run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(training.info.run_id, "epoch_loss")]
+    assert steps == [0, 1]  # its two epochs, logged once

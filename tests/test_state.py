@@ -82,25 +82,45 @@ def _status(tracker: Tracker, run_id: str) -> str:
     return mlflow.MlflowClient().get_run(run_id).info.status
 
 
-def test_an_unfinished_run_is_continued_only_with_equal_params(tmp_path: Path) -> None:
+def _tags(run_id: str) -> dict[str, str]:
+    import mlflow
+
+    return mlflow.MlflowClient().get_run(run_id).data.tags
+
+
+def test_only_a_run_left_unfinished_by_a_kill_is_continued_and_only_with_equal_params(tmp_path: Path) -> None:
+    """Every status but FINISHED was resumable: a failed, later-finished or registered run was logged
+    into again or closed as KILLED (issue 25). Now only our interrupted or killed runs go on."""
     tracker, resume = _tracker(tmp_path), tmp_path / "ckpt/mlflow_run_id"
-    with pytest.raises(RuntimeError), tracker.run("train", resume_file=resume, params={"model.units": 64}):
-        raise RuntimeError("killed mid-training")
-    crashed = resume.read_text()
-    assert _status(tracker, crashed) == "FAILED"
-
-    with tracker.run("train", resume_file=resume, params={"model.units": 64}) as same:
+    units = {"model.units": 64}
+    with pytest.raises(KeyboardInterrupt), tracker.run("train", resume_file=resume, params=units):
+        raise KeyboardInterrupt  # Ctrl-C, or the stage's parent gone (a SIGKILL leaves it RUNNING)
+    killed = resume.read_text()
+    assert _status(tracker, killed) == "KILLED" and _tags(killed)["op_classifier.closed"].startswith("interrupted")
+    with tracker.run("train", resume_file=resume, params=units) as same:
         pass
-    assert same == crashed  # same params: the same run goes on
+    assert same == killed and _status(tracker, same) == "FINISHED"  # same params: the same run goes on
+    with tracker.run("train", resume_file=resume, params=units) as again:
+        pass
+    assert again != same and _status(tracker, same) == "FINISHED"  # a finished run is never continued
 
-    with pytest.raises(RuntimeError), tracker.run("train", resume_file=resume, params={"model.units": 64}):
-        raise RuntimeError("killed again")
-    crashed = resume.read_text()
-    assert crashed != same  # a finished run is never continued
-    # Changed config after the crash: MLflow would refuse to change a logged param; a new run starts.
+    with pytest.raises(RuntimeError), tracker.run("train", resume_file=resume, params=units):
+        raise RuntimeError("a bug")
+    failed = resume.read_text()
+    assert _status(tracker, failed) == "FAILED"
+    assert _tags(failed)["op_classifier.closed"] == "failed" and _tags(failed)["op_classifier.resumable"] == "false"
+    with tracker.run("train", resume_file=resume, params=units) as after:
+        pass
+    assert after != failed and _status(tracker, failed) == "FAILED"  # a failure is not continued, and stays one
+
+    with pytest.raises(KeyboardInterrupt), tracker.run("train", resume_file=resume, params=units):
+        raise KeyboardInterrupt
+    killed = resume.read_text()
+    # Changed config after the kill: MLflow would refuse to change a logged param; a new run starts.
     with tracker.run("train", resume_file=resume, params={"model.units": 128}) as new:
         pass
-    assert new != crashed and _status(tracker, crashed) == "KILLED" and _status(tracker, new) == "FINISHED"
+    assert new != killed and _status(tracker, killed) == "KILLED" and _status(tracker, new) == "FINISHED"
+    assert _tags(killed)["op_classifier.closed"] == "not continued: a later run had other params"
 
 
 def test_a_store_failing_mid_run_is_one_line_and_the_run_ends_failed(tmp_path: Path) -> None:

@@ -129,8 +129,13 @@ def run(cfg: Config) -> dict:
     score = _champion_score(flat, cfg.tracking.champion_metric)  # before tracking: a typo fails first
     tracker = make_tracker(cfg.tracking)
     registry: dict[str, Any] = {}
-    with tracker.run("train", run_id=record.get("run_id")):
+    # Its own run, nested under the training run, which it never reopens: a finished run stays as it
+    # ended, whatever happens here. The headline scores also go to the training run, for the runs table.
+    training = record.get("run_id")
+    with tracker.run("evaluate", tags={"stage": "evaluate"}, parent=training):
         tracker.log_metrics(flat)
+        if training:
+            tracker.log_to(training, {name: metrics[name] for name in ("val_accuracy", "test_accuracy")})
         for path in (metrics_path, Path(cfg.paths.confusion)):
             tracker.log_artifact(path, "evaluation")
         with tempfile.TemporaryDirectory() as tmp:

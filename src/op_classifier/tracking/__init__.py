@@ -108,14 +108,18 @@ class Tracker(Protocol):
         run_id: str | None = None,
         params: Mapping[str, Any] | None = None,
         system_metrics: bool = False,
+        parent: str | None = None,
     ) -> AbstractContextManager[str | None]:
-        """A run (new, continued or resumed) as a context; it yields the run's id, or None."""
+        """A run (new, continued or resumed; nested under `parent`) as a context; yields its id, or None."""
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Parameters of the active run."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Numeric metrics of the active run."""
+
+    def log_to(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        """Numeric metrics of another run, without reopening it (a finished run stays finished)."""
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Tags of the active run."""
@@ -211,6 +215,9 @@ class NullTracker:
         """Nothing to log to."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Nothing to log to."""
+
+    def log_to(self, run_id: str, metrics: Mapping[str, float]) -> None:
         """Nothing to log to."""
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

@@ -19,7 +19,9 @@ from op_classifier.errors import OpClassifierError
 from op_classifier.tracking import TrackingError, tracking_uri
 from op_classifier.tracking.registry import DATA_HASH_TAG, champion_decision, champion_tags
 from op_classifier.tracking.store import (
+    CLOSED_TAG,
     EXPERIMENT_KIND,
+    RESUMABLE_TAG,
     SHARED_VIEW,
     SHARED_VIEW_KEY,
     SHARED_VIEW_PREFIX,
@@ -81,12 +83,15 @@ class MlflowTracker:
         run_id: str | None = None,
         params: Mapping[str, Any] | None = None,
         system_metrics: bool = False,
+        parent: str | None = None,
     ) -> Iterator[str | None]:
         """Start a run (logging params), or continue run_id, or resume_file's unfinished run; yield its id.
 
-        The unfinished run is continued only when its params match `params`; otherwise it is closed as
-        KILLED and a new run starts. A run that raises ends FAILED (KILLED on Ctrl-C), even when the
-        store itself is what failed: then the error is the store's, in one line.
+        Only a run this project left unfinished by a kill is continued (store.unfinished_run), and only
+        when its params match `params`; otherwise it is closed as KILLED, tagged why, and a new run
+        starts. A run that raises ends FAILED (KILLED on Ctrl-C) with the reason as a tag, even when the
+        store itself is what failed: then the error is the store's, in one line. `parent`: a run to nest
+        under (evaluate's under the training run, which it never reopens).
         """
         import mlflow
 
@@ -97,11 +102,12 @@ class MlflowTracker:
                 file=sys.stderr,
                 flush=True,
             )
-            store_call(lambda: mlflow.MlflowClient().set_terminated(resumed, status="KILLED"))
+            self._close(resumed, "not continued: a later run had other params")
             resumed = None
         run_id = run_id or resumed
         if system_metrics:  # CPU, memory, disk (and GPU with pynvml) every 5 s, beside the curves
             mlflow.set_system_metrics_sampling_interval(5)
+        parent = parent or (self.parent_run_id if nested else None)
         active = store_call(
             lambda: mlflow.start_run(
                 run_id=run_id,
@@ -109,7 +115,7 @@ class MlflowTracker:
                 experiment_id=self.experiment_id,
                 run_name=None if run_id else name,
                 nested=nested and self.parent_run_id is None,
-                parent_run_id=self.parent_run_id if nested else None,
+                parent_run_id=parent,
                 log_system_metrics=system_metrics or None,
             )
         )
@@ -119,13 +125,36 @@ class MlflowTracker:
             if resume_file is not None:
                 resume_file.parent.mkdir(parents=True, exist_ok=True)
                 resume_file.write_text(active.info.run_id, encoding="utf-8")
-            self.set_tags(tags or {})
+            marks = {RESUMABLE_TAG: "true"} if resume_file is not None and not resumed else {}
+            self.set_tags({**(tags or {}), **marks})
             self.log_params(params or {})
             yield active.info.run_id
         except BaseException as error:
-            end_active_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            interrupted = isinstance(error, KeyboardInterrupt)
+            why = "interrupted (Ctrl-C, or the process that started it is gone)" if interrupted else "failed"
+            with contextlib.suppress(Exception):  # a lost store keeps the run RUNNING: a later run continues it
+                mlflow.set_tags({CLOSED_TAG: why, **({} if interrupted else {RESUMABLE_TAG: "false"})})
+            end_active_run("KILLED" if interrupted else "FAILED")
             raise
         store_call(mlflow.end_run)
+
+    def _close(self, run_id: str, why: str) -> None:
+        """End a run this project left unfinished, as KILLED, saying why; it is never continued after."""
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        store_call(lambda: client.set_tag(run_id, CLOSED_TAG, why))
+        store_call(lambda: client.set_tag(run_id, RESUMABLE_TAG, "false"))
+        store_call(lambda: client.set_terminated(run_id, status="KILLED"))
+
+    def log_to(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        """Metrics into another run, finished or not, without reopening it (its status never changes)."""
+        import mlflow
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(_metric_key(k), float(v), now, 0) for k, v in metrics.items() if _is_number(v)]
+        store_call(lambda: mlflow.MlflowClient().log_batch(run_id, metrics=batch))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters to the active run (MLflow takes at most 100 per call)."""

@@ -14,6 +14,9 @@ from op_classifier.errors import first_line
 from op_classifier.tracking import TrackingError, sqlite_file
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# Our marks on a run: whether a later stage may continue it (set when a stage starts it with a resume
+# file, cleared when it fails or is closed unfinished), and why it was closed without finishing.
+RESUMABLE_TAG, CLOSED_TAG = "op_classifier.resumable", "op_classifier.closed"
 
 # The MLflow UI reads a runs-table view (sort, columns) from this experiment tag when a link names
 # its key (?viewStateShareKey=...): the link `make ui` prints opens on the columns that matter.
@@ -196,14 +199,19 @@ def artifact_root(uri: str) -> str | None:
 
 
 def unfinished_run(resume_file: Path | None) -> str | None:
-    """The run id recorded in resume_file if that run exists and has not finished."""
+    """The run id recorded in resume_file if that run is one this project left unfinished by a kill.
+
+    Only a run carrying our RESUMABLE_TAG, started with a resume file, counts, and only while RUNNING
+    (the process was killed) or KILLED (interrupted): a finished or failed run is never continued,
+    whatever its status says otherwise."""
     if resume_file is None or not resume_file.is_file():
         return None
     import mlflow
 
     run_id = resume_file.read_text(encoding="utf-8").strip()
     try:
-        status = mlflow.MlflowClient().get_run(run_id).info.status
+        run = mlflow.MlflowClient().get_run(run_id)
     except Exception:  # a run of another store, or deleted: start a new one
         return None
-    return run_id if status != "FINISHED" else None
+    resumable = run.data.tags.get(RESUMABLE_TAG) == "true" and run.info.status in ("RUNNING", "KILLED")
+    return run_id if resumable else None
