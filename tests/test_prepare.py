@@ -303,6 +303,31 @@ def test_links_inside_raw_are_followed(make_cfg, raw: Path, tmp_path: Path) -> N
     assert len(manifest["skipped"]) == 1 and sum(manifest["counts"].values()) == 12
 
 
+def test_a_link_into_another_class_folder_is_named_in_the_summary(make_cfg, raw: Path) -> None:
+    """`Nami/uplink -> ../Luffy` relabelled Luffy's images as Luffy+Nami, said only in the manifest (issue 25)."""
+    write_dataset(raw)
+    (raw / "Nami" / "uplink").symlink_to("../Luffy")
+    _, summary, manifest = run_prepare(make_cfg)
+    line = prepare.summary_line(manifest, Path("manifest.json"))
+    assert "; 3 relabelled by copies in other class folders (e.g. Luffy/000.png is now Luffy+Nami)" in line
+    assert summary["relabelled"] == 3
+
+
+def test_check_raw_refuses_links_out_before_dvc_add_copies_them(raw: Path, tmp_path: Path) -> None:
+    """Under `dvc add`, a link to an outside file (a secret) became a copy in .dvc/cache (issue 25)."""
+    write_dataset(raw)
+    cli = str(Path(sys.executable).parent / "op-classifier")
+    done = subprocess.run([cli, "check-raw", str(raw)], capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout)["files"] == 12, done.stderr
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    (raw / "Nami" / "notes.png").symlink_to(secret)
+    done = subprocess.run([cli, "check-raw", str(raw)], capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines[0] == f"Nami/notes.png: link points outside paths.raw (to {secret}); not read"
+    assert lines[-1].startswith(f"error: {raw}: 1 link(s) lead outside it: `dvc add` would copy")
+
+
 def test_non_utf8_file_name_is_skipped_and_named(make_cfg, raw: Path) -> None:
     write_dataset(raw)
     bad = raw / "Nami" / os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, not UTF-8

@@ -77,6 +77,24 @@ def _predict(args: argparse.Namespace) -> None:
     )
 
 
+def _check_raw(args: argparse.Namespace) -> None:
+    from op_classifier.data.raw import LINK_OUT, list_raw
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder")
+    files, aside = list_raw(folder)
+    outside = [entry for entry in aside if entry["kind"] == LINK_OUT]
+    for entry in outside:
+        print(f"{entry['path']}: {entry['reason']}", file=sys.stderr)
+    if outside:
+        raise ConfigError(
+            f"{folder}: {len(outside)} link(s) lead outside it: `dvc add` would copy what they point to into "
+            "the tracked data (.dvc/cache); replace them with the files, or remove them"
+        )
+    report({"folder": str(folder), "files": len(files), "set_aside": len(aside)})
+
+
 def _weights(args: argparse.Namespace) -> None:
     from op_classifier.weights import imagenet
 
@@ -225,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", metavar="FILE.tflite", help="default: <paths.export>/model-<quantize>.tflite")
     exp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.calibration_images=500")
 
+    chk = sub.add_parser(
+        "check-raw", parents=[common], help="before `dvc add`: refuse a raw folder whose links lead outside it"
+    )
+    chk.add_argument("folder", nargs="?", default="data/raw", help="the raw images (default: %(default)s)")
+
     wts = sub.add_parser("weights", parents=[common], help="backbone weights: import a PyTorch checkpoint")
     wts_sub = wts.add_subparsers(dest="action", required=True, metavar="ACTION")
     imp = wts_sub.add_parser(
@@ -364,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _predict(args))
     elif args.command == "export":
         code = guarded(lambda: _export(args))
+    elif args.command == "check-raw":
+        code = guarded(lambda: _check_raw(args))
     elif args.command == "weights":
         code = guarded(lambda: _weights(args))
     else:

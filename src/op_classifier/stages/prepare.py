@@ -68,6 +68,7 @@ def run(cfg: Config) -> dict:
         "classes": len(manifest["classes"]),
         "skipped": len(manifest["skipped"]),
         "duplicates": len(manifest["duplicates"]),
+        "relabelled": len(manifest["warnings"]["merged_duplicate_labels"]),
         "seconds": round(seconds, 2),
         "images_per_second": round(len(inventory.paths) / max(seconds, 1e-9), 1),
         "manifest": str(prepared / MANIFEST),
@@ -300,6 +301,13 @@ def summary_line(manifest: dict, manifest_path: Path) -> str:
             text += f", {kinds.count(kind):,} {what}"
     if manifest["warnings"]["empty_classes"]:
         text += f"; empty: {', '.join(manifest['warnings']['empty_classes'])}"
+    merged = manifest["warnings"].get("merged_duplicate_labels") or []
+    if merged:  # a copy (or a link) in another class's folder adds that class: say so, not only in the manifest
+        first = merged[0]
+        text += (
+            f"; {len(merged):,} relabelled by copies in other class folders "
+            f"(e.g. {first['path']} is now {'+'.join(first['labels'])})"
+        )
     return f"{text}: see {manifest_path}"
 
 
