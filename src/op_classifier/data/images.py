@@ -34,6 +34,17 @@ def load_image(path: Path, size: int, max_pixels: int, max_bytes: int = MAX_FILE
     return decode_image(read_file(path, max_bytes), size, max_pixels)
 
 
+def declared_pixels(data: bytes) -> int:
+    """The pixels an image file's header says it holds (width x height), read without decoding; 0 when
+    the header cannot be read (decode_image then says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_formats()) as image:
+            width, height = image.size
+    except Exception:  # anything Pillow cannot identify: decode_image gives the reason
+        return 0
+    return width * height
+
+
 def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     """Decode image bytes into a uint8 (size, size, 3) RGB array, or raise ImageError."""
     if not data:

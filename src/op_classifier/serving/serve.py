@@ -26,9 +26,11 @@ message of at most MESSAGE_MAX characters that never quotes the request:
   408  a body that has not arrived whole within 30 s (guard.BODY_SECONDS)
   413  a body over --max-body-mb: refused from its Content-Length before it is read, or as soon as a
        chunked body passes the limit; never kept in memory (see _sends_regardless for when the rest is read).
-       More b64 images in one request than max_images (8 times the limit as decoded pixels)
+       More b64 images in one request than max_images (8 times the limit as decoded pixels), or images
+       holding more than 2 x data.max_image_pixels in all (request.REQUEST_PIXELS_FACTOR)
   415  a body declared as another type than application/json, or in a charset other than UTF-8; none
        declared, or curl's form type, is read as JSON (as TensorFlow Serving does)
+  503  b64 images that would take all the images being decoded at once past 4 x data.max_image_pixels
 
 The body limit (MAX_BODY_MB, 16 MiB): about 30 images of 180x180 as JSON integers (0.49 MiB each), which
 json.loads turns into about 6 times as many bytes of Python objects (8 for floats): a request peaks near
