@@ -759,7 +759,8 @@ class _Touch:
 
 def test_a_pickle_swapped_into_a_logged_model_runs_nothing(champion: tuple, tmp_path: Path) -> None:
     """`serve --model DIR` on a logged model whose python_model.pkl was replaced by a pickle calling
-    os.system ran it (issue 25): our models load their Keras file only; another pickle needs --trust-pickle."""
+    os.system ran it (issue 25): our models are logged from code (no pickle at all) and load their Keras
+    file only; any other pyfunc, pickled or from code, needs --trust-code."""
     import pickle
 
     import mlflow
@@ -775,47 +776,27 @@ def test_a_pickle_swapped_into_a_logged_model_runs_nothing(champion: tuple, tmp_
             f"models:/{NAME}/1", dst_path=str(tmp_path), tracking_uri=store, registry_uri=store
         )
     )
+    assert not list(folder.rglob("*.pkl"))  # logged from code: nothing CloudPickle would run
     marker = tmp_path / "the-pickle-ran"
     (folder / "python_model.pkl").write_bytes(pickle.dumps(_Touch(marker)))
+    described = yaml.safe_load((folder / "MLmodel").read_text())
+    flavor = described["flavors"]["python_function"]
+    flavor.update(loader_module="mlflow.pyfunc.model", python_model="python_model.pkl")  # as a pickled pyfunc
+    del flavor["model_code_path"]
+    (folder / "MLmodel").write_text(yaml.safe_dump(described))
     served = served_model(str(folder), store)
     assert not marker.exists()
     np.testing.assert_allclose(served.predict(images.tolist()), expected, atol=1e-5)
 
-    described = yaml.safe_load((folder / "MLmodel").read_text())
-    del described["flavors"]["python_function"]["artifacts"]  # now a pyfunc of another kind: only its pickle
+    del flavor["artifacts"]  # now a pyfunc of another kind: only its pickle
     (folder / "MLmodel").write_text(yaml.safe_dump(described))
     with pytest.raises(TrackingError) as refused:
         served_model(str(folder), store)
     assert str(refused.value) == (
-        f"{folder} is a pickled Python model (python_model.pkl): loading it runs its code; "
-        "serve it with --trust-pickle only if you trust where it came from"
+        f"{folder} is not an op-classifier model: loading it runs its Python code (python_model.pkl); "
+        "serve it with --trust-code only if you trust where it came from"
     )
     assert not marker.exists()
     with pytest.raises(TrackingError):  # trusted, it is loaded: and runs what it holds
-        served_model(str(folder), store, trust_pickle=True)
+        served_model(str(folder), store, trust_code=True)
     assert marker.exists()
-
-
-def _png_b64(width: int, height: int) -> dict[str, str]:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 30, 40)).save(buffer, "PNG")  # one colour: a small file
-    return {"b64": base64.b64encode(buffer.getvalue()).decode()}
-
-
-def test_decoded_pixels_have_a_budget_per_request_and_per_process() -> None:
-    """Six concurrent requests of two 9400x9400 PNGs (687 KB each) took the server from 1.46 to 4.78 GB
-    (issue 25): a request may decode twice max_pixels in all, the process four times at once."""
-    from op_classifier.serving import request
-    from op_classifier.serving.guard import BadRequest
-
-    shape = (SIZE, SIZE, 3)
-    assert request.decoded_images([_png_b64(40, 40)] * 2, shape, 8, max_pixels=1600).shape == (2, *shape)
-    with pytest.raises(BadRequest) as refused:  # 3 x 1600 pixels, over 2 x 1600
-        request.decoded_images([_png_b64(40, 40)] * 3, shape, 8, max_pixels=1600)
-    assert refused.value.status == 413 and "4,800 pixels in all" in str(refused.value)
-    with request.BUDGET.reserve(5000, limit=4 * 1600):  # another request decoding meanwhile
-        with pytest.raises(BadRequest) as busy:
-            request.decoded_images([_png_b64(40, 40)] * 2, shape, 8, max_pixels=1600)
-    assert busy.value.status == 503 and "try again" in str(busy.value)
-    assert request.BUDGET.used == 0  # released, refused or not
-    assert request.decoded_images([_png_b64(40, 40)], shape, 8, max_pixels=1600).shape == (1, *shape)

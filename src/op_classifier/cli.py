@@ -139,7 +139,7 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         max_body_mb=args.max_body_mb,
         overrides=args.overrides,
-        trust_pickle=args.trust_pickle,
+        trust_code=args.trust_code,
     )
 
 
@@ -286,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse request bodies over this many MiB with HTTP 413 (default: %(default)s, about 30 images of 180x180 as JSON)",
     )
     srv.add_argument(
-        "--trust-pickle",
+        "--trust-code",
         action="store_true",
-        help="also serve a pickled Python model (not op-classifier's), whose loading runs its code",
+        help="also serve a Python model that is not op-classifier's: loading it runs its code (a pickle, model code)",
     )
     srv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tracking.uri=http://host:5000")
 

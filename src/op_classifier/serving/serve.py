@@ -238,7 +238,7 @@ def run(
     port: int = SERVE_PORT,
     max_body_mb: float = MAX_BODY_MB,
     overrides: Sequence[str] = (),
-    trust_pickle: bool = False,
+    trust_code: bool = False,
 ) -> None:
     """Check the limit, the model and the port, load the model, then serve until stopped (Ctrl-C, SIGTERM)."""
     if not (math.isfinite(max_body_mb) and max_body_mb > 0):
@@ -256,7 +256,7 @@ def run(
     version = check_registered(model_uri, store, cfg)
     name, version = served_name(model_uri, version, cfg)
     check_port(host, port)  # before the model's seconds of loading: a taken port fails at once
-    served = store.served(model_uri, trust_pickle)
+    served = store.served(model_uri, trust_code)
     sock = _bind(host, port)  # again: taken meanwhile is the same one-line error, not uvicorn's traceback
     max_body = int(max_body_mb * 2**20)
     print(

@@ -177,8 +177,8 @@ class ModelStore(Protocol):
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
         """Tag a registered version (what was made of it: an export's file and figures)."""
 
-    def served(self, model_uri: str, trust_pickle: bool = False) -> Served:
-        """The model model_uri names, loaded and warmed up to serve; a pickle only when trusted."""
+    def served(self, model_uri: str, trust_code: bool = False) -> Served:
+        """The model model_uri names, loaded and warmed up to serve; another's code only when trusted."""
 
     def runs_link(self, experiment: str, base_url: str) -> str:
         """The UI page at base_url comparing the experiment's runs on the columns that matter."""

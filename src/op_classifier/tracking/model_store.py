@@ -100,11 +100,11 @@ class MlflowModelStore:
                 f"MLflow store {self.uri} cannot tag {name} version {version} ({first_line(error)})"
             ) from None
 
-    def served(self, model_uri: str, trust_pickle: bool = False) -> Any:
+    def served(self, model_uri: str, trust_code: bool = False) -> Any:
         """The model model_uri (models:/, runs:/, a path) names, loaded to serve (served.ServedModel)."""
         from op_classifier.tracking.served import served_model
 
-        return served_model(model_uri, self.uri, trust_pickle)
+        return served_model(model_uri, self.uri, trust_code)
 
     def runs_link(self, experiment: str, base_url: str) -> str:
         """The MLflow UI page comparing the experiment's runs (val/test accuracy, model, learning rate, ...)."""

@@ -38,6 +38,8 @@ from op_classifier.tracking.store import (
     unfinished_run,
 )
 
+LOGGED_MODEL_CODE = Path(__file__).with_name("logged_model.py")
+
 
 class MlflowTracker:
     """tracking.kind=mlflow: runs, nested trial runs, models and the registry in an MLflow store."""
@@ -234,7 +236,7 @@ class MlflowTracker:
             store_call(
                 lambda: mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=PixelClassifier(),
+                    python_model=str(LOGGED_MODEL_CODE),  # models from code: no pickle to run
                     artifacts={PixelClassifier.ARTIFACT: str(keras_file)},
                     signature=signature,
                     input_example=example,

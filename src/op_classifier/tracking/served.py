@@ -143,12 +143,12 @@ def serving_function(model: keras.Model, shape: tuple[int, ...], chunk: int) -> 
     return forward
 
 
-def served_model(model_uri: str, store: str, trust_pickle: bool = False) -> ServedModel:
+def served_model(model_uri: str, store: str, trust_code: bool = False) -> ServedModel:
     """The model that model_uri (models:/, runs:/, a path) names in store, loaded to serve.
 
-    An op-classifier model loads its Keras file only: its python_model.pkl is never unpickled, so a
-    pickle swapped into a model folder runs nothing. Any other pyfunc is a pickle whose loading runs
-    its code: refused unless trust_pickle (`serve --trust-pickle`)."""
+    An op-classifier model loads its Keras file only: no Python file or pickle of its folder runs, so one
+    swapped in runs nothing. Any other pyfunc runs its code when loaded (a pickle, or its model code):
+    refused unless trust_code (`serve --trust-code`)."""
     import tempfile
 
     client_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")  # no download progress bar in the server's log
@@ -164,13 +164,11 @@ def served_model(model_uri: str, store: str, trust_pickle: bool = False) -> Serv
                 )
             )
             keras_file = keras_artifact(local)
-            if keras_file is None and not trust_pickle:
-                pickled = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.suffix in (".pkl", ".pickle"))
-                if pickled:
-                    raise TrackingError(
-                        f"{model_uri} is a pickled Python model ({pickled[0]}): loading it runs its code; "
-                        "serve it with --trust-pickle only if you trust where it came from"
-                    )
+            if keras_file is None and not trust_code:
+                raise TrackingError(
+                    f"{model_uri} is not an op-classifier model: loading it runs its Python code "
+                    f"({_python_model_of(local)}); serve it with --trust-code only if you trust where it came from"
+                )
             model = load_model(keras_file) if keras_file is not None else mlflow.pyfunc.load_model(str(local))
     except TrackingError:
         raise
@@ -199,6 +197,17 @@ def keras_artifact(folder: Path) -> Path | None:
     return (
         path if path.suffix == ".keras" and path.is_file() and path.resolve().is_relative_to(folder.resolve()) else None
     )
+
+
+def _python_model_of(folder: Path) -> str:
+    """What a pyfunc folder's loading would run: its python_model file, or its loader module."""
+    import yaml
+
+    try:
+        flavor = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
+        return str(flavor.get("python_model") or flavor["loader_module"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return "no readable MLmodel"
 
 
 def _input_shape(model: Any) -> tuple[int, ...] | None:
