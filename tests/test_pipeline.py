@@ -518,8 +518,9 @@ def test_a_stage_whose_parent_is_killed_stops_and_its_run_says_killed(project: P
         to_yaml(compose(*TINY, *overrides, f"paths.prepared={project / 'data/prepared'}"))
     )
     tune.run(cfg)  # the stage reads what tune wrote
-    launcher = (  # what dvc does: start the stage, then wait for it
-        "import subprocess, sys, time\n"
+    launcher = (  # what dvc does: start the stage, then wait for it; started in the background (SIGINT ignored)
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "child = subprocess.Popen([sys.executable, '-m', 'op_classifier.stages.train'], stderr=open('stage.err', 'w'))\n"
         "print(child.pid, flush=True)\n"
         "child.wait()\n"

@@ -44,16 +44,23 @@ def stop_with_parent() -> None:
 
     `dvc repro` killed alone (SIGKILL) left its stage training every epoch to the end and logging a
     FINISHED run that nothing evaluated: now the stage stops, its run ends KILLED, its checkpoint stays.
+    A signal of its own (SIGUSR2) raises the KeyboardInterrupt: a process started in the background
+    inherits SIGINT ignored, and Python then never turns a SIGINT into one.
     """
     parent = os.getppid()
+    signal.signal(signal.SIGUSR2, _interrupted)
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_SECONDS)
         print(f"error: the process that started this stage (pid {parent}) is gone: stopping", file=sys.stderr)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGUSR2)
 
     threading.Thread(target=watch, name="op-classifier-parent-watch", daemon=True).start()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def report(summary: dict) -> None:
