@@ -800,3 +800,28 @@ def test_a_pickle_swapped_into_a_logged_model_runs_nothing(champion: tuple, tmp_
     with pytest.raises(TrackingError):  # trusted, it is loaded: and runs what it holds
         served_model(str(folder), store, trust_code=True)
     assert marker.exists()
+
+
+def _png_b64(width: int, height: int) -> dict[str, str]:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 40)).save(buffer, "PNG")  # one colour: a small file
+    return {"b64": base64.b64encode(buffer.getvalue()).decode()}
+
+
+def test_decoded_pixels_have_a_budget_per_request_and_per_process() -> None:
+    """Six concurrent requests of two 9400x9400 PNGs (687 KB each) took the server from 1.46 to 4.78 GB
+    (issue 25): a request may decode twice max_pixels in all, the process four times at once."""
+    from op_classifier.serving import request
+    from op_classifier.serving.guard import BadRequest
+
+    shape = (SIZE, SIZE, 3)
+    assert request.decoded_images([_png_b64(40, 40)] * 2, shape, 8, max_pixels=1600).shape == (2, *shape)
+    with pytest.raises(BadRequest) as refused:  # 3 x 1600 pixels, over 2 x 1600
+        request.decoded_images([_png_b64(40, 40)] * 3, shape, 8, max_pixels=1600)
+    assert refused.value.status == 413 and "4,800 pixels in all" in str(refused.value)
+    with request.BUDGET.reserve(5000, limit=4 * 1600):  # another request decoding meanwhile
+        with pytest.raises(BadRequest) as busy:
+            request.decoded_images([_png_b64(40, 40)] * 2, shape, 8, max_pixels=1600)
+    assert busy.value.status == 503 and "try again" in str(busy.value)
+    assert request.BUDGET.used == 0  # released, refused or not
+    assert request.decoded_images([_png_b64(40, 40)], shape, 8, max_pixels=1600).shape == (1, *shape)
