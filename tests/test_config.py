@@ -276,7 +276,14 @@ def test_an_architecture_brings_its_own_schema_and_search_space() -> None:
     assert set(cfg.tuner.search_space) == {"dropout", "learning_rate"}
     assert set(compose("model=seed_cnn").tuner.search_space) == {"units", "learning_rate"}
     with pytest.raises(ConfigError, match="model.widths: 5 stages after a stride-1 stem leave nothing of a 16-pixel"):
-        compose("model=resnet", "model.resize=16", "model.widths=[8,8,8,8,8]")
+        compose("model=resnet", "model.resize=16", "model.widths=[16,16,16,16,16]")
+    # A first stage of 4, 8 or 12 filters aborted the process inside TensorFlow's oneDNN on a CPU (issue 26).
+    for widths, where in (("[8,16,32,64]", "model.widths"), ("[12]", "model.widths")):
+        with pytest.raises(ConfigError, match=rf"^{where}: the first stage needs at least 16 filters, got "):
+            compose("model=resnet", f"model.widths={widths}")
+    space = "+tuner.search_space.widths={type: choice, values: [[16,32],[8,16]]}"
+    with pytest.raises(ConfigError, match=r"^tuner.search_space.widths: the first stage needs at least 16 filters"):
+        compose("model=resnet", "tuner=random", space)
 
 
 def test_cli_unknown_architecture_is_one_line_exit_2(tmp_path: Path) -> None:

@@ -565,9 +565,10 @@ def test_each_training_epoch_is_one_short_line(capsys) -> None:
     )
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(" - ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
-    assert all(len(line) < 160 and "precision_" not in line for line in lines), lines
+    assert all(len(line) < 120 and "precision_" not in line for line in lines), lines
     names = [part.split()[0] for part in lines[0].split(" - ")[2:]]
-    assert names == ["loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"]
+    assert names == ["loss", "accuracy", "val_accuracy", "val_auc", "lr"]
+    assert lines[0].endswith(" - lr 0.001")
 
 
 def test_a_failing_evaluate_never_changes_the_finished_training_run(

@@ -41,15 +41,14 @@ def keras_callback(progress: tqdm, batch_size: int) -> Any:
 
 
 def epoch_lines(monitor: str) -> Any:
-    """A Keras callback printing one short line an epoch: time, loss, accuracy and the monitored metric.
+    """A Keras callback printing one short line an epoch: time, loss, accuracy, the monitored metric, lr.
 
     Keras's own lines carry every metric (20 per-class ones for 4 classes, about 300 characters an
     epoch); all of them are in MLflow and the history file, so the console keeps what one reads at a glance.
     """
     import keras
 
-    names = [name for name in ("loss", "accuracy", monitor.removeprefix("val_")) if name]
-    shown = list(dict.fromkeys([*names, *(f"val_{name}" for name in names)]))
+    shown = list(dict.fromkeys(["loss", "accuracy", "val_accuracy", monitor]))  # under 120 characters
 
     class _EpochLines(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -58,6 +57,7 @@ def epoch_lines(monitor: str) -> Any:
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
             values = [f"{name} {float(logs[name]):.4f}" for name in shown if name in logs]
+            values.append(f"lr {float(self.model.optimizer.learning_rate):.3g}")  # a schedule's current value
             took = time.perf_counter() - self.started
             print(f"epoch {epoch + 1}/{self.params['epochs']} - {took:.1f}s - {' - '.join(values)}", flush=True)
 

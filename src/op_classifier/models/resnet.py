@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     import keras
 
 
+MIN_FIRST_WIDTH = 16  # filters of the first stage: fewer crash TensorFlow's oneDNN on a CPU
+
+
 @dataclass
 class ResNet(ModelBase):
     """conf/model/resnet.yaml: stage widths, blocks per stage, BatchNorm momentum, dropout."""
@@ -34,8 +37,16 @@ class ResNet(ModelBase):
     resize: Optional[int] = MISSING
 
     def check(self, image_size: int, drawn: Mapping[str, list[Any]], where: Callable[..., str]) -> None:
-        """Every stage halves the side: the last one must still have a pixel."""
+        """Every stage halves the side: the last one must still have a pixel. And a first stage of fewer
+        than MIN_FIRST_WIDTH filters crashes TensorFlow's oneDNN kernels on a CPU (`free(): invalid size`,
+        the process aborted; measured with 4, 8 and 12 filters, 16 and up train)."""
         for widths in drawn["widths"]:
+            schema.require(
+                widths[0] >= MIN_FIRST_WIDTH,
+                where("widths"),
+                f"the first stage needs at least {MIN_FIRST_WIDTH} filters, got {widths[0]} "
+                "(fewer crash TensorFlow's oneDNN kernels on a CPU)",
+            )
             for stride in drawn["stem_stride"]:
                 for resize in drawn["resize"]:
                     side = resize or image_size
