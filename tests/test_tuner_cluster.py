@@ -146,12 +146,17 @@ def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int
     return ended.value.code, err
 
 
-def test_bad_cluster_input_is_one_line_and_writes_nothing(
-    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def _outside_any_cluster(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
+    """In the project, with none of Keras Tuner's cluster variables of this process set."""
     monkeypatch.chdir(project)
     for name in KT_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+def test_bad_cluster_input_is_one_line_and_writes_nothing(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _outside_any_cluster(monkeypatch, project)
     with pytest.raises(SystemExit) as ended:
         cli.main(["tune", "--workers", "0", *TINY])
     assert ended.value.code == 2
@@ -186,9 +191,7 @@ def test_data_prepared_at_another_size_is_one_line_before_any_process_starts(
     project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Prepared at 32 px, searched at 48: every worker died in Keras and was restarted 4 times (issue 25)."""
-    monkeypatch.chdir(project)
-    for name in KT_ENV:
-        monkeypatch.delenv(name, raising=False)
+    _outside_any_cluster(monkeypatch, project)
     for command in (["tune", "--workers", "2"], ["tune"], ["train"]):
         code, err = _one_line_error(capsys, [*command, *TINY, "data.image_size=48"])
         assert code == 1 and "holds 32-pixel images, this config's data.image_size is 48: prepare them again" in err

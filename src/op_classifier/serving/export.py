@@ -188,20 +188,15 @@ def _log(cfg: Config, store: tracking.ModelStore, source: str, out: Path, summar
     with tracker.run(name, tags={"stage": "export", "source_model": source}) as run_id:
         tracker.log_metrics(numbers)
         tracker.log_artifact(out, "litert")
-    version = _version(source, store)
+    ref = tracking.registered(source)
+    version = _version(ref, store) if ref is not None else None
     if version is not None and run_id is not None:
-        model_name = source.partition(":/")[2].strip("/").partition("@")[0].partition("/")[0]
-        store.set_version_tags(model_name, version, {**numbers, f"litert_{summary['quantize']}_run_id": run_id})
+        store.set_version_tags(ref.name, version, {**numbers, f"litert_{summary['quantize']}_run_id": run_id})
     return {"run_id": run_id, "registered_version": version}
 
 
-def _version(source: str, store: tracking.ModelStore) -> str | None:
-    """The registered version a models:/ URI names (an alias's), else None (a folder, a runs:/ URI)."""
-    scheme, _, rest = source.partition(":/")
-    if scheme != "models":
-        return None
-    name, _, alias = rest.strip("/").partition("@")
-    if alias:
-        return store.alias_version(name, alias)
-    number = name.partition("/")[2]
-    return number if number.isdigit() else None
+def _version(ref: tracking.Registered, store: tracking.ModelStore) -> str | None:
+    """The registered version a models:/ URI names: its alias's, or its number."""
+    if ref.alias:
+        return store.alias_version(ref.name, ref.alias)
+    return ref.version if (ref.version or "").isdigit() else None

@@ -78,10 +78,10 @@ def default_model(cfg: config.Config) -> str:
 
 def check_registered(model_uri: str, store: ModelStore, cfg: config.Config) -> str | None:
     """Fail in one line when a models:/<name>@<alias> URI points to nothing in the store; else its version."""
-    scheme, _, rest = model_uri.partition(":/")
-    name, _, alias = rest.strip("/").partition("@")
-    if scheme != "models" or not alias:
+    ref = tracking.registered(model_uri)
+    if ref is None or not ref.alias:
         return None  # other URIs (versions, runs:/, paths): loading the model reports those
+    name, alias = ref.name, ref.alias
     version = store.alias_version(name, alias)
     if version is not None:
         return str(version)
@@ -97,12 +97,10 @@ def check_registered(model_uri: str, store: ModelStore, cfg: config.Config) -> s
 def served_name(model_uri: str, alias_version: str | None, cfg: config.Config) -> tuple[str, str]:
     """(name, version) under TensorFlow Serving's /v1/models/<name>[/versions/<version>]: a models:/ URI's
     registered name and version (its alias's), else tracking.model_name and version 1."""
-    scheme, _, rest = model_uri.partition(":/")
-    if scheme != "models":
+    ref = tracking.registered(model_uri)
+    if ref is None:
         return cfg.tracking.model_name, "1"
-    name = rest.strip("/").partition("@")[0]
-    name, _, number = name.partition("/")
-    return name, alias_version or (number if number.isdigit() else "1")
+    return ref.name, alias_version or (ref.version if (ref.version or "").isdigit() else "1")
 
 
 def check_port(host: str, port: int) -> None:

@@ -16,6 +16,7 @@ import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,6 +67,27 @@ def missing_sqlite(uri: str) -> bool:
     """A SQLite store whose file does not exist yet (asking it anything would create it)."""
     path = sqlite_file(uri)
     return path is not None and not path.is_file()
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What a models:/ URI names: a registered model, by alias or by version (the text after its `/`)."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+
+def registered(model_uri: str) -> Registered | None:
+    """The parts of models:/<name>@<alias> or models:/<name>/<version>; None for runs:/ URIs and paths."""
+    scheme, _, rest = model_uri.partition(":/")
+    if scheme != "models":
+        return None
+    name, _, alias = rest.strip("/").partition("@")
+    if alias:
+        return Registered(name, alias=alias)
+    name, _, version = name.partition("/")
+    return Registered(name, version=version)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

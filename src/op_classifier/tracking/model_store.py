@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from op_classifier.errors import first_line
-from op_classifier.tracking import TrackingError, missing_sqlite
+from op_classifier.tracking import TrackingError, missing_sqlite, registered
 from op_classifier.tracking.store import SHARED_VIEW_KEY, client_env
 
 # Registry lookups that mean "no such model, version or alias" rather than a broken store.
@@ -133,14 +133,11 @@ class MlflowModelStore:
 
 def _run_of(client: Any, model_uri: str) -> str:
     """The run that logged the model a models:/ or runs:/ URI names."""
-    scheme, _, rest = model_uri.partition(":/")
-    rest = rest.strip("/")
-    if scheme == "runs":
-        return rest.split("/")[0]
-    name, _, alias = rest.partition("@")
-    if alias:
-        return client.get_model_version_by_alias(name, alias).run_id
-    name, _, version = rest.partition("/")
-    if not version.isdigit():
+    if model_uri.startswith("runs:/"):
+        return model_uri.removeprefix("runs:/").strip("/").split("/")[0]
+    ref = registered(model_uri)
+    if ref is not None and ref.alias:
+        return client.get_model_version_by_alias(ref.name, ref.alias).run_id
+    if ref is None or not (ref.version or "").isdigit():
         raise TrackingError(f"{model_uri}: use models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/<path>")
-    return client.get_model_version(name, version).run_id
+    return client.get_model_version(ref.name, ref.version).run_id

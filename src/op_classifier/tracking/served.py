@@ -185,14 +185,22 @@ def served_model(model_uri: str, store: str, trust_code: bool = False) -> Served
     return served
 
 
-def keras_artifact(folder: Path) -> Path | None:
-    """The Keras file of a logged op-classifier model (PixelClassifier's artifact), read from its MLmodel."""
+def _pyfunc_flavor(folder: Path) -> dict[str, Any]:
+    """The python_function flavor of a model folder's MLmodel; empty when there is none to read."""
     import yaml
 
     try:
         flavor = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
-        path = folder / flavor["artifacts"][PixelClassifier.ARTIFACT]["path"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+    return flavor if isinstance(flavor, dict) else {}
+
+
+def keras_artifact(folder: Path) -> Path | None:
+    """The Keras file of a logged op-classifier model (PixelClassifier's artifact), read from its MLmodel."""
+    try:
+        path = folder / _pyfunc_flavor(folder)["artifacts"][PixelClassifier.ARTIFACT]["path"]
+    except (KeyError, TypeError):
         return None
     return (
         path if path.suffix == ".keras" and path.is_file() and path.resolve().is_relative_to(folder.resolve()) else None
@@ -201,13 +209,8 @@ def keras_artifact(folder: Path) -> Path | None:
 
 def _python_model_of(folder: Path) -> str:
     """What a pyfunc folder's loading would run: its python_model file, or its loader module."""
-    import yaml
-
-    try:
-        flavor = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
-        return str(flavor.get("python_model") or flavor["loader_module"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return "no readable MLmodel"
+    flavor = _pyfunc_flavor(folder)
+    return str(flavor.get("python_model") or flavor.get("loader_module") or "no readable MLmodel")
 
 
 def _input_shape(model: Any) -> tuple[int, ...] | None:
