@@ -76,47 +76,52 @@ def test_stages_import_seed_stream_and_train_under_jax_without_tensorflow(tmp_pa
     assert not any(r.startswith("tensorflow") for r in requirements)
 
 
-def test_the_tiny_pipeline_runs_and_logs_under_jax_without_tensorflow(tmp_path: Path) -> None:
-    """prepare, a Keras Tuner search, train, evaluate (MLflow on SQLite) and predict, all under JAX.
-
-    In the default suite (about 35 s) so that CI runs the pipeline under JAX as well as TensorFlow."""
-    subprocess.run(["cp", "-r", str(REPO / "conf"), str(tmp_path / "conf")], check=True)
-    out = _run_under_jax(
+def _command_under_jax(args: list[str], cwd: Path) -> str:
+    """One `op-classifier` command in a fresh Python under JAX, as DVC runs a stage; TensorFlow never loaded."""
+    return _run_under_jax(
         f"""
-        import json
-        from pathlib import Path
-        import mlflow
-        from op_classifier import config
-        from op_classifier.data import sample
-        from op_classifier.serving import predict
-        from op_classifier.stages import evaluate, prepare, train, tune
-
-        root = Path({str(tmp_path)!r})
-        defaults = vars(config.validate(config.compose(())).paths)
-        paths = [f"paths.{{key}}={{root / value}}" for key, value in defaults.items()]
-        store = f"sqlite:///{{root / 'mlflow.db'}}"
-        cfg = config.validate(config.compose(("experiment=tiny", "tuner.max_trials=1", *paths, f"tracking.uri={{store}}")))
-        sample.generate(root / "data/raw", per_class=8, scenes=4)
-        prepare.run(cfg)
-        tuned = tune.run(cfg)
-        trained = train.run(cfg)
-        evaluated = evaluate.run(cfg)
-        results = predict.run([str(root / "data/raw/Luffy")], model=str(root / "experiments/model"), as_json=True)
-        client = mlflow.MlflowClient(store)
-        run = client.get_run(trained["run_id"])
-        requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{{run.info.run_id}}/model/requirements.txt", tracking_uri=store)).read_text()
-        print(json.dumps({{"trials": tuned["trials"], "saved_model": "saved_model" in trained, "val": evaluated["val_accuracy"],
-                          "predicted": len(results), "policy": run.data.params["precision_policy"],
-                          "logged_val": run.data.metrics.get("val_accuracy"), "requirements": requirements}}))
+        import sys
+        from op_classifier.cli import main
+        try:
+            main({args!r})
+        except SystemExit as done:
+            assert done.code in (0, None), f"exit {{done.code}}"
         """,
-        tmp_path,
+        cwd,
     )
-    summary = json.loads(out.splitlines()[-2])
-    assert summary["trials"] == 1 and summary["predicted"] == 8
-    assert not summary["saved_model"]  # the SavedModel needs TensorFlow: skipped with a note
-    assert summary["policy"] == "float32"  # train.mixed_precision=auto on a CPU
-    assert summary["logged_val"] == summary["val"]
-    assert "jax==" in summary["requirements"] and "tensorflow" not in summary["requirements"]
+
+
+def test_the_tiny_pipeline_runs_and_logs_under_jax_each_stage_in_its_own_process(tmp_path: Path) -> None:
+    """prepare, a Keras Tuner search, train, evaluate (MLflow on SQLite) and predict under JAX, each its
+    own process as under `dvc repro`: evaluate and predict load train's file with nothing built first.
+
+    In the default suite so that CI runs the pipeline under JAX as well as TensorFlow."""
+    import mlflow
+
+    from op_classifier.data import sample
+
+    subprocess.run(["cp", "-r", str(REPO / "conf"), str(tmp_path / "conf")], check=True)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = ["experiment=tiny", "tuner.max_trials=1", f"tracking.uri={store}"]
+    sample.generate(tmp_path / "data/raw", per_class=8, scenes=4)
+    for stage in ("prepare", "tune", "train", "evaluate"):
+        _command_under_jax([stage, *overrides], tmp_path)
+    out = _command_under_jax(["predict", "data/raw/Luffy", "--model", "experiments/model", "--json"], tmp_path)
+    predicted = json.loads(out[: out.rindex("NO_TENSORFLOW")])["results"]
+    assert len(predicted) == 8 and all(result["top"] in ("Luffy", "Nami", "Sanji", "Zoro") for result in predicted)
+    metrics = json.loads((tmp_path / "experiments/metrics.json").read_text())
+    record = json.loads((tmp_path / "experiments/model/run.json").read_text())
+    assert not (tmp_path / "experiments/model/saved_model").exists()  # needs TensorFlow: skipped with a note
+    client = mlflow.MlflowClient(store)
+    run = client.get_run(record["run_id"])
+    assert run.data.params["precision_policy"] == "float32"  # train.mixed_precision=auto on a CPU
+    assert run.data.metrics["val_accuracy"] == metrics["val_accuracy"]
+    trials = client.search_runs([run.info.experiment_id], "tags.`mlflow.runName` LIKE 'trial%'")
+    assert len(trials) == 1
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    logged = Path(model.artifact_location.removeprefix("file://"))  # the SQLite store keeps artifacts on disk
+    requirements = (logged / "requirements.txt").read_text()
+    assert "jax==" in requirements and "tensorflow" not in requirements
 
 
 def test_efficientnet_lite_imagenet_weights_load_and_answer_under_jax(tmp_path: Path) -> None:
