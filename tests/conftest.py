@@ -83,6 +83,11 @@ def _git(cwd: Path, *args: str) -> None:
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
     """A committed git copy of the project's files (tracked and not ignored), for real DVC commands."""
+    return copy_repo(tmp_path / "repo")
+
+
+def copy_repo(dst: Path) -> Path:
+    """Copy the project's files (tracked and not ignored) to dst as a fresh git repository, committed."""
     listed = (
         subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -93,7 +98,6 @@ def repo_copy(tmp_path: Path) -> Path:
         .stdout.decode()
         .split("\0")
     )
-    dst = tmp_path / "repo"
     for rel in filter(None, listed):
         src = REPO / rel
         if src.is_file():

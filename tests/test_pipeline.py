@@ -138,6 +138,27 @@ def test_runs_table_shows_the_evaluated_models_accuracy(project: Path, pipeline:
     assert [m.step for m in curve] == [0, 1]  # the per-epoch curve lives under its own name
 
 
+def test_the_logged_model_carries_its_evaluated_scores_and_the_version_says_how(project: Path, pipeline: tuple) -> None:
+    """Its page showed the first epoch's epoch_val_accuracy (0.44 where the model scored 0.95, issue 26)."""
+    cfg = pipeline[0]
+    metrics = json.loads(Path(cfg.paths.metrics).read_text())
+    client = mlflow_client(project)
+    training = next(r for r in _runs(project) if r.data.tags.get("stage") == "train")
+    (output,) = training.outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    scores = {metric.key: metric for metric in logged.metrics}
+    assert not any(key.startswith("epoch_") for key in scores)  # no epoch's numbers pass for the model's
+    assert scores["val_accuracy"].value == pytest.approx(metrics["val_accuracy"])
+    assert scores["test_accuracy"].value == pytest.approx(metrics["test_accuracy"])
+    for name, values in metrics["test_per_class"].items():
+        assert scores[f"test_per_class.{name}.f1"].value == pytest.approx(values["f1"])
+    assert {metric.dataset_name for metric in logged.metrics} == {"prepared"}
+    assert {metric.dataset_digest for metric in logged.metrics} == {training.data.tags["data_hash"]}
+    description = client.get_model_version("op-classifier", "1").description
+    assert f"val_accuracy {metrics['val_accuracy']:.4f}" in description and training.info.run_id in description
+    assert "Luffy, Nami, Sanji, Zoro" in description and "single-character images of" in description
+
+
 def test_saved_model_signature_matches_keras(pipeline: tuple) -> None:
     """TensorFlow Serving's contract: (batch, S, S, 3) float32 pixels in, per-class probabilities out."""
     import keras

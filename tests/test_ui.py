@@ -8,54 +8,64 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from op_classifier.config import Config
-from op_classifier.data import sample
-from op_classifier.stages import evaluate, prepare, train, tune
-from tests.conftest import REPO, compose, free_port, paths_under
+from tests.conftest import copy_repo, free_port, run_in
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "op-classifier")
 CHROMIUM = shutil.which("chromium")
-RATES = ("0.0003", "0.003")
-
-
-def _cfg(root: Path, *overrides: str) -> Config:
-    return compose(
-        "experiment=tiny", "tuner=none", *paths_under(root), f"tracking.uri=sqlite:///{root / 'mlflow.db'}", *overrides
-    )
+SECOND_RATE = "0.0005"  # the README's walk-through: `dvc exp run -S train.learning_rate=0.0005`
+# Set to a folder (docs/img) to run the walk-through at the README's full size and keep its screenshots there.
+SHOTS = os.environ.get("OP_CLASSIFIER_UI_SHOTS")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
-    """A tiny pipeline trained twice (two learning rates): (root, {rate: evaluate's summary})."""
-    root = tmp_path_factory.mktemp("ui")
-    shutil.copytree(REPO / "conf", root / "conf")
-    sample.generate(root / "data/raw", per_class=8, scenes=4)
-    prepare.run(_cfg(root))
-    results = {}
-    for rate in RATES:
-        cfg = _cfg(root, f"train.learning_rate={rate}")
-        tune.run(cfg)
-        train.run(cfg)
-        results[rate] = evaluate.run(cfg)
-    return root, results
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's walk-through in a fresh copy: the pipeline once (`make run`), then `dvc exp run -S ...`.
+
+    At the tiny experiment's size unless OP_CLASSIFIER_UI_SHOTS asks for the README's own."""
+    root = copy_repo(tmp_path_factory.mktemp("ui") / "repo")
+    tiny = [] if SHOTS else ["-S", "experiment=tiny"]
+    if SHOTS:
+        run_in(root, "op-classifier", "sample", "--out", "data/raw")
+    else:
+        run_in(root, "op-classifier", "sample", "--out", "data/raw", "--per-class", "8", "--scenes", "4")
+        run_in(root, "op-classifier", "compose", "experiment=tiny")
+    run_in(root, "dvc", "repro")
+    run_in(root, "git", "add", "-A")
+    run_in(root, "git", "commit", "-qm", "first run")
+    run_in(root, "dvc", "exp", "run", *tiny, "-S", f"train.learning_rate={SECOND_RATE}")
+    return root
+
+
+def _client(root: Path) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _trainings(root: Path) -> list[Any]:
+    client = _client(root)
+    experiment = client.get_experiment_by_name("op-classifier")
+    return client.search_runs([experiment.experiment_id], "tags.stage = 'train'", order_by=["attributes.start_time"])
 
 
 @pytest.fixture(scope="module")
-def ui(project: tuple) -> Iterator[str]:
-    """`op-classifier ui` on a free port; yields the runs-table link it printed."""
-    root = project[0]
+def ui(project: Path) -> Iterator[str]:
+    """`op-classifier ui` on a free port, in the project as a user starts it; yields the link it printed."""
+    root = project
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     server = subprocess.Popen(
-        [CLI, "ui", "--port", str(port), f"tracking.uri=sqlite:///{root / 'mlflow.db'}"],
+        [CLI, "ui", "--port", str(port)],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,
@@ -80,21 +90,22 @@ def ui(project: tuple) -> Iterator[str]:
         server.wait()
 
 
-def _render(url: str, out: Path) -> str:
-    """The page's text after its scripts ran, as Chromium renders it; a screenshot of it in out."""
+def _render(url: str, name: str, tmp_path: Path) -> str:
+    """The page's text after its scripts ran, as Chromium renders it in a browser never used before.
+
+    A screenshot of it goes to tmp_path (or to OP_CLASSIFIER_UI_SHOTS, for the README) as name."""
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
-    base = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--window-size=1600,900",
-        "--virtual-time-budget=30000",
-    ]
-    subprocess.run([*base, f"--screenshot={out}", url], capture_output=True, timeout=180, check=True)
-    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True).stdout
-    text = re.sub(r"<style[^>]*>.*?</style>|<script[^>]*>.*?</script>", " ", dom, flags=re.S)
+    shot = Path(SHOTS or tmp_path) / name
+
+    def chromium(*args: str) -> str:
+        with tempfile.TemporaryDirectory() as profile:  # a first visit: no stored mode, no saved view
+            base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}"]
+            size = ["--window-size=1600,900", "--virtual-time-budget=30000"]
+            return subprocess.run([*base, *size, *args, url], capture_output=True, text=True, timeout=180).stdout
+
+    chromium(f"--screenshot={shot}")
+    text = re.sub(r"<style[^>]*>.*?</style>|<script[^>]*>.*?</script>", " ", chromium("--dump-dom"), flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
 
 
@@ -102,29 +113,53 @@ def _shown(value: float) -> set[str]:
     return {f"{value:.{digits}g}" for digits in range(2, 6)} | {str(round(value, 3)), str(value)}
 
 
-def test_the_printed_link_opens_the_runs_table_with_val_accuracy(project: tuple, ui: str, tmp_path: Path) -> None:
+def _experiment(ui: str) -> tuple[str, str]:
+    """The UI's base URL and the project's experiment id, from the link `op-classifier ui` printed."""
+    base, _, route = ui.partition("/#/")
+    return base, route.split("/")[1]
+
+
+def test_the_plain_experiment_url_opens_the_runs_table_in_model_training_mode(
+    project: Path, ui: str, tmp_path: Path
+) -> None:
+    """MLflow 3 opens a new browser in GenAI mode ("Traces 0", "Agent versions"): ours opens on the runs."""
+    base, experiment = _experiment(ui)
+    text = _render(f"{base}/#/experiments/{experiment}", "mlflow-runs.png", tmp_path)
+    assert "Agent versions" not in text and "Traces 0" not in text and "Training runs" not in text
+    assert "Models" in text and "val_accuracy" in text and "test_accuracy" in text
+    table = text[text.index("Run Name") :]
+    trainings = _trainings(project)
+    assert len(trainings) == 2  # the first run and the walk-through's experiment
+    for run in trainings:
+        assert run.info.run_name in table or run.info.run_name[:20] in table
+        assert _shown(run.data.metrics["val_accuracy"]) & set(table.split()), (run.data.metrics, table[:800])
+
+
+def test_the_printed_link_opens_the_runs_table_with_val_accuracy(project: Path, ui: str, tmp_path: Path) -> None:
     assert "/runs?viewStateShareKey=" in ui
-    text = _render(ui, tmp_path / "runs.png")
+    text = _render(ui, "printed-link.png", tmp_path)
     assert "Traces 0" not in text and "val_accuracy" in text and "test_accuracy" in text
     table = text[text.index("Run Name") :]
-    assert table.count("train ") >= 2  # both trainings, named by their main settings
-    for rate, result in project[1].items():
-        assert f"learning_rate={float(rate)}" in table
-        assert _shown(result["val_accuracy"]) & set(table.split()), (result["val_accuracy"], table[:800])
+    for run in _trainings(project):
+        assert run.info.run_name[:20] in table and _shown(run.data.metrics["val_accuracy"]) & set(table.split())
 
 
-def test_the_compare_page_renders_the_differing_params(project: tuple, ui: str, tmp_path: Path) -> None:
-    import mlflow
+def test_the_logged_models_page_shows_its_evaluated_accuracy(project: Path, ui: str, tmp_path: Path) -> None:
+    """Not the first epoch's numbers (issue 26): the scores evaluate measured, on its data set."""
+    base, experiment = _experiment(ui)
+    run = _trainings(project)[-1]
+    (output,) = run.outputs.model_outputs
+    text = _render(f"{base}/#/experiments/{experiment}/models/{output.model_id}", "mlflow-model.png", tmp_path)
+    assert "epoch_val_accuracy" not in text and "val_accuracy" in text and "test_accuracy" in text
+    assert _shown(run.data.metrics["val_accuracy"]) & set(text.split()), text[:1500]
+    assert "raw" in text  # the data set the scores were measured on (data.dvc's)
 
-    client = mlflow.MlflowClient(f"sqlite:///{project[0] / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("op-classifier")
-    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
-    assert len(runs) == 2
-    ids = ",".join(f"%22{run.info.run_id}%22" for run in runs)
-    base = ui.split("/#/")[0]
+
+def test_the_compare_page_shows_the_two_runs_of_the_walk_through(project: Path, ui: str, tmp_path: Path) -> None:
+    base, experiment = _experiment(ui)
+    ids = ",".join(f"%22{run.info.run_id}%22" for run in _trainings(project))
     text = _render(
-        f"{base}/#/compare-runs?runs=[{ids}]&experiments=[%22{experiment.experiment_id}%22]", tmp_path / "compare.png"
+        f"{base}/#/compare-runs?runs=[{ids}]&experiments=[%22{experiment}%22]", "mlflow-compare.png", tmp_path
     )
-    assert "train.learning_rate" in text
-    for rate in RATES:
-        assert str(float(rate)) in text
+    assert "train.learning_rate" in text and str(float(SECOND_RATE)) in text
+    assert "val_accuracy" in text and "Comparing 2" in text

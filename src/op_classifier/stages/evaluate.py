@@ -142,12 +142,14 @@ def run(cfg: Config) -> dict:
             for path in draw_figures(Path(tmp), metrics, splits, probs, classes, Path(cfg.paths.history)):
                 tracker.log_artifact(path, "figures")
         if record.get("model_uri"):
+            tracker.score_model(record["model_uri"], model_scores(flat), record.get("dataset"))
             registry = tracker.register(
                 record["model_uri"],
                 score,
                 cfg.tracking.champion_target,
                 cfg.tracking.champion_metric,
                 data_hash=data_hash(prepared),
+                description=describe(record, metrics, splits),
             )
     return {
         "val_accuracy": metrics["val_accuracy"],
@@ -156,6 +158,29 @@ def run(cfg: Config) -> dict:
         **registry,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def model_scores(flat: dict[str, Any]) -> dict[str, float]:
+    """What the logged model carries: val and test accuracy and each class's test F1."""
+    return {
+        key: value for key, value in flat.items() if key in ("val_accuracy", "test_accuracy") or key.endswith(".f1")
+    }
+
+
+def describe(record: dict[str, Any], metrics: dict[str, Any], splits: dict[str, Split]) -> str:
+    """A registered version's description: what the model is and how it was scored."""
+    classes, size = ", ".join(record["classes"]), record["image_size"]
+    data = record.get("dataset") or {}
+    counts = {name: (int(single_label(split.labels).sum()), len(split.labels)) for name, split in splits.items()}
+    scored = ", ".join(
+        f"{name}_accuracy {metrics[f'{name}_accuracy']:.4f} on {single} single-character images of {total}"
+        for name, (single, total) in counts.items()
+    )
+    return (
+        f"Classifies {size}x{size} RGB images (0..255 pixels) into {classes}, one sigmoid per class. "
+        f"Trained in run {record.get('run_id')}; scored by the evaluate stage on data "
+        f"'{data.get('name', 'prepared')}' (digest {data.get('digest', '?')}), top-1: {scored}."
+    )
 
 
 def _champion_score(flat: dict[str, Any], metric: str) -> float:

@@ -393,8 +393,8 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
         # The data as DVC tracks it (data/raw and its .dvc hash), else as this stage read it (prepared).
         raw = Path(cfg.paths.raw)
         tracked = dvc_hash(raw)
-        name, digest, source = (raw.name, tracked, raw) if tracked else (prepared.name, made_by["data"], prepared)
-        tracker.log_dataset(name, digest, source, manifest["counts"], prepared_hash=made_by["data"])
+        name, data_digest, source = (raw.name, tracked, raw) if tracked else (prepared.name, made_by["data"], prepared)
+        tracker.log_dataset(name, data_digest, source, manifest["counts"], prepared_hash=made_by["data"])
         summary = fit(cfg, model, tracker, classes, described["learning_rate_used"], cluster)
         digest = distributed.weights_digest(model)
         if not cluster.chief:
@@ -405,10 +405,17 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
             written = export(model, Path(cfg.paths.model))
             bar.update()
             bar.set_postfix_str("MLflow model")
-            model_uri = tracker.log_model(model, _example(load_split(prepared, "val")))
+            steps = summary["epochs_run"] + summary.get("fine_tune_epochs_run", 0)  # past the last epoch's step
+            model_uri = tracker.log_model(model, _example(load_split(prepared, "val")), step=steps)
             bar.update()
         tracker.log_artifact(Path(cfg.paths.history), "plots")
-    record = {"run_id": run_id, "model_uri": model_uri, "classes": classes, "image_size": cfg.data.image_size}
+    record = {
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "classes": classes,
+        "image_size": cfg.data.image_size,
+        "dataset": {"name": name, "digest": data_digest, "source": str(source)},  # evaluate scores the model on it
+    }
     (Path(cfg.paths.model) / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return {
         **summary,

@@ -158,16 +158,25 @@ class Tracker(Protocol):
     def join(self, param: str, value: str, timeout: float) -> AbstractContextManager[str | None]:
         """Nest this process's trials under another process's running run (its `param` is `value`)."""
 
-    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
-        """The served model, logged; its URI, or None."""
+    def log_model(self, model: keras.Model, example: np.ndarray, step: int = 0) -> str | None:
+        """The served model, logged as of training step `step`; its URI, or None."""
 
     def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
         """The run's input data."""
 
+    def score_model(self, model_uri: str, metrics: Mapping[str, float], dataset: Mapping[str, str] | None) -> None:
+        """The evaluated metrics on the logged model itself, measured on `dataset` (name, digest, source)."""
+
     def register(
-        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+        self,
+        model_uri: str,
+        score: float,
+        target: float,
+        metric: str,
+        data_hash: str | None = None,
+        description: str | None = None,
     ) -> dict[str, Any]:
-        """Register a logged model; whether it became the champion, and why."""
+        """Register a logged model (with a description); whether it became the champion, and why."""
 
 
 class Served(Protocol):
@@ -264,15 +273,24 @@ class NullTracker:
         """No run to join: yields None."""
         yield None
 
-    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
+    def log_model(self, model: keras.Model, example: np.ndarray, step: int = 0) -> str | None:
         """No model logged: None."""
         return None
 
     def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
         """Nothing to record."""
 
+    def score_model(self, model_uri: str, metrics: Mapping[str, float], dataset: Mapping[str, str] | None) -> None:
+        """Nothing to record."""
+
     def register(
-        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+        self,
+        model_uri: str,
+        score: float,
+        target: float,
+        metric: str,
+        data_hash: str | None = None,
+        description: str | None = None,
     ) -> dict[str, Any]:
         """No registry: an empty summary."""
         return {}

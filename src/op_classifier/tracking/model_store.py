@@ -128,7 +128,8 @@ class MlflowModelStore:
         serving = ["--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
         known = "ignore:starlette.middleware.wsgi is deprecated:UserWarning"
         warnings = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), known)))
-        return [mlflow, "ui", *store, *serving], {"PYTHONWARNINGS": warnings}
+        app = ["--app-name", "op-classifier"]  # tracking/ui_app.py: opens in model-training mode
+        return [mlflow, "ui", *store, *serving, *app], {"PYTHONWARNINGS": warnings}
 
 
 def _run_of(client: Any, model_uri: str) -> str:

@@ -219,8 +219,12 @@ class MlflowTracker:
         finally:
             self.parent_run_id = None
 
-    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
-        """Log the model as a pixel-checking pyfunc with its signature and an input example; return its URI."""
+    def log_model(self, model: keras.Model, example: np.ndarray, step: int = 0) -> str | None:
+        """Log the model as a pixel-checking pyfunc with its signature and an input example; return its URI.
+
+        MLflow links the run's metrics logged at `step` to the model: train passes the number of epochs
+        run, a step no epoch's metrics use, so the model carries only what evaluate measures on it.
+        """
         import tempfile
 
         import mlflow
@@ -241,6 +245,7 @@ class MlflowTracker:
                     signature=signature,
                     input_example=example,
                     pip_requirements=pip_requirements(),
+                    step=step,
                 )
             )
         return f"runs:/{mlflow.active_run().info.run_id}/model"
@@ -248,36 +253,50 @@ class MlflowTracker:
     def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
         """Record the data as the run's input (the runs table's Dataset column): digest, split sizes."""
         import mlflow
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
 
-        with warnings.catch_warnings():
-            # MLflow registers its local-file source twice (schemes "" and "file"), then warns that a
-            # path matches both; the two are the same class, so the choice cannot matter.
-            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways", category=UserWarning)
-            dataset_source = resolve_dataset_source(str(source.resolve()))
-        dataset = MetaDataset(dataset_source, name=name, digest=digest)
+        dataset = _dataset(name, digest, source)
         tags = {**{f"{split}_images": str(count) for split, count in sizes.items()}, "prepared_hash": prepared_hash}
         store_call(lambda: mlflow.log_input(dataset, context="training", tags=tags))
 
+    def score_model(self, model_uri: str, metrics: Mapping[str, float], dataset: Mapping[str, str] | None) -> None:
+        """Log metrics in the active run, linked to the logged model of `model_uri` (its page shows them)."""
+        import mlflow
+
+        run_id = model_uri.removeprefix("runs:/").split("/")[0]
+        outputs = store_call(lambda: mlflow.MlflowClient().get_run(run_id)).outputs
+        models = [output.model_id for output in (outputs.model_outputs if outputs else [])]
+        if not models:
+            raise TrackingError(f"{model_uri}: the run logged no model to attach its scores to")
+        found = _dataset(dataset["name"], dataset["digest"], Path(dataset["source"])) if dataset else None
+        clean = {_metric_key(k): float(v) for k, v in metrics.items() if _is_number(v)}
+        store_call(lambda: mlflow.log_metrics(clean, model_id=models[-1], dataset=found))
+
     def register(
-        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None = None
+        self,
+        model_uri: str,
+        score: float,
+        target: float,
+        metric: str,
+        data_hash: str | None = None,
+        description: str | None = None,
     ) -> dict[str, Any]:
         """Register the model; move the champion alias to it only if it meets target and beats it.
 
         Scores are compared only when both were measured on the same prepared data (same files, same
         split): a champion scored on other data keeps its alias, and the summary says why.
         """
-        return store_call(lambda: self._register(model_uri, score, target, metric, data_hash))
+        return store_call(lambda: self._register(model_uri, score, target, metric, data_hash, description))
 
     def _register(
-        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None
+        self, model_uri: str, score: float, target: float, metric: str, data_hash: str | None, description: str | None
     ) -> dict[str, Any]:
         import mlflow
 
         client = mlflow.MlflowClient()
         with _quiet_registry_lookup():
             version = mlflow.register_model(model_uri, self.cfg.model_name).version
+        if description:
+            client.update_model_version(self.cfg.model_name, version, description=description)
         client.set_model_version_tag(self.cfg.model_name, version, metric, str(score))
         if data_hash:
             client.set_model_version_tag(self.cfg.model_name, version, DATA_HASH_TAG, data_hash)
@@ -320,6 +339,19 @@ class _EpochLogger(keras.callbacks.Callback):
 
 # The distributions a logged model needs, by Keras backend: a JAX install has no `tensorflow`.
 BACKEND_REQUIREMENTS = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
+def _dataset(name: str, digest: str, source: Path) -> Any:
+    """An MLflow dataset entry for a local folder: its name, digest and path."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice (schemes "" and "file"), then warns that a
+        # path matches both; the two are the same class, so the choice cannot matter.
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways", category=UserWarning)
+        dataset_source = resolve_dataset_source(str(source.resolve()))
+    return MetaDataset(dataset_source, name=name, digest=digest)
 
 
 def pip_requirements() -> list[str]:
