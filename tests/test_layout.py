@@ -79,6 +79,7 @@ def test_models_logged_before_the_split_still_find_their_wrapper() -> None:
 # `config -> models` is the one arrow upward: config looks up model.name's schema in the registry.
 ALLOWED = {
     "cli": {
+        "compare",
         "config",
         "data",
         "defaults",
@@ -92,7 +93,9 @@ ALLOWED = {
         "training",
         "weights",
     },
+    "compare": {"comparison", "config", "data", "errors", "tracking"},
     "stages": {
+        "comparison",
         "config",
         "data",
         "errors",
@@ -107,9 +110,10 @@ ALLOWED = {
         "training",
     },
     "serving": {"config", "data", "defaults", "errors", "files", "models", "progress", "quiet", "tracking"},
-    "tracking": {"config", "defaults", "errors", "models", "net"},
+    "tracking": {"comparison", "config", "defaults", "errors", "models", "net"},
     "training": {"config", "data", "errors", "net", "schema", "sources", "weights"},
     "figures": {"data"},
+    "comparison": {"errors"},
     "runner": {"config", "errors"},
     "data": {"config", "errors", "files"},
     "config": {"errors", "metric_names", "models", "schema"},

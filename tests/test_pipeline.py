@@ -621,3 +621,40 @@ def test_a_failing_evaluate_never_changes_the_finished_training_run(
     assert len(runs) == 2 and client.get_run(training.info.run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(training.info.run_id, "epoch_loss")]
     assert steps == [0, 1]  # its two epochs, logged once
+
+
+def test_compare_pairs_the_workspace_with_a_run_and_refuses_bad_references(project: Path, pipeline: tuple) -> None:
+    """`op-classifier compare` (issue 23): the same model twice is a tie, kept with its evaluate run;
+    an unknown run, version or experiment, or a run that kept no predictions, is one line and exit 2."""
+    cfg, _, trained, evaluated = pipeline
+    overrides = [*TINY, *paths_under(project), f"tracking.uri=sqlite:///{project / 'mlflow.db'}"]
+
+    def compare(a: str, b: str, *options: str) -> subprocess.CompletedProcess:
+        command = [CLI, "compare", a, b, *overrides, *options]  # options after the overrides, as argparse reads
+        return subprocess.run(command, cwd=project, capture_output=True, text=True)
+
+    done = compare("workspace", trained["run_id"], "--split", "val", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["accuracy"]["a"] == pytest.approx(evaluated["val_accuracy"]) == result["accuracy"]["b"]
+    assert result["mcnemar_p"] == 1.0 and result["verdict"].startswith("no significant difference")
+    kept = {
+        artifact.path
+        for run in _runs(project)
+        if run.data.tags.get("stage") == "evaluate"
+        for artifact in mlflow_client(project).list_artifacts(run.info.run_id, "comparisons")
+    }
+    assert any(path.endswith(".txt") for path in kept) and any(path.endswith(".json") for path in kept)
+    table = compare("workspace", trained["run_id"]).stdout
+    assert "McNemar exact p = 1" in table and "95% interval" in table and "test:" in table
+
+    tune_run = next(r for r in _runs(project) if r.data.tags.get("stage") == "tune").info.run_id
+    for ref, said in (
+        ("0" * 32, "no such run"),
+        ("v99", "no such run, version or alias"),
+        (tune_run, "kept no predictions"),
+        ("no-such-experiment", "not a run id, version"),
+    ):
+        done = compare("workspace", ref)
+        assert done.returncode == 2, (ref, done.stderr)
+        assert said in done.stderr and done.stderr.count("\n") == 1, done.stderr

@@ -160,6 +160,13 @@ def _ui(args: argparse.Namespace) -> None:
         raise OpClassifierError(f"cannot start {argv[0]}: {error.strerror or error}") from None
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from op_classifier import compare
+
+    cfg = config.validate(config.compose(tuple(args.overrides)))
+    print(compare.run(cfg, args.a, args.b, args.split, args.json))
+
+
 def _champion(args: argparse.Namespace) -> None:
     from op_classifier import tracking
 
@@ -230,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--batch-size", type=int, default=defaults.PREDICT_BATCH, help="images per model call (default: %(default)s)"
     )
+
+    cmp = sub.add_parser(
+        "compare", parents=[common], help="two evaluated models on the same images: paired interval, McNemar"
+    )
+    cmp.add_argument("a", metavar="A", help="workspace, a DVC experiment, a run id, v3, champion or @alias")
+    cmp.add_argument("b", metavar="B", help="the same kinds as A; the table reads B - A")
+    cmp.add_argument("--split", choices=("val", "test"), default="test", help="which split (default: %(default)s)")
+    cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp.add_argument("overrides", nargs="*", help="Hydra overrides (paths, tracking.uri)")
 
     exp = sub.add_parser(
         "export", parents=[common], help="a trained model as a LiteRT (.tflite) file, checked on the test split"
@@ -387,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _predict(args))
     elif args.command == "export":
         code = guarded(lambda: _export(args))
+    elif args.command == "compare":
+        code = guarded(lambda: _compare(args))
     elif args.command == "check-raw":
         code = guarded(lambda: _check_raw(args))
     elif args.command == "weights":

@@ -59,6 +59,7 @@ class PathsConfig:
     history: str = MISSING
     metrics: str = MISSING
     confusion: str = MISSING
+    predictions: str = MISSING
     export: str = MISSING
 
 
@@ -182,6 +183,7 @@ class TrainConfig:
 
 
 TRACKER_KINDS = ("mlflow", "none")  # tracking.make_tracker's implementations
+PROMOTIONS = ("significant", "better")  # tracking.promotion: how a new model takes the champion alias
 CHAMPION = "champion"  # the registry alias of the model that is served (tracking.champion_*)
 
 
@@ -195,10 +197,18 @@ class TrackingConfig:
     model_name: str = MISSING
     champion_metric: str = MISSING
     champion_target: float = MISSING
+    promotion: str = MISSING
+    alpha: float = MISSING
 
     def __post_init__(self) -> None:
         require(self.kind in TRACKER_KINDS, "tracking.kind", f"'{self.kind}' is not one of {', '.join(TRACKER_KINDS)}")
         check_range("tracking.champion_target", self.champion_target, UNIT)
+        require(
+            self.promotion in PROMOTIONS,
+            "tracking.promotion",
+            f"'{self.promotion}' is not one of {', '.join(PROMOTIONS)}",
+        )
+        require(0.0 < self.alpha < 1.0, "tracking.alpha", f"must be between 0 and 1 (exclusive), not {self.alpha}")
         require(bool(self.experiment.strip()), "tracking.experiment", "must name an experiment")
         name = self.model_name
         require(  # MLflow's registry refuses these, but only when evaluate registers: after the training

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -13,13 +14,14 @@ import keras
 import numpy as np
 
 from op_classifier import progress
+from op_classifier.comparison import per_class, write_predictions
 from op_classifier.config import Config, ConfigError
 from op_classifier.data.prepared import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label, top1
 from op_classifier.data.stream import image_stream
 from op_classifier.errors import DataError
 from op_classifier.models.common import load_model
 from op_classifier.runner import stage_main
-from op_classifier.tracking import flatten, make_tracker
+from op_classifier.tracking import PREDICTIONS_ARTIFACT, flatten, make_tracker
 
 THRESHOLD = 0.5
 
@@ -30,20 +32,6 @@ def predict(model: keras.Model, prepared: Path, split: str, batch_size: int = 64
     with progress.bar(len(images.rows), desc) as bar:
         callback = progress.keras_callback(bar, batch_size)
         return np.asarray(model.predict(images, verbose=0, callbacks=[callback]))
-
-
-def per_class(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
-    """Precision, recall and F1 of each class's top-1 predictions on single-label rows."""
-    single = single_label(labels)
-    truth, guess = labels[single].argmax(1), probs[single].argmax(1)
-    scores = {}
-    for i, name in enumerate(classes):
-        tp = float(np.sum((guess == i) & (truth == i)))
-        precision = tp / max(np.sum(guess == i), 1)
-        recall = tp / max(np.sum(truth == i), 1)
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores[name] = {"precision": precision, "recall": recall, "f1": f1}
-    return scores
 
 
 def scenes(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -117,14 +105,17 @@ def run(cfg: Config) -> dict:
     if not (model_dir / "model.keras").is_file():
         raise DataError(f"{model_dir / 'model.keras'} not found: run the train stage first (`dvc repro train`)")
     record = json.loads((model_dir / RUN_FILE).read_text(encoding="utf-8"))
-    classes = load_manifest(prepared)["classes"]
+    manifest = load_manifest(prepared)
+    classes = manifest["classes"]
     model = load_model(model_dir / "model.keras")
     metrics, splits, probs = evaluate(model, prepared, classes)
     test, test_probs = splits["test"], probs["test"]
-    metrics_path = Path(cfg.paths.metrics)
+    metrics_path, predictions = Path(cfg.paths.metrics), Path(cfg.paths.predictions)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     write_confusion(Path(cfg.paths.confusion), test.labels, test_probs, classes)
+    scored = {name: (splits[name].labels, probs[name]) for name in ("val", "test")}
+    write_predictions(predictions, classes, manifest["files"], scored)
     flat = flatten(metrics)
     score = _champion_score(flat, cfg.tracking.champion_metric)  # before tracking: a typo fails first
     tracker = make_tracker(cfg.tracking)
@@ -139,6 +130,9 @@ def run(cfg: Config) -> dict:
         for path in (metrics_path, Path(cfg.paths.confusion)):
             tracker.log_artifact(path, "evaluation")
         with tempfile.TemporaryDirectory() as tmp:
+            kept = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name  # the name compare looks for, whatever the path
+            shutil.copyfile(predictions, kept)
+            tracker.log_artifact(kept, str(Path(PREDICTIONS_ARTIFACT).parent))
             for path in draw_figures(Path(tmp), metrics, splits, probs, classes, Path(cfg.paths.history)):
                 tracker.log_artifact(path, "figures")
         if record.get("model_uri"):
@@ -150,7 +144,10 @@ def run(cfg: Config) -> dict:
                 cfg.tracking.champion_metric,
                 data_hash=data_hash(prepared),
                 description=describe(record, metrics, splits),
+                predictions=predictions,
             )
+    if "promotion" in registry:  # the significance test's numbers, beside the scores they judged
+        metrics_path.write_text(json.dumps({**metrics, "promotion": registry["promotion"]}, indent=2), encoding="utf-8")
     return {
         "val_accuracy": metrics["val_accuracy"],
         "test_accuracy": metrics["test_accuracy"],

@@ -34,6 +34,7 @@ _ENV_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 # In a stage's state folder (paths.tuning, paths.checkpoints): the tracker's run an interrupted stage continues.
 RUN_ID_FILE = "mlflow_run_id"
+PREDICTIONS_ARTIFACT = "evaluation/predictions.csv"  # evaluate's kept predictions, in its run
 
 
 class TrackingError(OpClassifierError):
@@ -191,6 +192,16 @@ class Served(Protocol):
         """(batch, classes) of decoded uint8 images, already (batch, *shape)."""
 
 
+@dataclass
+class Evaluated:
+    """A model's kept predictions: how to call it, the file, its evaluate run and when that started (ms)."""
+
+    label: str
+    path: Path
+    run_id: str | None
+    started: int
+
+
 class ModelStore(Protocol):
     """What serving, predict and the CLI ask of the model registry; open_store gives the project's."""
 
@@ -210,6 +221,15 @@ class ModelStore(Protocol):
 
     def served(self, model_uri: str, trust_code: bool = False) -> Served:
         """The model model_uri names, loaded and warmed up to serve; another's code only when trusted."""
+
+    def evaluation(self, ref: str, model_name: str, dst: Path) -> Evaluated:
+        """The kept predictions of a run id, models:/ URI, alias or version (v3) of model_name."""
+
+    def training_evaluation(self, training_run: str, label: str, dst: Path) -> Evaluated | None:
+        """The kept predictions of the evaluation under a training run, or None."""
+
+    def attach(self, run_id: str, path: Path, artifact_path: str) -> None:
+        """A file attached to a finished run, which stays as it ended."""
 
     def runs_link(self, experiment: str, base_url: str) -> str:
         """The UI page at base_url comparing the experiment's runs on the columns that matter."""

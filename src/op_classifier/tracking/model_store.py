@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from op_classifier.errors import first_line
-from op_classifier.tracking import TrackingError, missing_sqlite, registered
+from op_classifier.tracking import PREDICTIONS_ARTIFACT, Evaluated, TrackingError, missing_sqlite, registered
 from op_classifier.tracking.store import SHARED_VIEW_KEY, client_env
 
 # Registry lookups that mean "no such model, version or alias" rather than a broken store.
@@ -100,6 +100,61 @@ class MlflowModelStore:
                 f"MLflow store {self.uri} cannot tag {name} version {version} ({first_line(error)})"
             ) from None
 
+    def evaluation(self, ref: str, model_name: str, dst: Path) -> Evaluated:
+        """The predictions evaluate kept for `ref`: a run id (training or evaluate), models:/ URI, an
+        alias (`champion`, `@name`) or a version (`v3`) of model_name; downloaded into dst."""
+        if missing_sqlite(self.uri):
+            raise TrackingError(f"no MLflow store at {self.uri}: nothing was evaluated yet (`make run`)")
+        client = self._client()
+        try:
+            training, label = self._training_run(client, ref, model_name)
+            found = evaluation_of(client, training, dst)
+        except TrackingError:
+            raise
+        except Exception as error:  # MLflow raises many types for a missing run, version or alias
+            raise TrackingError(f"{ref}: no such run, version or alias in {self.uri} ({first_line(error)})") from None
+        if found is None:
+            raise TrackingError(
+                f"{ref}: its evaluation kept no predictions (evaluated before they were kept, or never)"
+            )
+        path, run = found
+        return Evaluated(label, path, run.info.run_id, run.info.start_time)
+
+    def _training_run(self, client: Any, ref: str, model_name: str) -> tuple[str, str]:
+        """The training run `ref` names, and how to call it in a table."""
+        version = ref[1:] if ref[:1] == "v" and ref[1:].isdigit() else None
+        alias = ref.lstrip("@") if ref.startswith("@") or ref == "champion" else None
+        if ref.startswith("models:/"):
+            uri = ref
+        elif version or alias:
+            uri = f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{alias}"
+        else:
+            run = client.get_run(ref)
+            parent = run.data.tags.get("mlflow.parentRunId") if run.data.tags.get("stage") == "evaluate" else None
+            return parent or ref, f"run {run.info.run_name}"
+        found = registered(uri)
+        if found is None:
+            raise TrackingError(f"{ref}: not a registered model URI (models:/<name>@<alias> or models:/<name>/<N>)")
+        if found.alias:
+            model = client.get_model_version_by_alias(found.name, found.alias)
+        else:
+            model = client.get_model_version(found.name, found.version)
+        return model.run_id, f"{found.name} v{model.version}" + (f" @{found.alias}" if found.alias else "")
+
+    def training_evaluation(self, training_run: str, label: str, dst: Path) -> Evaluated | None:
+        """The evaluation under a training run (its predictions' evaluate run), or None."""
+        if missing_sqlite(self.uri):
+            return None
+        found = evaluation_of(self._client(), training_run, dst)
+        return None if found is None else Evaluated(label, found[0], found[1].info.run_id, found[1].info.start_time)
+
+    def attach(self, run_id: str, path: Path, artifact_path: str) -> None:
+        """Attach a file to a finished run, without reopening it."""
+        try:
+            self._client().log_artifact(run_id, str(path), artifact_path)
+        except Exception as error:  # MLflow raises many types for a store it cannot write
+            raise TrackingError(f"MLflow store {self.uri} cannot store {path.name} ({first_line(error)})") from None
+
     def served(self, model_uri: str, trust_code: bool = False) -> Any:
         """The model model_uri (models:/, runs:/, a path) names, loaded to serve (served.ServedModel)."""
         from op_classifier.tracking.served import served_model
@@ -130,6 +185,19 @@ class MlflowModelStore:
         warnings = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), known)))
         app = ["--app-name", "op-classifier"]  # tracking/ui_app.py: opens in model-training mode
         return [mlflow, "ui", *store, *serving, *app], {"PYTHONWARNINGS": warnings}
+
+
+def evaluation_of(client: Any, training_run: str, dst: Path) -> tuple[Path, Any] | None:
+    """The predictions file of the latest evaluate run under training_run (downloaded), and that run."""
+    experiment = client.get_run(training_run).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{training_run}' and tags.stage = 'evaluate'"
+    for run in client.search_runs([experiment], query, order_by=["attributes.start_time DESC"], max_results=5):
+        with contextlib.suppress(Exception):  # an evaluation from before predictions were kept
+            dst.mkdir(parents=True, exist_ok=True)
+            folder = Path(dst) / run.info.run_id
+            folder.mkdir(exist_ok=True)
+            return Path(client.download_artifacts(run.info.run_id, PREDICTIONS_ARTIFACT, str(folder))), run
+    return None
 
 
 def _run_of(client: Any, model_uri: str) -> str:

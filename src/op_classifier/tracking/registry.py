@@ -48,3 +48,41 @@ def champion_tags(client: Any, name: str) -> dict[str, str] | None:
         return dict(client.get_model_version_by_alias(name, CHAMPION).tags)
     except MlflowException:
         return None
+
+
+def metric_split(metric: str) -> str | None:
+    """The split a champion metric is measured on (val_accuracy: val), None for other metrics."""
+    split, _, rest = metric.partition("_")
+    return split if split in ("val", "test") and rest == "accuracy" else None
+
+
+def significance_decision(
+    decision: Mapping[str, Any], result: Mapping[str, Any] | None, why_not: str = ""
+) -> dict[str, Any]:
+    """Under tracking.promotion=significant: a model that beats the champion takes the alias only when
+    the paired test on the same images says the gain is more than noise (McNemar p < alpha)."""
+    if not decision["champion"] or "previous_champion_score" not in decision:
+        return {**decision, "promotion": {"rule": "significant", "reason": decision["champion_reason"]}}
+    if result is None:
+        reason = f"{decision['champion_reason']}, but no paired test could be made ({why_not}): the champion stays"
+        return {
+            **decision,
+            "champion": False,
+            "champion_reason": reason,
+            "promotion": {"rule": "significant", "reason": reason},
+        }
+    gain, (low, high), p_value = result["accuracy"]["difference"], result["accuracy_interval"], result["mcnemar_p"]
+    significant = p_value < result["alpha"] and gain > 0
+    said = (
+        f"gain {gain:+.4f} on {result['split']} (95% interval [{low:+.4f}, {high:+.4f}], McNemar p = {p_value:.3g}"
+        f" {'<' if significant else '>='} alpha {result['alpha']})"
+    )
+    reason = f"{decision['champion_reason']}: {said}" + ("" if significant else ", within noise: the champion stays")
+    promotion = {
+        "rule": "significant",
+        "reason": reason,
+        "difference": gain,
+        "interval": [low, high],
+        "mcnemar_p": p_value,
+    }
+    return {**decision, "champion": significant, "champion_reason": reason, "promotion": promotion}

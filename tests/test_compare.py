@@ -1,0 +1,154 @@
+"""Comparisons that know their noise (issue 23): paired statistics, the significant promotion, `compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest, bootstrap
+
+from op_classifier import comparison
+from op_classifier.comparison import Predictions
+from op_classifier.errors import DataError
+from op_classifier.tracking.registry import significance_decision
+from tests.conftest import compose
+
+CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
+
+
+def _predictions(right: np.ndarray, split: str = "test", seed: int = 0) -> Predictions:
+    """A model that gets exactly the rows in `right` right (4 classes, one label each)."""
+    n = len(right)
+    truth = np.arange(n) % 4
+    guess = np.where(right, truth, (truth + 1) % 4)
+    scores = np.full((n, 4), 0.1) + np.random.default_rng(seed).uniform(0, 0.05, (n, 4))
+    scores[np.arange(n), guess] = 0.9
+    images = [(f"{CLASSES[t]}/{i:04d}.png", f"sha{i}") for i, t in enumerate(truth)]
+    return Predictions(CLASSES, np.array([split] * n), images, np.eye(4)[truth], scores)
+
+
+def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_images() -> None:
+    """Hand-checked: 1 image only A got right, 9 only B: p = 2 (1 + 10) / 2^10 = 0.021484375."""
+    both = np.ones(40, dtype=bool)
+    a, b = both.copy(), both.copy()
+    a[:9] = False  # B alone right on 9
+    b[9] = False  # A alone right on 1
+    result = comparison.compare(_predictions(a), _predictions(b), "test", resamples=2000)
+    assert (result["only_a_right"], result["only_b_right"]) == (1, 9)
+    assert result["mcnemar_p"] == pytest.approx(0.021484375)
+    assert result["mcnemar_p"] == pytest.approx(binomtest(9, 10, 0.5).pvalue)
+    assert result["accuracy"]["difference"] == pytest.approx(8 / 40)
+    assert result["verdict"].startswith("B is better")
+
+
+def test_the_interval_is_scipys_paired_bootstrap_of_the_per_image_differences() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.random(200) < 0.7, rng.random(200) < 0.8
+    result = comparison.compare(_predictions(a), _predictions(b), "test", resamples=3000, seed=5)
+    expected = bootstrap(
+        (b.astype(float) - a,), np.mean, n_resamples=3000, method="percentile", random_state=np.random.default_rng(5)
+    ).confidence_interval
+    assert result["accuracy_interval"] == pytest.approx([expected.low, expected.high])
+    low, high = result["accuracy_interval"]
+    assert low < result["accuracy"]["difference"] < high
+    f1_low, f1_high = result["macro_f1_interval"]
+    assert f1_low < result["macro_f1"]["difference"] < f1_high
+
+
+def test_identical_models_are_a_tie_with_a_zero_interval() -> None:
+    right = np.arange(30) % 3 != 0
+    result = comparison.compare(_predictions(right), _predictions(right, seed=1), "test", resamples=500)
+    assert result["mcnemar_p"] == 1.0 and result["accuracy_interval"] == [0.0, 0.0]
+    assert result["verdict"].startswith("no significant difference")
+
+
+def test_models_scored_on_different_images_are_refused() -> None:
+    right = np.ones(20, dtype=bool)
+    other = _predictions(right)
+    other.image[3] = ("Zoro/elsewhere.png", "another-sha")
+    with pytest.raises(DataError, match="different test images"):
+        comparison.compare(_predictions(right), other, "test")
+
+
+def test_the_predictions_file_round_trips_and_a_wrong_file_is_one_line(tmp_path: Path) -> None:
+    labels, probs = np.eye(4)[[0, 1, 2, 3]], np.random.default_rng(0).random((4, 4))
+    files = [{"split": "test", "index": i, "path": f"x/{i}.png", "sha256": f"h{i}"} for i in range(4)]
+    comparison.write_predictions(tmp_path / "p.csv", CLASSES, files, {"test": (labels, probs)})
+    read = comparison.read_predictions(tmp_path / "p.csv", "A")
+    assert read.classes == CLASSES and read.image[2] == ("x/2.png", "h2")
+    assert np.array_equal(read.labels, labels) and np.allclose(read.scores, probs, atol=1e-6)
+    (tmp_path / "bad.csv").write_text("not,a,predictions,file\n")
+    with pytest.raises(DataError, match="A: .*bad.csv is not a predictions file") as caught:
+        comparison.read_predictions(tmp_path / "bad.csv", "A")
+    assert "\n" not in str(caught.value)
+
+
+def _decision(champion: np.ndarray, new: np.ndarray) -> dict:
+    result = comparison.compare(_predictions(champion), _predictions(new), "test", resamples=500)
+    theirs, mine = champion.mean(), new.mean()
+    before = {
+        "champion": mine > theirs,
+        "champion_reason": f"val_accuracy {mine:.4f} vs {theirs:.4f}",
+        "previous_champion_score": theirs,
+    }
+    return significance_decision(before, result)
+
+
+def test_significant_promotes_a_real_gain_and_refuses_a_tie_and_a_gain_within_noise() -> None:
+    base = np.arange(200) % 2 == 0  # right on half
+    real = base.copy()
+    real[1:80:2] = True  # 40 more right, none lost: p ~ 1.8e-12
+    noise = base.copy()
+    noise[1:7:2] = True  # 3 more right: p = 0.25
+    assert _decision(base, real)["champion"]
+    assert "p = " in _decision(base, real)["champion_reason"]
+    tie = _decision(base, base)
+    assert not tie["champion"]
+    within = _decision(base, noise)
+    assert not within["champion"] and "within noise" in within["champion_reason"]
+    assert within["promotion"]["mcnemar_p"] == pytest.approx(0.25)
+    low, high = within["promotion"]["interval"]
+    assert low <= 0 <= high or low < within["promotion"]["difference"] < high
+
+
+def test_the_registry_promotes_only_on_a_significant_gain(tmp_path: Path) -> None:
+    """Real MLflow (SQLite): evaluate runs keep their predictions, register tests against the champion's."""
+    import keras
+    import mlflow
+
+    from op_classifier.models.seed_cnn import build_model
+    from op_classifier.tracking.runs import MlflowTracker
+
+    tracker = MlflowTracker(compose(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}").tracking)
+    model = build_model(num_classes=4, image_size=16, resize=None, seed=0, filters=[4], units=4)
+    example = keras.ops.convert_to_numpy(keras.random.uniform((1, 16, 16, 3), 0, 255))
+    files = [{"split": "val", "index": i, "path": f"x/{i}.png", "sha256": f"h{i}"} for i in range(200)]
+
+    def evaluated(right: np.ndarray, name: str) -> dict:
+        model_predictions = _predictions(right, split="val")
+        path = tmp_path / name / "predictions.csv"
+        comparison.write_predictions(
+            path, CLASSES, files, {"val": (model_predictions.labels, model_predictions.scores)}
+        )
+        with tracker.run("train") as train_id:
+            uri = tracker.log_model(model, example)
+        with tracker.run("evaluate", tags={"stage": "evaluate"}, parent=train_id):
+            tracker.log_artifact(path, "evaluation")
+            return tracker.register(uri, float(right.mean()), 0.3, "val_accuracy", data_hash="d", predictions=path)
+
+    base = np.arange(200) % 2 == 0
+    assert evaluated(base, "first")["champion"]
+    noise = base.copy()
+    noise[1:7:2] = True
+    within = evaluated(noise, "noise")  # higher val_accuracy, within noise: refused
+    assert not within["champion"] and "within noise" in within["champion_reason"]
+    real = base.copy()
+    real[1:80:2] = True
+    gained = evaluated(real, "real")
+    assert gained["champion"], gained["champion_reason"]
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("op-classifier", "champion")
+    assert str(champion.version) == "3" and float(champion.tags["promotion_mcnemar_p"]) < 0.05
+    refused = client.get_model_version("op-classifier", "2")
+    assert refused.tags["promotion"] == "significant" and "within noise" in refused.tags["champion_reason"]
