@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,49 @@ def test_the_registry_promotes_only_on_a_significant_gain(tmp_path: Path) -> Non
     assert str(champion.version) == "3" and float(champion.tags["promotion_mcnemar_p"]) < 0.05
     refused = client.get_model_version("op-classifier", "2")
     assert refused.tags["promotion"] == "significant" and "within noise" in refused.tags["champion_reason"]
+
+
+def test_the_spread_of_seeds_is_the_mean_sd_and_t_interval() -> None:
+    """Hand-checked: 0.8 and 0.9: sd 0.0707, t(0.975, 1) = 12.706, so 0.85 +- 0.6353."""
+    from op_classifier.repeat import spread
+
+    found = spread([0.8, 0.9])
+    assert found["mean"] == pytest.approx(0.85) and found["sd"] == pytest.approx(0.0707107, abs=1e-6)
+    assert [found["ci_low"], found["ci_high"]] == pytest.approx([0.85 - 0.63531, 0.85 + 0.63531], abs=1e-4)
+    assert spread([0.5, 0.5, 0.5]) == {"mean": 0.5, "sd": 0.0, "ci_low": 0.5, "ci_high": 0.5}
+
+
+@pytest.mark.slow
+def test_repeat_runs_two_seeds_under_one_parent_run_with_their_spread(tiny_project: Path) -> None:
+    """`op-classifier repeat --seeds 2` on the tiny config: one parent run (mean, sd, interval, a
+    picture of the seeds) with each seed's runs nested under it; the workspace's results untouched."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.conftest import TINY
+
+    store = f"sqlite:///{tiny_project / 'repeat.db'}"
+    cli = str(Path(sys.executable).parent / "op-classifier")
+    done = subprocess.run(
+        [cli, "repeat", "--seeds", "2", "--jobs", "2", *TINY, "tuner=none", f"tracking.uri={store}"],
+        cwd=tiny_project,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout[done.stdout.index("\n{") :])
+    assert set(summary["seeds"]) == {"42", "43"}
+    client = mlflow.MlflowClient(store)
+    parent = client.get_run(summary["run_id"])
+    values = [summary["seeds"][seed]["val_accuracy"] for seed in ("42", "43")]
+    assert parent.data.metrics["val_accuracy_mean"] == pytest.approx(np.mean(values))
+    assert parent.data.metrics["val_accuracy_sd"] == pytest.approx(np.std(values, ddof=1))
+    assert parent.data.metrics["val_accuracy_ci_low"] <= np.mean(values) <= parent.data.metrics["val_accuracy_ci_high"]
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.stage = 'train'"
+    )
+    assert sorted(run.data.params["seed"] for run in children) == ["42", "43"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "figures")] == ["figures/seed_scores.png"]
+    assert not (tiny_project / "experiments/metrics.json").exists()  # each seed wrote under experiments/repeats

@@ -80,6 +80,7 @@ def test_models_logged_before_the_split_still_find_their_wrapper() -> None:
 ALLOWED = {
     "cli": {
         "compare",
+        "repeat",
         "config",
         "data",
         "defaults",
@@ -94,6 +95,7 @@ ALLOWED = {
         "weights",
     },
     "compare": {"comparison", "config", "data", "errors", "tracking"},
+    "repeat": {"config", "errors", "figures", "tracking"},
     "stages": {
         "comparison",
         "config",

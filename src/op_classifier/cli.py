@@ -167,6 +167,12 @@ def _compare(args: argparse.Namespace) -> None:
     print(compare.run(cfg, args.a, args.b, args.split, args.json))
 
 
+def _repeat(args: argparse.Namespace) -> None:
+    from op_classifier import repeat
+
+    report(repeat.run(args.overrides, args.seeds, args.jobs))
+
+
 def _champion(args: argparse.Namespace) -> None:
     from op_classifier import tracking
 
@@ -246,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--split", choices=("val", "test"), default="test", help="which split (default: %(default)s)")
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp.add_argument("overrides", nargs="*", help="Hydra overrides (paths, tracking.uri)")
+
+    rep = sub.add_parser("repeat", parents=[common], help="the pipeline once per seed: mean, sd and 95%% interval")
+    rep.add_argument("--seeds", type=int, default=3, help="how many seeds, from `seed` on (default: %(default)s)")
+    rep.add_argument("--jobs", type=int, default=1, help="seeds run at once (default: %(default)s)")
+    rep.add_argument("overrides", nargs="*", help="Hydra overrides for every seed, e.g. train.learning_rate=1e-3")
 
     exp = sub.add_parser(
         "export", parents=[common], help="a trained model as a LiteRT (.tflite) file, checked on the test split"
@@ -405,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = guarded(lambda: _export(args))
     elif args.command == "compare":
         code = guarded(lambda: _compare(args))
+    elif args.command == "repeat":
+        code = guarded(lambda: _repeat(args))
     elif args.command == "check-raw":
         code = guarded(lambda: _check_raw(args))
     elif args.command == "weights":

@@ -61,6 +61,7 @@ class PathsConfig:
     confusion: str = MISSING
     predictions: str = MISSING
     export: str = MISSING
+    repeats: str = MISSING
 
 
 @dataclass
@@ -199,6 +200,7 @@ class TrackingConfig:
     champion_target: float = MISSING
     promotion: str = MISSING
     alpha: float = MISSING
+    parent_run: Optional[str] = MISSING  # a run (op-classifier repeat's) that every stage's run nests under
 
     def __post_init__(self) -> None:
         require(self.kind in TRACKER_KINDS, "tracking.kind", f"'{self.kind}' is not one of {', '.join(TRACKER_KINDS)}")

@@ -89,6 +89,22 @@ def per_class_scores(scores: dict[str, dict[str, float]], out: Path) -> Path:
     return _save(fig, plt, out)
 
 
+def seed_scores(scores: dict[str, list[float]], seeds: Sequence[int], out: Path) -> Path:
+    """Each metric's score per seed as points, with their mean as a line: the spread a comparison faces."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(scores) + 2), 4))
+    for i, values in enumerate(scores.values()):
+        ax.scatter([i] * len(values), values, zorder=3)
+        for seed, value in zip(seeds, values):
+            ax.annotate(str(seed), (i, value), xytext=(6, 0), textcoords="offset points", fontsize=8, va="center")
+        ax.hlines(np.mean(values), i - 0.25, i + 0.25, colors="black")
+    ax.set_xticks(range(len(scores)), list(scores))
+    ax.set_xlim(-0.6, len(scores) - 0.4)
+    ax.set_title(f"{len(seeds)} seeds: each point a seed, the bar their mean")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, plt, out)
+
+
 def worst_classified(
     images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out: Path, count: int = 16
 ) -> Path | None:

@@ -115,7 +115,7 @@ class MlflowTracker:
         run_id = run_id or resumed
         if system_metrics:  # CPU, memory, disk (and GPU with pynvml) every 5 s, beside the curves
             mlflow.set_system_metrics_sampling_interval(5)
-        parent = parent or (self.parent_run_id if nested else None)
+        parent = parent or (self.parent_run_id if nested else self.cfg.parent_run)
         active = store_call(
             lambda: mlflow.start_run(
                 run_id=run_id,
