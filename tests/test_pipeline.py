@@ -67,6 +67,13 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     best = (project / cfg.paths.best_hparams).read_text()
     assert "dropout" in best and "tuning_run_id" in best
     assert (project / cfg.paths.leaderboard).read_text().count("\n") == 3  # header + 2 trials
+    import csv
+
+    with (project / cfg.paths.leaderboard).open() as handle:  # a gap within noise is said, not ranked (issue 23)
+        ranked = list(csv.DictReader(handle))
+    assert ranked[0]["vs_best"] == "best" and ranked[1]["vs_best"] in ("within noise", "worse")
+    assert 0.0 <= float(ranked[1]["mcnemar_p_vs_best"]) <= 1.0
+    assert tuned["within_noise_of_best"] == ([ranked[1]["trial_id"]] if ranked[1]["vs_best"] == "within noise" else [])
 
     assert (Path(cfg.paths.model) / "model.keras").is_file()
     assert (Path(cfg.paths.model) / "saved_model/1/saved_model.pb").is_file()

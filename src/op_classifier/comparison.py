@@ -156,6 +156,11 @@ def _macro_f1(truth: np.ndarray, classes: int) -> Any:
     return score
 
 
+def mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> float:
+    """The exact McNemar p-value of two models' right/wrong answers on the same images."""
+    return _mcnemar(int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a)))
+
+
 def _mcnemar(only_a: int, only_b: int) -> float:
     """Exact McNemar: a two-sided binomial test of the discordant pairs against 1/2."""
     from scipy.stats import binomtest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from op_classifier import comparison
 from op_classifier.config import (
     ARCHITECTURE,
     Config,
@@ -23,7 +25,7 @@ from op_classifier.config import (
     compose,
     validate,
 )
-from op_classifier.data.prepared import data_hash, load_manifest
+from op_classifier.data.prepared import data_hash, load_manifest, load_split, single_label
 from op_classifier.data.stream import split_stream
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import metric_names
@@ -232,6 +234,37 @@ def leaderboard(tuner: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["score"] is None, sign * (r["score"] or 0.0)))
 
 
+def mark_noise(tuner: Any, rows: list[dict[str, Any]], prepared: Path, batch_size: int, alpha: float) -> None:
+    """Say, in each row, whether the trial's kept model answers the validation images differently
+    enough from the best trial's to count (exact McNemar, p < alpha), so a 0.01 gap is not a ranking."""
+    labels = load_split(prepared, "val").labels
+    single = single_label(labels)
+    truth = labels[single].argmax(1)
+
+    def right(trial_id: str) -> Any:
+        try:  # a trial that failed, or whose checkpoint is gone, kept no model to ask
+            with warnings.catch_warnings():
+                # The checkpoint holds the trial's optimizer state too, which Keras says it skips: only
+                # predictions are asked of this model, so the optimizer is not needed.
+                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer", UserWarning)
+                model = tuner.load_model(tuner.oracle.get_trial(trial_id))
+        except Exception:
+            return None
+        probs = model.predict(split_stream(prepared, "val", batch_size), verbose=0)
+        return probs[single].argmax(1) == truth
+
+    best = right(rows[0]["trial_id"]) if rows else None
+    for index, row in enumerate(rows):
+        answers = None if index == 0 or best is None or row["score"] is None else right(row["trial_id"])
+        if index == 0:
+            row["vs_best"] = "best"
+        elif answers is None:
+            row["vs_best"] = "no kept model to test"
+        else:
+            row["mcnemar_p_vs_best"] = round(comparison.mcnemar(best, answers), 4)
+            row["vs_best"] = "worse" if row["mcnemar_p_vs_best"] < alpha else "within noise"
+
+
 def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> None:
     """CSV of the trials, best first."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +349,7 @@ def run(cfg: Config) -> dict:
         tuner = search(cfg, tracker, classes, hypermodel)
         rows = leaderboard(tuner)
         _require_a_result(tuner, rows)
+        mark_noise(tuner, rows, Path(cfg.paths.prepared), cfg.tuner.batch_size, cfg.tracking.alpha)
         best = searched_values(tuner.get_best_hyperparameters(1)[0].values, hypermodel)
         score = rows[0]["score"]
         tracker.log_metrics({f"best_{cfg.tuner.objective}": score} if score is not None else {})
@@ -331,6 +365,7 @@ def run(cfg: Config) -> dict:
         "trials": len(rows),
         "best": best,
         "score": score,
+        "within_noise_of_best": [row["trial_id"] for row in rows if row.get("vs_best") == "within noise"],
         "seconds": round(time.perf_counter() - started, 1),
     }
 
