@@ -51,7 +51,7 @@ def run_seeds(folder: Path, seeds: int, work: Path, overrides: list[str]) -> lis
     sh(work, "git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "my images")
     # Each seed runs prepare, tune, train and evaluate as their own processes, as dvc repro does; the
     # train stage's time is the budget a recipe is held to.
-    _, log = sh(work, "op-classifier", "repeat", "--seeds", str(seeds), "data.classes=null", *overrides)
+    _, log = sh(work, "op-classifier", "repeat", "--seeds", str(seeds), "--json", "data.classes=null", *overrides)
     (work / "repeat.log").write_text(log, encoding="utf-8")
     summary = json.loads(log[log.index("\n{") :])
     return [

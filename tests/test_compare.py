@@ -179,7 +179,7 @@ def test_repeat_runs_two_seeds_under_one_parent_run_with_their_spread(tiny_proje
     store = f"sqlite:///{tiny_project / 'repeat.db'}"
     cli = str(Path(sys.executable).parent / "op-classifier")
     done = subprocess.run(
-        [cli, "repeat", "--seeds", "2", "--jobs", "2", *TINY, "tuner=none", f"tracking.uri={store}"],
+        [cli, "repeat", "--seeds", "2", "--jobs", "2", "--json", *TINY, "tuner=none", f"tracking.uri={store}"],
         cwd=tiny_project,
         capture_output=True,
         text=True,

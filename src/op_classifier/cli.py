@@ -170,7 +170,11 @@ def _compare(args: argparse.Namespace) -> None:
 def _repeat(args: argparse.Namespace) -> None:
     from op_classifier import repeat
 
-    report(repeat.run(args.overrides, args.seeds, args.jobs))
+    summary = repeat.run(args.overrides, args.seeds, args.jobs)
+    if args.json:
+        report(summary)
+    else:
+        print(repeat.table(summary))
 
 
 def _champion(args: argparse.Namespace) -> None:
@@ -256,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("repeat", parents=[common], help="the pipeline once per seed: mean, sd and 95%% interval")
     rep.add_argument("--seeds", type=int, default=3, help="how many seeds, from `seed` on (default: %(default)s)")
     rep.add_argument("--jobs", type=int, default=1, help="seeds run at once (default: %(default)s)")
+    rep.add_argument("--json", action="store_true", help="print every seed's scores and times as JSON")
     rep.add_argument("overrides", nargs="*", help="Hydra overrides for every seed, e.g. train.learning_rate=1e-3")
 
     exp = sub.add_parser(

@@ -91,7 +91,7 @@ def _from_dvc(cfg: Config, rev: str, dst: Path) -> Evaluated:
         record = None
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "predictions.csv").write_text(text, encoding="utf-8")
-    return _from_files(cfg, f"exp {rev}", dst / "predictions.csv", record, dst)
+    return _from_files(cfg, rev, dst / "predictions.csv", record, dst)
 
 
 def _from_files(cfg: Config, label: str, predictions: Path, record: dict[str, Any] | None, dst: Path) -> Evaluated:

@@ -19,7 +19,7 @@ import numpy as np
 from op_classifier.errors import DataError
 
 FIXED = ("split", "index", "path", "sha256", "labels")  # then one score column per class
-RESAMPLES = 10_000  # bootstrap resamples: the interval's ends move by under 0.002 between seeds (decisions)
+RESAMPLES = 10_000  # bootstrap resamples: the interval's ends did not move across 20 seeds (docs/decisions.md)
 
 
 @dataclass

@@ -101,3 +101,15 @@ def _inside(value: str) -> Path:
     if not path.is_absolute():
         return path
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path.relative_to(path.anchor)
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The spread as lines a person reads (the seeds' own lines were printed as they finished)."""
+    lines = [f"{str(len(summary['seeds'])) + ' seeds':<15} {'mean':<6}  {'sd':<6}  95% interval (t)"]
+    for key in SCORES:
+        found = summary[key]
+        interval = f"[{found['ci_low']:.4f}, {found['ci_high']:.4f}]"
+        lines.append(f"{key:<15} {found['mean']:.4f}  {found['sd']:.4f}  {interval}")
+    where = f"MLflow run {summary['run_id']} (the seeds' runs nested under it); " if summary["run_id"] else ""
+    lines.append(f"{where}each seed's files: {summary['folder']}/seed-<S>")
+    return "\n".join(lines)
