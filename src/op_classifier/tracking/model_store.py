@@ -131,7 +131,7 @@ class MlflowModelStore:
         else:
             run = client.get_run(ref)
             parent = run.data.tags.get("mlflow.parentRunId") if run.data.tags.get("stage") == "evaluate" else None
-            return parent or ref, f"run {run.info.run_name}"
+            return parent or ref, f"run {run.info.run_id[:8]}"
         found = registered(uri)
         if found is None:
             raise TrackingError(f"{ref}: not a registered model URI (models:/<name>@<alias> or models:/<name>/<N>)")
