@@ -199,3 +199,12 @@ def test_repeat_runs_two_seeds_under_one_parent_run_with_their_spread(tiny_proje
     assert sorted(run.data.params["seed"] for run in children) == ["42", "43"]
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "figures")] == ["figures/seed_scores.png"]
     assert not (tiny_project / "experiments/metrics.json").exists()  # each seed wrote under experiments/repeats
+
+
+def test_models_of_other_classes_are_refused() -> None:
+    """A version of another model (other classes) is not compared: one line."""
+    right = np.ones(8, dtype=bool)
+    other = _predictions(right)
+    other.classes = ["cat", "dog", "fish", "bird"]
+    with pytest.raises(DataError, match="different classes"):
+        comparison.compare(_predictions(right), other, "test")
