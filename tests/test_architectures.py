@@ -284,3 +284,26 @@ def test_imagenet_weights_offline_is_one_line_naming_the_alternatives(project: P
 def test_backbone_config_errors_name_the_key(overrides: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         compose(*overrides)
+
+
+def test_our_multi_label_auc_counts_exactly_as_keras_does() -> None:
+    """MultiLabelAUC replaces Keras's AUC in training (no boolean tensors for oneDNN to log about):
+    its confusion counts and result equal Keras's, batch after batch."""
+    import keras
+
+    from op_classifier.models.common import MultiLabelAUC
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((300, 4)) < 0.3).astype("float32")
+    scores = rng.random((300, 4)).astype("float32")
+    scores[:20] = np.round(scores[:20], 1)  # values on bucket edges too
+    theirs, ours = keras.metrics.AUC(multi_label=True), MultiLabelAUC()
+    for start in range(0, 300, 64):
+        theirs.update_state(truth[start : start + 64], scores[start : start + 64])
+        ours.update_state(truth[start : start + 64], scores[start : start + 64])
+    for kept, made in zip(theirs.variables, ours.variables):
+        assert np.allclose(np.asarray(kept), np.asarray(made)), kept.name
+    assert float(ours.result()) == pytest.approx(float(theirs.result()), abs=1e-6)
+    assert 0.4 < float(ours.result()) < 0.6  # random scores
+    clone = MultiLabelAUC.from_config(ours.get_config())
+    assert clone.multi_label and clone.name == ours.name

@@ -37,6 +37,43 @@ class TopOneAccuracy(keras.metrics.Metric):
         return ops.divide_no_nan(self.correct, self.count)
 
 
+@keras.saving.register_keras_serializable(package="op_classifier")
+class MultiLabelAUC(keras.metrics.AUC):
+    """Keras's multi-label ROC AUC, with the same counts accumulated from float tensors only.
+
+    Keras's own update transposes integer bucket indices and maps over the labels; TensorFlow's
+    oneDNN then logged `E0000 ... oneDNN supports DT_BOOL only on platforms with AVX-512` in every
+    training on a CPU without it. A one-hot of each prediction's bucket and one einsum per count give
+    the same confusion counts (tests/test_architectures.py checks them against Keras's).
+    """
+
+    def __init__(self, name: str = AUC, **kwargs: Any) -> None:
+        kwargs["multi_label"] = True
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        if not self._built:
+            self._build(y_pred.shape)
+        buckets = self.num_thresholds  # evenly spaced, the first at 0 - epsilon: Keras's default
+        y_pred = ops.clip(ops.cast(y_pred, "float32"), 0.0, 1.0)
+        truth = ops.sign(ops.abs(ops.cast(y_true, "float32")))
+        weights = 1.0
+        if sample_weight is not None:
+            weights = ops.broadcast_to(ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1)), ops.shape(y_pred))
+        positive, negative = truth * weights, (1.0 - truth) * weights
+        bucket = ops.one_hot(ops.cast(ops.relu(ops.ceil(y_pred * (buckets - 1)) - 1), "int32"), buckets)
+
+        def above(labels: Any) -> Any:  # per threshold: the labels' weight predicted above it
+            per_bucket = ops.einsum("nc,ncb->bc", labels, bucket)
+            return ops.flip(ops.cumsum(ops.flip(per_bucket, 0), axis=0), 0)
+
+        tp, fp = above(positive), above(negative)
+        self.true_positives.assign(self.true_positives + tp)
+        self.false_positives.assign(self.false_positives + fp)
+        self.true_negatives.assign(self.true_negatives + ops.sum(negative, axis=0) - fp)
+        self.false_negatives.assign(self.false_negatives + ops.sum(positive, axis=0) - tp)
+
+
 def pixels(image_size: int, resize: int | None, rescale: bool = True) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     """The served input (raw 0..255 RGB at image_size) and its pixels at `resize`, scaled to 0..1
     unless `rescale` is off (pretrained backbones bring their own preprocessing).
@@ -139,7 +176,7 @@ def metrics(class_names: Sequence[str]) -> list[keras.metrics.Metric]:
         for i, name in enumerate(class_names)
         for metric in PER_CLASS
     ]
-    return [TopOneAccuracy(), keras.metrics.AUC(multi_label=True, name=AUC), *by_class]
+    return [TopOneAccuracy(), MultiLabelAUC(), *by_class]
 
 
 def compile_model(
