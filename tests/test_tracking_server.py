@@ -35,7 +35,8 @@ uri, experiment, gate, index = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.
 while not gate.exists():
     time.sleep(0.01)
 cfg = TrackingConfig(kind="mlflow", uri=uri, experiment=experiment, model_name="m",
-                     champion_metric="val_accuracy", champion_target=0.5)
+                     champion_metric="val_accuracy", champion_target=0.5, promotion="significant",
+                     alpha=0.05, parent_run=None)
 
 def one_run():
     tracker = tracking.make_tracker(cfg)
