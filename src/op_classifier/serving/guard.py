@@ -38,7 +38,13 @@ def error_body(status: int, message: str) -> bytes:
     return json.dumps({"error_code": code, "message": message}).encode()
 
 
+# A refusal is answered after this pause: it costs the server nothing (a timer, no thread), and a client
+# that sends refusable requests in a loop sends few of them (benchmarks/serve_hostile.py measures it).
+REFUSAL_PAUSE = 0.5
+
+
 async def _send_error(send: Send, status: int, message: str) -> None:
+    await asyncio.sleep(REFUSAL_PAUSE if status != 408 else 0)  # a 408 has waited its 30 s already
     body = error_body(status, message)
     await send(
         {
@@ -220,7 +226,13 @@ def json_protocol() -> type:
         def send_400_response(self, msg: str) -> None:
             body = error_body(400, f"not an HTTP request this server reads ({msg.rstrip('.')})")
             head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-            self.transport.write(head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
-            self.transport.close()
+            answer = head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
+            self.transport.pause_reading()  # nothing more is read from it meanwhile
+            asyncio.get_running_loop().call_later(REFUSAL_PAUSE, self._answer, answer)
+
+        def _answer(self, answer: bytes) -> None:
+            if not self.transport.is_closing():
+                self.transport.write(answer)
+                self.transport.close()
 
     return JsonRefusals
