@@ -309,8 +309,16 @@ def test_a_link_into_another_class_folder_is_named_in_the_summary(make_cfg, raw:
     (raw / "Nami" / "uplink").symlink_to("../Luffy")
     _, summary, manifest = run_prepare(make_cfg)
     line = prepare.summary_line(manifest, Path("manifest.json"))
-    assert "; 3 relabelled by copies in other class folders (e.g. Luffy/000.png is now Luffy+Nami)" in line
+    assert "; 3 relabelled by copies in other class folders (Luffy/ now Luffy+Nami: 3)" in line
     assert summary["relabelled"] == 3
+
+
+def test_the_summary_names_every_relabelling_grouped_by_folder() -> None:
+    merged = [{"path": f"Luffy/{i}.png", "labels": ["Luffy", "Nami"]} for i in range(17)]
+    merged += [{"path": "Zoro/a/b.png", "labels": ["Sanji", "Zoro"]}]
+    assert prepare.relabellings(merged) == "Luffy/ now Luffy+Nami: 17, Zoro/a/ now Sanji+Zoro: 1"
+    many = [{"path": f"c{i}/x.png", "labels": ["A", "B"]} for i in range(8)]
+    assert prepare.relabellings(many).endswith(", and 2 more groups (manifest: warnings)")
 
 
 def test_check_raw_refuses_links_out_before_dvc_add_copies_them(raw: Path, tmp_path: Path) -> None:

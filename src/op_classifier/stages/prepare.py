@@ -303,12 +303,20 @@ def summary_line(manifest: dict, manifest_path: Path) -> str:
         text += f"; empty: {', '.join(manifest['warnings']['empty_classes'])}"
     merged = manifest["warnings"].get("merged_duplicate_labels") or []
     if merged:  # a copy (or a link) in another class's folder adds that class: say so, not only in the manifest
-        first = merged[0]
-        text += (
-            f"; {len(merged):,} relabelled by copies in other class folders "
-            f"(e.g. {first['path']} is now {'+'.join(first['labels'])})"
-        )
+        text += f"; {len(merged):,} relabelled by copies in other class folders ({relabellings(merged)})"
     return f"{text}: see {manifest_path}"
+
+
+def relabellings(merged: list[dict], most: int = 6) -> str:
+    """Every relabelling, grouped by folder and the labels it now has: `Luffy/ now Luffy+Nami: 17`."""
+    groups: dict[str, int] = {}
+    for note in merged:
+        folder = str(Path(note["path"]).parent)
+        key = f"{folder}/ now {'+'.join(note['labels'])}"
+        groups[key] = groups.get(key, 0) + 1
+    named = [f"{key}: {count:,}" for key, count in sorted(groups.items(), key=lambda item: -item[1])]
+    more = f", and {len(named) - most} more groups (manifest: warnings)" if len(named) > most else ""
+    return ", ".join(named[:most]) + more
 
 
 if __name__ == "__main__":
