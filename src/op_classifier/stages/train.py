@@ -405,8 +405,7 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
             written = export(model, Path(cfg.paths.model))
             bar.update()
             bar.set_postfix_str("MLflow model")
-            steps = summary["epochs_run"] + summary.get("fine_tune_epochs_run", 0)  # past the last epoch's step
-            model_uri = tracker.log_model(model, _example(load_split(prepared, "val")), step=steps)
+            model_uri = tracker.log_model(model, _example(load_split(prepared, "val")))
             bar.update()
         tracker.log_artifact(Path(cfg.paths.history), "plots")
     record = {

@@ -159,8 +159,8 @@ class Tracker(Protocol):
     def join(self, param: str, value: str, timeout: float) -> AbstractContextManager[str | None]:
         """Nest this process's trials under another process's running run (its `param` is `value`)."""
 
-    def log_model(self, model: keras.Model, example: np.ndarray, step: int = 0) -> str | None:
-        """The served model, logged as of training step `step`; its URI, or None."""
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
+        """The served model, logged; its URI, or None."""
 
     def log_dataset(self, name: str, digest: str, source: Path, sizes: Mapping[str, int], prepared_hash: str) -> None:
         """The run's input data."""
@@ -293,7 +293,7 @@ class NullTracker:
         """No run to join: yields None."""
         yield None
 
-    def log_model(self, model: keras.Model, example: np.ndarray, step: int = 0) -> str | None:
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
         """No model logged: None."""
         return None
 

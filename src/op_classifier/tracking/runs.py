@@ -225,11 +225,12 @@ class MlflowTracker:
         finally:
             self.parent_run_id = None
 
-    def log_model(self, model: keras.Model, example: np.ndarray, step: int = 0) -> str | None:
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str | None:
         """Log the model as a pixel-checking pyfunc with its signature and an input example; return its URI.
 
-        MLflow links the run's metrics logged at `step` to the model: train passes the number of epochs
-        run, a step no epoch's metrics use, so the model carries only what evaluate measures on it.
+        MLflow links the run's metrics logged at the model's step to the model (log_model's default
+        step 0 gave it the first epoch's numbers): it is logged at MODEL_STEP, a step no epoch nor
+        system-metrics sample reaches, so it carries only what evaluate measures on it.
         """
         import tempfile
 
@@ -251,7 +252,7 @@ class MlflowTracker:
                     signature=signature,
                     input_example=example,
                     pip_requirements=pip_requirements(),
-                    step=step,
+                    step=MODEL_STEP,
                 )
             )
         return f"runs:/{mlflow.active_run().info.run_id}/model"
@@ -391,6 +392,9 @@ class _EpochLogger(keras.callbacks.Callback):
 
 # The distributions a logged model needs, by Keras backend: a JAX install has no `tensorflow`.
 BACKEND_REQUIREMENTS = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
+MODEL_STEP = 2**53  # above any epoch or 5-second sample; exact in a float64 (the UI's JavaScript)
 
 
 def _dataset(name: str, digest: str, source: Path) -> Any:
