@@ -44,7 +44,6 @@ REFUSAL_PAUSE = 0.5
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:
-    await asyncio.sleep(REFUSAL_PAUSE if status != 408 else 0)  # a 408 has waited its 30 s already
     body = error_body(status, message)
     await send(
         {
@@ -165,7 +164,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class _ShortErrors:
-    """A send that holds an error answer (status >= 400) and lets it out only as short JSON.
+    """A send that holds an error answer (status >= 400) and lets it out only as short JSON, after
+    REFUSAL_PAUSE (but a 408, which has waited for its body already).
 
     The app's own refusals pass as they are; anything else (Starlette's plain-text 404, 405 or 500)
     becomes {"error_code", "message": the status's phrase}.
@@ -195,6 +195,7 @@ class _ShortErrors:
             (k, v) for k, v in self.start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
         ]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await asyncio.sleep(0 if status == 408 else REFUSAL_PAUSE)
         await self.send({**self.start, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
 

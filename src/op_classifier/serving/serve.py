@@ -60,7 +60,7 @@ from op_classifier import config, tracking
 from op_classifier.config import CHAMPION
 from op_classifier.defaults import HOST, MAX_BODY_MB, SERVE_PORT
 from op_classifier.errors import DataError, OpClassifierError
-from op_classifier.serving.guard import REFUSAL_PAUSE, ASGIApp, BadRequest, Guard, error_body, json_protocol
+from op_classifier.serving.guard import ASGIApp, BadRequest, Guard, error_body, json_protocol
 from op_classifier.serving.request import MAX_PIXELS, decoded_images, max_images, read_request
 from op_classifier.tracking import ModelStore, Served
 
@@ -194,8 +194,6 @@ def app(served: Served, max_body: int, name: str, version: str = "1", max_pixels
         status, body = await asyncio.to_thread(
             score, served, await request.body(), tf_serving=tf_serving, most=most, max_pixels=max_pixels
         )
-        if status >= 400:
-            await asyncio.sleep(REFUSAL_PAUSE)  # as the guard's own refusals
         return Response(body, status_code=status, media_type="application/json")
 
     def ours(request: Request) -> bool:

@@ -168,10 +168,11 @@ def describe(record: dict[str, Any], metrics: dict[str, Any], splits: dict[str, 
     """A registered version's description: what the model is and how it was scored."""
     classes, size = ", ".join(record["classes"]), record["image_size"]
     data = record.get("dataset") or {}
-    counts = {name: (int(single_label(split.labels).sum()), len(split.labels)) for name, split in splits.items()}
+    from op_classifier.figures import single_count
+
     scored = ", ".join(
-        f"{name}_accuracy {metrics[f'{name}_accuracy']:.4f} on {single} single-character images of {total}"
-        for name, (single, total) in counts.items()
+        f"{name}_accuracy {metrics[f'{name}_accuracy']:.4f} on {single_count(split.labels)}"
+        for name, split in splits.items()
     )
     return (
         f"Classifies {size}x{size} RGB images (0..255 pixels) into {classes}, one sigmoid per class. "
