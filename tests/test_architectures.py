@@ -12,7 +12,7 @@ from op_classifier import models
 from op_classifier.config import Config, ConfigError
 from op_classifier.errors import DataError
 from op_classifier.stages import train, tune
-from op_classifier.training import hparams
+from op_classifier.training import hparams, recipe
 from op_classifier.weights.pytorch import read_state_dict
 from tests.conftest import DATA, REPO, compose, mlflow_client, paths_under, tiny_cfg
 
@@ -156,11 +156,11 @@ def test_an_architecture_choice_names_registered_architectures_only(project: Pat
 
 def test_cosine_schedule_warms_up_then_decays_to_a_hundredth() -> None:
     cfg = compose("train.schedule=cosine", "train.epochs=10", "train.warmup_epochs=2").train
-    schedule = train.learning_rate_schedule(cfg, 1e-2, steps_per_epoch=5)
+    schedule = recipe.learning_rate_schedule(cfg, 1e-2, steps_per_epoch=5)
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(10)) == pytest.approx(1e-2)
     assert float(schedule(50)) == pytest.approx(1e-4)
-    assert train.learning_rate_schedule(compose("train.schedule=plateau").train, 1e-2, 5) == 1e-2  # a constant
+    assert recipe.learning_rate_schedule(compose("train.schedule=plateau").train, 1e-2, 5) == 1e-2  # a constant
 
 
 def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path, capsys) -> None:

@@ -40,8 +40,10 @@ def test_composed_config_is_typed() -> None:
     assert isinstance(cfg.data, config.DataConfig)
     assert cfg.data.val_fraction == 0.25 and cfg.seed == 7
     assert cfg.data.classes == ["Luffy", "Nami", "Sanji", "Zoro"]
-    assert cfg.model.name == "resnet" and cfg.tuner.kind == "none" and cfg.train.optimizer == "adamw"
-    assert cfg.tuner.search_space["learning_rate"].values == [1e-2, 1e-3, 1e-4]
+    assert cfg.model.name == "efficientnet_lite" and cfg.tuner.kind == "random" and cfg.train.optimizer == "adamw"
+    # the model file's list replaces the tuner file's (lists are not merged)
+    assert cfg.tuner.search_space["learning_rate"].values == [3e-2, 1e-2, 3e-3, 1e-3, 3e-4]
+    assert compose("model=resnet").tuner.search_space["learning_rate"].values == [1e-2, 1e-3, 1e-4]
 
 
 def test_params_yaml_validates() -> None:
@@ -65,8 +67,11 @@ def test_params_yaml_validates() -> None:
         ),
         ("model.units=64", "model.units: unknown key"),  # a key of another architecture (seed_cnn)
         ("train.optimizer=sgd", "train.optimizer: must be adam or adamw"),
-        ("train.warmup_epochs=40", "train.warmup_epochs: must be below train.epochs \\(40\\) for the cosine schedule"),
-        ("train.epochs=3", "train.warmup_epochs: must be below train.epochs \\(3\\) for the cosine schedule, got 3"),
+        ("train.warmup_epochs=40", "train.warmup_epochs: must be below train.epochs \\(20\\) for the cosine schedule"),
+        (
+            "train.warmup_epochs=20",
+            "train.warmup_epochs: must be below train.epochs \\(20\\) for the cosine schedule, got 20",
+        ),
         ("train.warmup_epochs=-1", "train.warmup_epochs: must be at least 0, got -1"),
     ],
 )

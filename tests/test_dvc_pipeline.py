@@ -56,10 +56,11 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
     run_in(repo_copy, "git", "add", "-A")  # as a user commits dvc.lock with the metrics it records
     run_in(repo_copy, "git", "commit", "-qm", "baseline")
 
-    # DVC composes conf/ + overrides into params.yaml; only the stages reading train.* re-run.
+    # DVC composes conf/ + overrides into params.yaml; only the stages reading train.* re-run (tune
+    # declares the head phase's keys: a pretrained model's search of its head trains as that phase).
     override = ("-S", "experiment=tiny", "-S", "train.epochs=3", "-S", "train.learning_rate=0.003")
     experiment = run_in(repo_copy, "dvc", "exp", "run", *override)
-    assert _ran(experiment.stdout) == {"train", "evaluate"}
+    assert _ran(experiment.stdout) == {"tune", "train", "evaluate"}
 
     first_run, second_run = _training_runs(repo_copy)
     assert first_run.data.params["train.epochs"] == "2" and second_run.data.params["train.epochs"] == "3"

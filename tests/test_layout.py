@@ -113,7 +113,7 @@ ALLOWED = {
     },
     "serving": {"config", "data", "defaults", "errors", "files", "models", "progress", "quiet", "tracking"},
     "tracking": {"comparison", "config", "defaults", "errors", "models", "net"},
-    "training": {"config", "data", "errors", "net", "schema", "sources", "weights"},
+    "training": {"comparison", "config", "data", "errors", "models", "net", "progress", "schema", "sources", "weights"},
     "figures": {"data"},
     "comparison": {"errors"},
     "runner": {"config", "errors"},

@@ -157,6 +157,7 @@ class TrainConfig:
     fine_tune_epochs: int = MISSING
     fine_tune_layers: int = MISSING
     fine_tune_lr_factor: float = MISSING
+    head_on_features: bool = MISSING
 
     def __post_init__(self) -> None:
         check_range("train.learning_rate", self.learning_rate, POSITIVE)

@@ -186,9 +186,11 @@ def compile_model(
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     label_smoothing: float = 0.0,
+    only: Sequence[str] | None = None,
 ) -> keras.Model:
     """Adam (or AdamW: decoupled weight decay) and binary cross-entropy on multi-hot targets: each
-    class an independent probability."""
+    class an independent probability. With `only`, just the metrics of those names (and the loss)."""
+    chosen = [m for m in metrics(class_names) if only is None or m.name in only]
     model.compile(
         optimizer=(
             keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
@@ -196,7 +198,7 @@ def compile_model(
             else keras.optimizers.Adam(learning_rate)
         ),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
-        metrics=metrics(class_names),
+        metrics=chosen,
     )
     return model
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import keras
 
 BACKBONE = "backbone"  # the layer name train's fine-tuning phase looks for
+POOLED = "pooled"  # the backbone's globally pooled features: what a frozen backbone's head trains on
 MIN_SIDE = 32  # the smallest input keras.applications' backbones accept
 
 
@@ -76,7 +77,7 @@ def assemble(
     import keras
     from keras import layers
 
-    from op_classifier.models.common import augmentation, head, pixels
+    from op_classifier.models.common import augmentation, pixels
 
     inputs, x = pixels(image_size, resize, rescale=False)
     x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
@@ -87,9 +88,17 @@ def assemble(
         x = backbone(x, training=False)
     else:
         x = backbone(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(dropout, seed=seed)(x)
-    return keras.Model(inputs, head(x, num_classes), name=name)
+    x = layers.GlobalAveragePooling2D(name=POOLED)(x)
+    return keras.Model(inputs, top(x, num_classes, dropout, seed), name=name)
+
+
+def top(x: keras.KerasTensor, num_classes: int, dropout: float, seed: int | None) -> keras.KerasTensor:
+    """What follows the pooled features: dropout, then one sigmoid per class."""
+    from keras import layers
+
+    from op_classifier.models.common import head
+
+    return head(layers.Dropout(dropout, seed=seed)(x), num_classes)
 
 
 def application_backbone(application: str, side: int, weights: str | None) -> keras.Model:

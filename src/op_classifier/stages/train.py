@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
-import shutil
-import sys
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -23,12 +20,13 @@ from op_classifier.data.stream import split_stream
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.models import get as architecture
-from op_classifier.models.common import compile_model, export_saved_model
+from op_classifier.models.common import export_saved_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
 from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, git_commit, make_tracker, run_name
-from op_classifier.training import distributed, hparams, state
+from op_classifier.training import distributed, features, hparams, recipe, state
 from op_classifier.training.backend import set_random_seed
+from op_classifier.training.callbacks import AtomicBackup, HistoryLog
 from op_classifier.training.distributed import SINGLE, Cluster
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
@@ -125,92 +123,6 @@ def _plateau(cfg: TrainConfig, mode: str) -> list[keras.callbacks.Callback]:
     ]
 
 
-def learning_rate_schedule(cfg: TrainConfig, peak: float, steps_per_epoch: int) -> Any:
-    """The peak learning rate as train.schedule says: constant (plateau) or warm-up then cosine decay."""
-    if cfg.schedule == "plateau":
-        return peak
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    return keras.optimizers.schedules.CosineDecay(
-        peak / 10 if warmup else peak,
-        decay_steps=max(1, cfg.epochs * steps_per_epoch - warmup),
-        alpha=0.01,
-        warmup_target=peak if warmup else None,
-        warmup_steps=warmup,
-    )
-
-
-class AtomicBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose files are replaced whole: a kill mid-save leaves the previous backup.
-
-    Keras writes latest.weights.h5 in place, so a kill during the write left a truncated file that
-    every later run failed to load. An unreadable backup (from elsewhere) starts fresh, saying so.
-    With `writes` off (a multi-process run's other processes) it only restores the chief's backup.
-    """
-
-    def __init__(self, backup_dir: str, writes: bool = True) -> None:
-        super().__init__(backup_dir, delete_checkpoint=writes)
-        self.writes = writes
-
-    def _save_model(self) -> None:
-        if not self.writes:
-            return
-        folder = Path(self.backup_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / "partial.weights.h5"  # save_weights insists on the .weights.h5 suffix
-        with distributed.unsharded():  # saving makes Keras variables: the other processes must not wait on them
-            self.model.save_weights(str(partial), overwrite=True)
-        meta = folder / "partial.json"
-        meta.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}), encoding="utf-8")
-        # Weights before metadata: a kill between them re-runs one epoch from later weights, never breaks.
-        os.replace(partial, self._weights_path)
-        os.replace(meta, self._training_metadata_path)
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        try:
-            super().on_train_begin(logs)
-        except (OSError, ValueError, KeyError) as error:
-            print(
-                f"note: the checkpoint in {self.backup_dir} cannot be read ({str(error)[:120]}); starting fresh",
-                file=sys.stderr,
-                flush=True,
-            )
-            if self.writes:
-                shutil.rmtree(self.backup_dir, ignore_errors=True)
-            self.model._initial_epoch = 0
-
-
-class HistoryLog(keras.callbacks.Callback):
-    """Per-epoch metrics kept beside the checkpoint (DVC deletes the plots file before a re-run) and
-    copied whole to the plots file after every epoch: one row per epoch, across any number of resumes."""
-
-    def __init__(self, kept: Path, out: Path) -> None:
-        super().__init__()
-        self.kept, self.out = kept, out
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
-        row.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
-        self.kept.parent.mkdir(parents=True, exist_ok=True)
-        with self.kept.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-        write_history(self.kept, self.out)
-
-
-def write_history(kept: Path, out: Path) -> None:
-    """The plots CSV from the kept log: the last row of each epoch (a resumed epoch replaces its row)."""
-    rows: dict[int, dict[str, float]] = {}
-    if kept.is_file():
-        for line in kept.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            rows[int(row["epoch"])] = row
-    fields = list(dict.fromkeys(key for row in rows.values() for key in row))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows[epoch] for epoch in sorted(rows))
-
-
 def export(model: keras.Model, out: Path) -> dict[str, str]:
     """model.keras, and the TensorFlow Serving SavedModel at saved_model/1/ (TensorFlow backend)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -248,16 +160,22 @@ def fit(
     # Killed while fine-tuning: the head's phase is done, its result in the backup (-1: not so).
     first = json.loads(phase_one.read_text(encoding="utf-8"))["epochs"] if cluster.chief and phase_one.is_file() else -1
     first = distributed.agree(cluster, first)
-    if first < 0:
-        history = _fit(cfg, model, tracker, data, BACKUP, 0, cfg.train.epochs, cluster)
-        first = history.epoch[-1] + 1 if history.epoch else cfg.train.epochs
     backbone = frozen_backbone(model)
+    if first < 0:
+        on_features = backbone is not None and cfg.train.head_on_features and cluster.processes == 1
+        history = (
+            _fit_head(cfg, model, tracker, classes, learning_rate)
+            if on_features
+            else _fit(cfg, model, tracker, data, BACKUP, 0, cfg.train.epochs, cluster)
+        )
+        first = history.epoch[-1] + 1 if history.epoch else cfg.train.epochs
     if backbone is None or cfg.train.fine_tune_epochs == 0:
         return {"epochs_run": first, "resumed": resuming}
     if cluster.chief:
         phase_one.write_text(json.dumps({"epochs": first}), encoding="utf-8")
     unfreeze_top(backbone, cfg.train.fine_tune_layers)
-    _compile(cfg, model, classes, learning_rate * cfg.train.fine_tune_lr_factor, steps=0)
+    # From the configured rate, not the head's tuned one: a search of the head does not move the fine-tuning.
+    _compile(cfg, model, classes, cfg.train.learning_rate * cfg.train.fine_tune_lr_factor, steps=0)
     history = _fit(cfg, model, tracker, data, FINE_BACKUP, first, first + cfg.train.fine_tune_epochs, cluster)
     if cluster.chief:
         phase_one.unlink()
@@ -277,6 +195,23 @@ def _fit(
     )
 
 
+def _fit_head(cfg: Config, model: keras.Model, tracker: Tracker, classes: list[str], learning_rate: float) -> Any:
+    """The head's phase on the frozen backbone's features, computed once: it trains the model's own head layers."""
+    prepared = Path(cfg.paths.prepared)
+    train, val = features.compute_all(model, prepared, cfg.train.batch_size)
+    head = features.head_of(model)
+    stream = features.FeatureStream(train, cfg.train.batch_size, cfg.seed)
+    _compile(cfg, head, classes, learning_rate, steps=len(stream))
+    return head.fit(
+        stream,
+        validation_data=(val.x, val.y),
+        epochs=cfg.train.epochs,
+        shuffle=False,  # the stream shuffles each epoch itself, from the seed
+        callbacks=callbacks(cfg, tracker, BACKUP),
+        verbose=0,
+    )
+
+
 def frozen_backbone(model: keras.Model) -> keras.Model | None:
     """The model's pretrained backbone while it is still frozen (none for from-scratch models)."""
     return next((layer for layer in model.layers if layer.name == BACKBONE and not layer.trainable), None)
@@ -292,15 +227,7 @@ def unfreeze_top(backbone: keras.Model, count: int) -> None:
 
 
 def _compile(cfg: Config, model: keras.Model, classes: list[str], learning_rate: float, steps: int) -> None:
-    """Compile with the configured optimizer and loss; the schedule over `steps` per epoch (0: constant)."""
-    compile_model(
-        model,
-        learning_rate_schedule(cfg.train, learning_rate, steps) if steps else learning_rate,
-        classes,
-        optimizer=cfg.train.optimizer,
-        weight_decay=cfg.train.weight_decay,
-        label_smoothing=cfg.train.label_smoothing,
-    )
+    recipe.compile_as_trained(model, cfg.train, classes, learning_rate, steps)
 
 
 def build(

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import csv
+import dataclasses
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,31 +13,33 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from op_classifier import comparison
 from op_classifier.config import (
     ARCHITECTURE,
     Config,
     ConfigError,
     ModelBase,
+    TrainConfig,
     TunerConfig,
     as_dict,
     compose,
     validate,
 )
-from op_classifier.data.prepared import data_hash, load_manifest, load_split, single_label
+from op_classifier.data.prepared import data_hash, load_manifest
 from op_classifier.data.stream import split_stream
 from op_classifier.errors import OpClassifierError
-from op_classifier.metric_names import metric_names
+from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX, metric_names
 from op_classifier.models import get as architecture
 from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
 from op_classifier.schema import SearchParam
 from op_classifier.tracking import RUN_ID_FILE, Tracker, TrackingError, flatten, make_tracker, run_name
-from op_classifier.training import hparams, state, tuner_cluster
+from op_classifier.training import features, hparams, recipe, state, tuner_cluster
 from op_classifier.training.backend import set_random_seed
+from op_classifier.training.leaderboard import SearchData, leaderboard, mark_noise, write_leaderboard
 
-# The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values.
-PARAMS = hparams.SEARCH_PARAMS
+# The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values
+# (train's only when the head alone is searched: hparams.search_params).
+PARAMS = hparams.HEAD_SEARCH_PARAMS
 # Read after the search, for the leaderboard's "within noise" marks: declared to DVC (a change re-runs
 # tune, which finds its finished search and marks again) but not in the search's fingerprint.
 REPORT_PARAMS = ("tracking.alpha",)
@@ -51,6 +52,24 @@ class Candidate:
 
     section: ModelBase
     space: dict[str, SearchParam]
+
+
+@dataclass(frozen=True)
+class HeadTrials:
+    """A search of the head alone: each trial trains as train's head phase does, on the same features."""
+
+    train: TrainConfig
+    steps: int  # batches an epoch
+    objective: str  # the one metric a trial must report (with accuracy)
+    dim: int = 0  # the features' width, known once they are computed (search_data)
+
+
+def head_trials(cfg: Config) -> HeadTrials | None:
+    """The head's training for a search of the head alone (hparams.searches_head); None for any other."""
+    if not hparams.searches_head(cfg):
+        return None
+    rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
+    return HeadTrials(cfg.train, -(-rows // cfg.train.batch_size), cfg.tuner.objective)
 
 
 class SearchModel(kt.HyperModel):
@@ -68,8 +87,11 @@ class SearchModel(kt.HyperModel):
         fixed: Mapping[str, Any],
         learning_rate: float,
         class_names: Sequence[str],
+        head: HeadTrials | None = None,
     ) -> None:
         super().__init__()
+        self.head = head  # each candidate is the head alone, trained on the backbone's features
+        self.on_features = head is not None
         self.candidates = dict(candidates)
         self.shared = dict(shared)
         self.choice = choice
@@ -91,8 +113,17 @@ class SearchModel(kt.HyperModel):
     def build(self, hp: Any) -> keras.Model:
         """Build and compile one candidate with the values Keras Tuner drew."""
         name, values = self.draw(hp)
-        learning_rate = values.pop("learning_rate", self.learning_rate)
+        # Unsearched, a head's trial takes the head phase's rate; any other candidate, the tuner's.
+        learning_rate = values.pop("learning_rate", self.head.train.learning_rate if self.head else self.learning_rate)
         args = {**hparams.model_args(self.candidates[name].section), **self.fixed, **values}
+        if self.head is not None:
+            head = features.head_model(self.head.dim, args["num_classes"], args["dropout"], args["seed"])
+            # Only the objective (and accuracy) is computed: the per-class metrics would double a trial's time.
+            wanted = {ACCURACY, self.head.objective.removeprefix(VALIDATION_PREFIX)}
+            return recipe.compile_as_trained(
+                head, self.head.train, self.class_names, learning_rate, self.head.steps, only=wanted
+            )
+
         return compile_model(architecture(name).build(**args), learning_rate, self.class_names)
 
 
@@ -141,7 +172,7 @@ def make_tuner(cfg: TunerConfig, hypermodel: kt.HyperModel, directory: Path, see
         if cfg.kind == "hyperband"
         else {"max_trials": cfg.max_trials}
     )
-    tracked = _with_trial_runs(base, tracker)
+    tracked = _with_trial_runs(base, tracker, lines=getattr(hypermodel, "on_features", False))
     return tracked(
         hypermodel=hypermodel,
         objective=kt.Objective(cfg.objective, direction=cfg.direction),
@@ -153,8 +184,8 @@ def make_tuner(cfg: TunerConfig, hypermodel: kt.HyperModel, directory: Path, see
     )
 
 
-def _with_trial_runs(base: type, tracker: Tracker) -> type:
-    """The tuner class, with one nested tracking run per trial."""
+def _with_trial_runs(base: type, tracker: Tracker, lines: bool = False) -> type:
+    """The tuner class, with one nested tracking run per trial (and, with `lines`, one printed line each)."""
 
     class Tracked(base):  # type: ignore[misc, valid-type]
         def on_trial_begin(self, trial: Any) -> None:
@@ -170,30 +201,56 @@ def _with_trial_runs(base: type, tracker: Tracker) -> type:
             if score is not None:
                 tracker.log_metrics({"objective": score})
             self._trial_run.close()
+            if lines:
+                print(trial_line(trial, score, self.oracle), flush=True)
 
     Tracked.__name__ = base.__name__
     return Tracked
 
 
-def search(
-    cfg: Config, tracker: Tracker, classes: list[str], hypermodel: SearchModel, folder: Path | None = None
-) -> Any:
-    """Run (or resume) the search in folder (paths.tuning); return the finished tuner."""
+def trial_line(trial: Any, score: float | None, oracle: Any) -> str:
+    """One trial in one line: its values, its score and the best so far."""
+    values = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.hyperparameters.values.items()
+    )
+    best = oracle.get_best_trials(1)
+    best_score = best[0].score if best else None
+    shown = "failed" if score is None else f"{oracle.objective.name} {score:.4f}"
+    return f"trial {trial.trial_id}: {values} -> {shown}" + (
+        f" (best {best_score:.4f})" if best_score is not None else ""
+    )
+
+
+def search_data(cfg: Config, hypermodel: SearchModel) -> SearchData:
+    """The prepared splits; for a search of the head alone, their features through the frozen backbone."""
     prepared = Path(cfg.paths.prepared)
-    train = split_stream(prepared, "train", cfg.tuner.batch_size, seed=cfg.seed)
-    val = split_stream(prepared, "val", cfg.tuner.batch_size)
+    if not hypermodel.on_features:
+        val = split_stream(prepared, "val", cfg.tuner.batch_size)
+        return SearchData(split_stream(prepared, "train", cfg.tuner.batch_size, seed=cfg.seed), val, val.labels)
+    (name,) = hypermodel.candidates
+    args = {**hparams.model_args(cfg.model), **hypermodel.fixed}
+    train, val = features.compute_all(architecture(name).build(**args), prepared, cfg.train.batch_size)
+    hypermodel.head = dataclasses.replace(hypermodel.head, dim=train.x.shape[1])
+    return SearchData(features.FeatureStream(train, cfg.train.batch_size, cfg.seed), (val.x, val.y), val.y)
+
+
+def search(cfg: Config, tracker: Tracker, hypermodel: SearchModel, data: SearchData, folder: Path | None = None) -> Any:
+    """Run (or resume) the search in folder (paths.tuning); return the finished tuner."""
+    train, val = data.train, data.val
     set_random_seed(cfg.seed)
     tuner = make_tuner(cfg.tuner, hypermodel, folder or Path(cfg.paths.tuning), cfg.seed, tracker)
-    stop = keras.callbacks.EarlyStopping(
-        monitor=cfg.tuner.objective, mode=cfg.tuner.direction, patience=cfg.tuner.patience
+    # A head's trial trains for the head phase's epochs, with its patience; any other, the tuner's.
+    epochs, patience = (
+        (cfg.train.epochs, cfg.train.patience) if hypermodel.on_features else (cfg.tuner.epochs, cfg.tuner.patience)
     )
+    stop = keras.callbacks.EarlyStopping(monitor=cfg.tuner.objective, mode=cfg.tuner.direction, patience=patience)
     tuner.search(
         train,
         validation_data=val,
-        epochs=cfg.tuner.epochs,
+        epochs=epochs,
         shuffle=False,  # the stream shuffles each epoch itself, from the seed
         callbacks=[stop, _FatalStoreErrors(tracker.epoch_callback())],
-        verbose=2,
+        verbose=0 if hypermodel.on_features else 2,  # a head's trial takes seconds: one line each, not its epochs
     )
     return tuner
 
@@ -222,62 +279,6 @@ def searched_values(values: dict[str, Any], hypermodel: SearchModel) -> dict[str
     return {ARCHITECTURE: name, **shared, **own}
 
 
-def leaderboard(tuner: Any) -> list[dict[str, Any]]:
-    """Every trial, best first: id, status, score and its hyperparameter values."""
-    rows = [
-        {
-            "trial_id": t.trial_id,
-            "status": str(t.status),
-            "score": None if t.score is None else float(t.score),
-            **t.hyperparameters.values,
-        }
-        for t in tuner.oracle.trials.values()
-    ]
-    sign = -1 if tuner.oracle.objective.direction == "max" else 1
-    return sorted(rows, key=lambda r: (r["score"] is None, sign * (r["score"] or 0.0)))
-
-
-def mark_noise(tuner: Any, rows: list[dict[str, Any]], prepared: Path, batch_size: int, alpha: float) -> None:
-    """Say, in each row, whether the trial's kept model answers the validation images differently
-    enough from the best trial's to count (exact McNemar, p < alpha), so a 0.01 gap is not a ranking."""
-    labels = load_split(prepared, "val").labels
-    single = single_label(labels)
-    truth = labels[single].argmax(1)
-
-    def right(trial_id: str) -> Any:
-        try:  # a trial that failed, or whose checkpoint is gone, kept no model to ask
-            with warnings.catch_warnings():
-                # The checkpoint holds the trial's optimizer state too, which Keras says it skips: only
-                # predictions are asked of this model, so the optimizer is not needed.
-                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer", UserWarning)
-                model = tuner.load_model(tuner.oracle.get_trial(trial_id))
-        except Exception:
-            return None
-        probs = model.predict(split_stream(prepared, "val", batch_size), verbose=0)
-        return probs[single].argmax(1) == truth
-
-    best = right(rows[0]["trial_id"]) if rows else None
-    for index, row in enumerate(rows):
-        answers = None if index == 0 or best is None or row["score"] is None else right(row["trial_id"])
-        if index == 0:
-            row["vs_best"] = "best"
-        elif answers is None:
-            row["vs_best"] = "no kept model to test"
-        else:
-            row["mcnemar_p_vs_best"] = round(comparison.mcnemar(best, answers), 4)
-            row["vs_best"] = "worse" if row["mcnemar_p_vs_best"] < alpha else "within noise"
-
-
-def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> None:
-    """CSV of the trials, best first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _require_a_result(tuner: Any, rows: list[dict[str, Any]]) -> None:
     """No trial with a score means every one failed: say why rather than train on a guess."""
     if rows and rows[0]["score"] is not None:
@@ -296,7 +297,11 @@ def search_fingerprint(cfg: Config, hypermodel: SearchModel) -> dict[str, Any]:
     }
     extra = {"architectures": others} if others else {}
     return state.fingerprint(
-        state.select(as_dict(cfg), PARAMS), data_hash(Path(cfg.paths.prepared)), STAGE, cfg.model, **extra
+        state.select(as_dict(cfg), hparams.search_params(cfg)),
+        data_hash(Path(cfg.paths.prepared)),
+        STAGE,
+        cfg.model,
+        **extra,
     )
 
 
@@ -311,7 +316,7 @@ def hypermodel_of(cfg: Config, classes: list[str]) -> SearchModel:
     """The search's hypermodel: every candidate architecture composed and checked before any training."""
     found, shared, choice = candidates(cfg)
     fixed = {"num_classes": len(classes), "image_size": cfg.data.image_size, "seed": cfg.seed}
-    return SearchModel(found, shared, choice, fixed, cfg.tuner.learning_rate, classes)
+    return SearchModel(found, shared, choice, fixed, cfg.tuner.learning_rate, classes, head_trials(cfg))
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
@@ -344,15 +349,16 @@ def run(cfg: Config) -> dict:
     folder = Path(cfg.paths.tuning)
     hypermodel = hypermodel_of(cfg, classes)
     made_by = claim_search(cfg, hypermodel)
-    params = {**flatten(state.select(as_dict(cfg), PARAMS)), "state_fingerprint": made_by}
+    params = {**flatten(state.select(as_dict(cfg), hparams.search_params(cfg))), "state_fingerprint": made_by}
     tags = {"stage": "tune", "tuner": cfg.tuner.kind, "data_hash": data_hash(Path(cfg.paths.prepared))}
     with tracker.run(
         run_name("tune", _settings(cfg)), resume_file=folder / RUN_ID_FILE, tags=tags, params=params
     ) as run_id:
-        tuner = search(cfg, tracker, classes, hypermodel)
+        data = search_data(cfg, hypermodel)
+        tuner = search(cfg, tracker, hypermodel, data)
         rows = leaderboard(tuner)
         _require_a_result(tuner, rows)
-        mark_noise(tuner, rows, Path(cfg.paths.prepared), cfg.tuner.batch_size, cfg.tracking.alpha)
+        mark_noise(tuner, rows, data, cfg.tracking.alpha)
         best = searched_values(tuner.get_best_hyperparameters(1)[0].values, hypermodel)
         score = rows[0]["score"]
         tracker.log_metrics({f"best_{cfg.tuner.objective}": score} if score is not None else {})
@@ -399,7 +405,7 @@ def work(cfg: Config, worker: tuner_cluster.Role, classes: list[str], tracker: T
     tuner_cluster.wait_for_chief(worker, timeout)
     folder = Path(cfg.paths.tuning) / f"worker-{worker.tuner_id}"
     with tracker.join("state_fingerprint", made_by, timeout):
-        search(cfg, tracker, classes, hypermodel, folder)
+        search(cfg, tracker, hypermodel, search_data(cfg, hypermodel), folder)
     return {
         "tuner": cfg.tuner.kind,
         "worker": worker.tuner_id,

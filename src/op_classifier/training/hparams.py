@@ -24,6 +24,37 @@ from op_classifier.training import state
 
 # What a search's result depends on besides the data: the tune stage's params (dvc.yaml declares them).
 SEARCH_PARAMS = ("seed", "data.image_size", "model", "tuner")
+# A search of a pretrained model's head alone trains each trial as train's head phase does: its result
+# depends on these keys of train's too (not on the fine-tuning's).
+HEAD_PHASE_PARAMS = tuple(
+    f"train.{key}"
+    for key in (
+        "learning_rate",
+        "batch_size",
+        "epochs",
+        "patience",
+        "optimizer",
+        "weight_decay",
+        "schedule",
+        "warmup_epochs",
+        "label_smoothing",
+    )
+)
+HEAD_SEARCH_PARAMS = (*SEARCH_PARAMS, *HEAD_PHASE_PARAMS)
+HEAD_KEYS = ("dropout", "learning_rate")  # what a pretrained model's head takes: searchable on features
+
+
+def searches_head(cfg: Config) -> bool:
+    """A search of the head alone on the frozen backbone's features, computed once: a pretrained model
+    (frozen while its head learns), one architecture, and only the head's keys searched."""
+    space = cfg.tuner.search_space
+    pretrained = getattr(cfg.model, "weights", None) is not None
+    return cfg.tuner.kind != "none" and pretrained and ARCHITECTURE not in space and set(space) <= set(HEAD_KEYS)
+
+
+def search_params(cfg: Config) -> tuple[str, ...]:
+    """The params sections this config's search depends on."""
+    return HEAD_SEARCH_PARAMS if searches_head(cfg) else SEARCH_PARAMS
 
 
 def model_args(cfg: ModelBase) -> dict[str, Any]:
@@ -59,7 +90,7 @@ def declare(hp: Any, space: Mapping[str, SearchParam]) -> dict[str, Any]:
 
 def search_record(cfg: Config) -> dict[str, Any]:
     """What a search with this config is made with: its search params and the prepared data's hash."""
-    return {"params": state.select(as_dict(cfg), SEARCH_PARAMS), "data": data_hash(Path(cfg.paths.prepared))}
+    return {"params": state.select(as_dict(cfg), search_params(cfg)), "data": data_hash(Path(cfg.paths.prepared))}
 
 
 def write_best(

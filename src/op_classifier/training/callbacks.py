@@ -1,0 +1,87 @@
+"""The final training's own callbacks: a backup a kill cannot corrupt, and the whole history across resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from op_classifier.training import distributed
+
+
+class AtomicBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose files are replaced whole: a kill mid-save leaves the previous backup.
+
+    Keras writes latest.weights.h5 in place, so a kill during the write left a truncated file that
+    every later run failed to load. An unreadable backup (from elsewhere) starts fresh, saying so.
+    With `writes` off (a multi-process run's other processes) it only restores the chief's backup.
+    """
+
+    def __init__(self, backup_dir: str, writes: bool = True) -> None:
+        super().__init__(backup_dir, delete_checkpoint=writes)
+        self.writes = writes
+
+    def _save_model(self) -> None:
+        if not self.writes:
+            return
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / "partial.weights.h5"  # save_weights insists on the .weights.h5 suffix
+        with distributed.unsharded():  # saving makes Keras variables: the other processes must not wait on them
+            self.model.save_weights(str(partial), overwrite=True)
+        meta = folder / "partial.json"
+        meta.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}), encoding="utf-8")
+        # Weights before metadata: a kill between them re-runs one epoch from later weights, never breaks.
+        os.replace(partial, self._weights_path)
+        os.replace(meta, self._training_metadata_path)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as error:
+            print(
+                f"note: the checkpoint in {self.backup_dir} cannot be read ({str(error)[:120]}); starting fresh",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self.writes:
+                shutil.rmtree(self.backup_dir, ignore_errors=True)
+            self.model._initial_epoch = 0
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """Per-epoch metrics kept beside the checkpoint (DVC deletes the plots file before a re-run) and
+    copied whole to the plots file after every epoch: one row per epoch, across any number of resumes."""
+
+    def __init__(self, kept: Path, out: Path) -> None:
+        super().__init__()
+        self.kept, self.out = kept, out
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        row.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        self.kept.parent.mkdir(parents=True, exist_ok=True)
+        with self.kept.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        write_history(self.kept, self.out)
+
+
+def write_history(kept: Path, out: Path) -> None:
+    """The plots CSV from the kept log: the last row of each epoch (a resumed epoch replaces its row)."""
+    rows: dict[int, dict[str, float]] = {}
+    if kept.is_file():
+        for line in kept.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows[int(row["epoch"])] = row
+    fields = list(dict.fromkeys(key for row in rows.values() for key in row))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows[epoch] for epoch in sorted(rows))
