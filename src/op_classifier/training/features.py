@@ -19,7 +19,7 @@ import numpy as np
 from op_classifier import progress
 from op_classifier.data.prepared import data_hash
 from op_classifier.data.stream import split_stream
-from op_classifier.models.pretrained import BACKBONE, POOLED, top
+from op_classifier.models.pretrained import POOLED, top
 from op_classifier.weights.imagenet import cache_dir
 
 
@@ -29,11 +29,6 @@ class Features:
 
     x: np.ndarray
     y: np.ndarray
-
-
-def frozen(model: keras.Model) -> bool:
-    """Whether the model has a pretrained backbone that is frozen, so features computed once stay right."""
-    return any(layer.name == BACKBONE and not layer.trainable for layer in model.layers)
 
 
 def extractor(model: keras.Model) -> keras.Model:
