@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +66,7 @@ def untuned(cfg: object, hypermodel: tune.SearchModel, data: tune.SearchData) ->
 def scores(model: keras.Model, data: tune.SearchData, test: features.Features) -> tuple[float, float]:
     """(val, test) top-1 accuracy of a head on the features."""
     return (
-        top1(data.val_labels, model.predict(data.val[0], verbose=0)),
+        top1(data.val_labels, model.predict(data.val_x, verbose=0)),
         top1(test.y, model.predict(test.x, verbose=0)),
     )
 
@@ -74,7 +75,8 @@ def one_folder(prepared: Path, overrides: list[str], kinds: list[str], budgets: 
     """Every (kind, budget) and the untuned head on one folder: {name: (val, test, seconds, pick)}."""
     classes = load_manifest(prepared)["classes"]
     base = configs(prepared, overrides, "random", budgets[0])
-    assert hparams.searches_head(base), "the config does not search the head alone (a pretrained model?)"
+    if not hparams.searches_head(base):
+        sys.exit("error: this config does not search the head alone (a pretrained model, head keys only)")
     model = architecture(base.model.name).build(
         len(classes), base.data.image_size, seed=base.seed, **hparams.model_args(base.model)
     )

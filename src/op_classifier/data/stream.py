@@ -66,9 +66,14 @@ class ImageStream(keras.utils.PyDataset):
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
-        if self.seed is None:
-            return np.arange(len(self.rows))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
+        return epoch_order(len(self.rows), self.seed, self.epoch)
+
+
+def epoch_order(rows: int, seed: int | None, epoch: int) -> np.ndarray:
+    """The order an epoch visits the rows in: drawn from (seed, epoch number); file order without a seed."""
+    if seed is None:
+        return np.arange(rows)
+    return np.random.default_rng([seed, epoch]).permutation(rows)
 
 
 def split_stream(prepared: Path, split: str, batch_size: int, seed: int | None = None) -> ImageStream:

@@ -175,7 +175,9 @@ def fit(
         phase_one.write_text(json.dumps({"epochs": first}), encoding="utf-8")
     unfreeze_top(backbone, cfg.train.fine_tune_layers)
     # From the configured rate, not the head's tuned one: a search of the head does not move the fine-tuning.
-    _compile(cfg, model, classes, cfg.train.learning_rate * cfg.train.fine_tune_lr_factor, steps=0)
+    recipe.compile_as_trained(
+        model, cfg.train, classes, cfg.train.learning_rate * cfg.train.fine_tune_lr_factor, steps=0
+    )
     history = _fit(cfg, model, tracker, data, FINE_BACKUP, first, first + cfg.train.fine_tune_epochs, cluster)
     if cluster.chief:
         phase_one.unlink()
@@ -201,7 +203,7 @@ def _fit_head(cfg: Config, model: keras.Model, tracker: Tracker, classes: list[s
     train, val = features.compute_all(model, prepared, cfg.train.batch_size)
     head = features.head_of(model)
     stream = features.FeatureStream(train, cfg.train.batch_size, cfg.seed)
-    _compile(cfg, head, classes, learning_rate, steps=len(stream))
+    recipe.compile_as_trained(head, cfg.train, classes, learning_rate, steps=len(stream))
     return head.fit(
         stream,
         validation_data=(val.x, val.y),
@@ -226,10 +228,6 @@ def unfreeze_top(backbone: keras.Model, count: int) -> None:
         layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def _compile(cfg: Config, model: keras.Model, classes: list[str], learning_rate: float, steps: int) -> None:
-    recipe.compile_as_trained(model, cfg.train, classes, learning_rate, steps)
-
-
 def build(
     cfg: Config,
     classes: list[str],
@@ -246,7 +244,7 @@ def build(
         model = architecture(model_cfg.name).build(len(classes), cfg.data.image_size, seed=cfg.seed, **args)
         rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
         steps = distributed.steps_per_epoch(rows, cfg.train.batch_size, processes)
-        _compile(cfg, model, classes, learning_rate, steps)
+        recipe.compile_as_trained(model, cfg.train, classes, learning_rate, steps)
     return model, {
         "device": device if processes == 1 else f"{processes} processes x {device} (JAX DataParallel)",
         "processes": processes,

@@ -90,8 +90,7 @@ class SearchModel(kt.HyperModel):
         head: HeadTrials | None = None,
     ) -> None:
         super().__init__()
-        self.head = head  # each candidate is the head alone, trained on the backbone's features
-        self.on_features = head is not None
+        self.head = head  # each candidate is the head alone, trained on the backbone's features (else None)
         self.candidates = dict(candidates)
         self.shared = dict(shared)
         self.choice = choice
@@ -164,7 +163,7 @@ def check_objective(objective: str, classes: list[str]) -> None:
         raise ConfigError(f"tuner.objective: the model does not report '{objective}' (it reports {', '.join(known)})")
 
 
-def make_tuner(cfg: TunerConfig, hypermodel: kt.HyperModel, directory: Path, seed: int, tracker: Tracker) -> Any:
+def make_tuner(cfg: TunerConfig, hypermodel: SearchModel, directory: Path, seed: int, tracker: Tracker) -> Any:
     """The configured Keras Tuner; it resumes from `directory` when a search was started there."""
     base = {"hyperband": kt.Hyperband, "random": kt.RandomSearch, "bayesian": kt.BayesianOptimization}[cfg.kind]
     budget = (
@@ -172,7 +171,7 @@ def make_tuner(cfg: TunerConfig, hypermodel: kt.HyperModel, directory: Path, see
         if cfg.kind == "hyperband"
         else {"max_trials": cfg.max_trials}
     )
-    tracked = _with_trial_runs(base, tracker, lines=getattr(hypermodel, "on_features", False))
+    tracked = _with_trial_runs(base, tracker, lines=hypermodel.head is not None)
     return tracked(
         hypermodel=hypermodel,
         objective=kt.Objective(cfg.objective, direction=cfg.direction),
@@ -224,14 +223,14 @@ def trial_line(trial: Any, score: float | None, oracle: Any) -> str:
 def search_data(cfg: Config, hypermodel: SearchModel) -> SearchData:
     """The prepared splits; for a search of the head alone, their features through the frozen backbone."""
     prepared = Path(cfg.paths.prepared)
-    if not hypermodel.on_features:
+    if hypermodel.head is None:
         val = split_stream(prepared, "val", cfg.tuner.batch_size)
-        return SearchData(split_stream(prepared, "train", cfg.tuner.batch_size, seed=cfg.seed), val, val.labels)
+        return SearchData(split_stream(prepared, "train", cfg.tuner.batch_size, seed=cfg.seed), val, val, val.labels)
     (name,) = hypermodel.candidates
     args = {**hparams.model_args(cfg.model), **hypermodel.fixed}
     train, val = features.compute_all(architecture(name).build(**args), prepared, cfg.train.batch_size)
     hypermodel.head = dataclasses.replace(hypermodel.head, dim=train.x.shape[1])
-    return SearchData(features.FeatureStream(train, cfg.train.batch_size, cfg.seed), (val.x, val.y), val.y)
+    return SearchData(features.FeatureStream(train, cfg.train.batch_size, cfg.seed), (val.x, val.y), val.x, val.y)
 
 
 def search(cfg: Config, tracker: Tracker, hypermodel: SearchModel, data: SearchData, folder: Path | None = None) -> Any:
@@ -241,7 +240,7 @@ def search(cfg: Config, tracker: Tracker, hypermodel: SearchModel, data: SearchD
     tuner = make_tuner(cfg.tuner, hypermodel, folder or Path(cfg.paths.tuning), cfg.seed, tracker)
     # A head's trial trains for the head phase's epochs, with its patience; any other, the tuner's.
     epochs, patience = (
-        (cfg.train.epochs, cfg.train.patience) if hypermodel.on_features else (cfg.tuner.epochs, cfg.tuner.patience)
+        (cfg.train.epochs, cfg.train.patience) if hypermodel.head else (cfg.tuner.epochs, cfg.tuner.patience)
     )
     stop = keras.callbacks.EarlyStopping(monitor=cfg.tuner.objective, mode=cfg.tuner.direction, patience=patience)
     tuner.search(
@@ -250,7 +249,7 @@ def search(cfg: Config, tracker: Tracker, hypermodel: SearchModel, data: SearchD
         epochs=epochs,
         shuffle=False,  # the stream shuffles each epoch itself, from the seed
         callbacks=[stop, _FatalStoreErrors(tracker.epoch_callback())],
-        verbose=0 if hypermodel.on_features else 2,  # a head's trial takes seconds: one line each, not its epochs
+        verbose=0 if hypermodel.head else 2,  # a head's trial takes seconds: one line each, not its epochs
     )
     return tuner
 

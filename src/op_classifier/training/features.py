@@ -18,7 +18,7 @@ import numpy as np
 
 from op_classifier import progress
 from op_classifier.data.prepared import data_hash
-from op_classifier.data.stream import split_stream
+from op_classifier.data.stream import epoch_order, split_stream
 from op_classifier.models.pretrained import POOLED, top
 from op_classifier.weights.imagenet import cache_dir
 
@@ -113,4 +113,4 @@ class FeatureStream(keras.utils.PyDataset):
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data.y))
+        return epoch_order(len(self.data.y), self.seed, self.epoch)

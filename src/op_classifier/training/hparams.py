@@ -26,19 +26,16 @@ from op_classifier.training import state
 SEARCH_PARAMS = ("seed", "data.image_size", "model", "tuner")
 # A search of a pretrained model's head alone trains each trial as train's head phase does: its result
 # depends on these keys of train's too (not on the fine-tuning's).
-HEAD_PHASE_PARAMS = tuple(
-    f"train.{key}"
-    for key in (
-        "learning_rate",
-        "batch_size",
-        "epochs",
-        "patience",
-        "optimizer",
-        "weight_decay",
-        "schedule",
-        "warmup_epochs",
-        "label_smoothing",
-    )
+HEAD_PHASE_PARAMS = (
+    "train.learning_rate",
+    "train.batch_size",
+    "train.epochs",
+    "train.patience",
+    "train.optimizer",
+    "train.weight_decay",
+    "train.schedule",
+    "train.warmup_epochs",
+    "train.label_smoothing",
 )
 HEAD_SEARCH_PARAMS = (*SEARCH_PARAMS, *HEAD_PHASE_PARAMS)
 HEAD_KEYS = ("dropout", "learning_rate")  # what a pretrained model's head takes: searchable on features

@@ -18,6 +18,7 @@ class SearchData:
 
     train: Any
     val: Any  # a stream of (images, labels), or (features, labels)
+    val_x: Any  # what a trial's model predicts the val split from: the image stream, or the features
     val_labels: Any
 
 
@@ -52,7 +53,7 @@ def mark_noise(tuner: Any, rows: list[dict[str, Any]], data: SearchData, alpha: 
                 model = tuner.load_model(tuner.oracle.get_trial(trial_id))
         except Exception:
             return None
-        probs = model.predict(data.val[0] if isinstance(data.val, tuple) else data.val, verbose=0)
+        probs = model.predict(data.val_x, verbose=0)
         return probs[single].argmax(1) == truth
 
     best = right(rows[0]["trial_id"]) if rows else None
