@@ -188,7 +188,7 @@ def _trials_of(root: Path, parent_id: str) -> list:
 
 
 @pytest.mark.slow  # the fingerprint's rule is test_state's; this is the rule inside three real searches
-def test_a_changed_config_never_reuses_an_old_search(project: Path, tmp_path: Path, capsys) -> None:
+def test_a_search_is_reused_only_by_its_own_config(project: Path, tmp_path: Path, capsys) -> None:
     own = (
         f"paths.tuning={tmp_path / 'search'}",
         f"paths.best_hparams={tmp_path / 'best.yaml'}",
@@ -206,10 +206,15 @@ def test_a_changed_config_never_reuses_an_old_search(project: Path, tmp_path: Pa
     assert len(trials) == 1 and all(t.info.status == "FINISHED" for t in trials)
     assert all(t.data.params["model.dropout"] == "0.5" for t in _runs(project) if t.info.run_id == parent)
 
-    # Same config again (e.g. `dvc repro -f`): a finished search is run anew, its trials logged again.
-    tune.run(tiny_cfg(project, *own, "model.dropout=0.5"))
-    again = (tmp_path / "search/mlflow_run_id").read_text()
-    assert again != parent and len(_trials_of(project, again)) == 1 == first["trials"]
+    # Same config again (`dvc repro -f`, or a change of a head-phase key this search does not read):
+    # the finished search stands, named as reused; no trial runs again, no run is logged again.
+    runs_before = len(_runs(project))
+    best = (tmp_path / "best.yaml").read_text()
+    (tmp_path / "best.yaml").unlink()  # as DVC does before it re-runs a stage
+    again = tune.run(tiny_cfg(project, *own, "model.dropout=0.5", "train.label_smoothing=0.05"))
+    assert "reusing the finished search" in capsys.readouterr().err and again["reused"]
+    assert (tmp_path / "best.yaml").read_text() == best and again["trials"] == 1 == first["trials"]
+    assert len(_runs(project)) == runs_before and (tmp_path / "search/mlflow_run_id").read_text() == parent
 
 
 def test_missing_prepared_data_names_the_stage(tmp_path: Path) -> None:

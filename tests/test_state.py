@@ -53,6 +53,15 @@ def test_finished_state_is_not_resumed(tmp_path: Path, capsys) -> None:
     assert "it finished" in capsys.readouterr().err and not (folder / "oracle.json").exists()
 
 
+def test_finished_names_only_finished_work_of_the_same_fingerprint(tmp_path: Path) -> None:
+    folder = tmp_path / "search"
+    state.claim(folder, _fp(units=64), "tuner search")
+    assert not state.finished(folder, _fp(units=64))  # started, not finished: resumed, not reused
+    state.mark_complete(folder)
+    assert state.finished(folder, _fp(units=64)) and not state.finished(folder, _fp(units=128))
+    assert not state.finished(tmp_path / "none", _fp(units=64))
+
+
 def test_state_without_a_fingerprint_is_not_trusted(tmp_path: Path) -> None:
     folder = tmp_path / "ckpt"
     (folder / "backup").mkdir(parents=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
+import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +17,19 @@ from op_classifier.config import (
     ARCHITECTURE,
     Config,
     ConfigError,
-    ModelBase,
-    TrainConfig,
     TunerConfig,
     as_dict,
-    compose,
-    validate,
 )
 from op_classifier.data.prepared import data_hash, load_manifest
 from op_classifier.data.stream import split_stream
 from op_classifier.errors import OpClassifierError
-from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX, metric_names
+from op_classifier.metric_names import metric_names
 from op_classifier.models import get as architecture
-from op_classifier.models.common import compile_model
 from op_classifier.runner import stage_main
-from op_classifier.schema import SearchParam
-from op_classifier.tracking import RUN_ID_FILE, Tracker, TrackingError, flatten, make_tracker, run_name
-from op_classifier.training import features, hparams, recipe, state, tuner_cluster
+from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, TrackingError, flatten, make_tracker, run_name
+from op_classifier.training import features, hparams, state, tuner_cluster
 from op_classifier.training.backend import set_random_seed
+from op_classifier.training.hypermodel import SearchModel, candidates, head_trials, own_values
 from op_classifier.training.leaderboard import SearchData, leaderboard, mark_noise, write_leaderboard
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values
@@ -44,116 +39,6 @@ PARAMS = hparams.HEAD_SEARCH_PARAMS
 # tune, which finds its finished search and marks again) but not in the search's fingerprint.
 REPORT_PARAMS = ("tracking.alpha",)
 STAGE = "op_classifier.stages.tune"  # its state belongs to the code this module runs
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An architecture the search may build: its model section and its own search-space entries."""
-
-    section: ModelBase
-    space: dict[str, SearchParam]
-
-
-@dataclass(frozen=True)
-class HeadTrials:
-    """A search of the head alone: each trial trains as train's head phase does, on the same features."""
-
-    train: TrainConfig
-    steps: int  # batches an epoch
-    objective: str  # the one metric a trial must report (with accuracy)
-    dim: int = 0  # the features' width, known once they are computed (search_data)
-
-
-def head_trials(cfg: Config) -> HeadTrials | None:
-    """The head's training for a search of the head alone (hparams.searches_head); None for any other."""
-    if not hparams.searches_head(cfg):
-        return None
-    rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
-    return HeadTrials(cfg.train, -(-rows // cfg.train.batch_size), cfg.tuner.objective)
-
-
-class SearchModel(kt.HyperModel):
-    """Keras Tuner's hypermodel: its hyperparameters onto the builder's arguments and the learning rate.
-
-    With `tuner.search_space.name`, it draws the architecture first; each architecture's own entries
-    are declared in its conditional scope (as `<name>.<key>`), so a trial holds only the drawn one's.
-    """
-
-    def __init__(
-        self,
-        candidates: Mapping[str, Candidate],
-        shared: Mapping[str, SearchParam],
-        choice: SearchParam | None,
-        fixed: Mapping[str, Any],
-        learning_rate: float,
-        class_names: Sequence[str],
-        head: HeadTrials | None = None,
-    ) -> None:
-        super().__init__()
-        self.head = head  # each candidate is the head alone, trained on the backbone's features (else None)
-        self.candidates = dict(candidates)
-        self.shared = dict(shared)
-        self.choice = choice
-        self.fixed = dict(fixed)  # num_classes, image_size, seed
-        self.learning_rate = learning_rate
-        self.class_names = list(class_names)
-
-    def draw(self, hp: Any) -> tuple[str, dict[str, Any]]:
-        """The architecture and the values Keras Tuner drew (unprefixed)."""
-        values = hparams.declare(hp, self.shared)
-        if self.choice is None:
-            (name,) = self.candidates
-            return name, values
-        name = hp.Choice(ARCHITECTURE, list(self.choice.values))
-        with hp.conditional_scope(ARCHITECTURE, [name]):
-            own = hparams.declare(hp, {f"{name}.{key}": spec for key, spec in self.candidates[name].space.items()})
-        return name, {**values, **own_values(own, name)}
-
-    def build(self, hp: Any) -> keras.Model:
-        """Build and compile one candidate with the values Keras Tuner drew."""
-        name, values = self.draw(hp)
-        # Unsearched, a head's trial takes the head phase's rate; any other candidate, the tuner's.
-        learning_rate = values.pop("learning_rate", self.head.train.learning_rate if self.head else self.learning_rate)
-        args = {**hparams.model_args(self.candidates[name].section), **self.fixed, **values}
-        if self.head is not None:
-            head = features.head_model(self.head.dim, args["num_classes"], args["dropout"], args["seed"])
-            # Only the objective (and accuracy) is computed: the per-class metrics would double a trial's time.
-            wanted = {ACCURACY, self.head.objective.removeprefix(VALIDATION_PREFIX)}
-            return recipe.compile_as_trained(
-                head, self.head.train, self.class_names, learning_rate, self.head.steps, only=wanted
-            )
-
-        return compile_model(architecture(name).build(**args), learning_rate, self.class_names)
-
-
-def own_values(values: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """Architecture `name`'s drawn values (`<name>.<key>` in Keras Tuner) by their model keys."""
-    prefix = f"{name}."
-    return {key[len(prefix) :]: value for key, value in values.items() if key.startswith(prefix)}
-
-
-def candidates(cfg: Config) -> tuple[dict[str, Candidate], dict[str, SearchParam], SearchParam | None]:
-    """The architectures the search may build, the entries they share, and the architecture choice (if any).
-
-    The configured architecture brings its section and entries from this config; any other the choice
-    names, from its conf/model/<name>.yaml (a dep of this stage in dvc.yaml), at this data.image_size.
-    """
-    space = dict(cfg.tuner.search_space)
-    choice = space.pop(ARCHITECTURE, None)
-    if choice is None:
-        return {cfg.model.name: Candidate(cfg.model, {})}, space, None
-    own = {key: spec for key, spec in space.items() if key in cfg.model.args()}
-    shared = {key: spec for key, spec in space.items() if key not in own}
-    found = {}
-    for name in choice.values:
-        if name == cfg.model.name:
-            found[name] = Candidate(cfg.model, own)
-            continue
-        other = validate(compose((f"model={name}", f"data.image_size={cfg.data.image_size}")))
-        found[name] = Candidate(
-            other.model, {k: v for k, v in other.tuner.search_space.items() if k in other.model.args()}
-        )
-    return found, shared, choice
 
 
 def check_objective(objective: str, classes: list[str]) -> None:
@@ -304,13 +189,6 @@ def search_fingerprint(cfg: Config, hypermodel: SearchModel) -> dict[str, Any]:
     )
 
 
-def claim_search(cfg: Config, hypermodel: SearchModel) -> str:
-    """Keep the tuner's folder only if the same config, data and code made it; its fingerprint id."""
-    made_by = search_fingerprint(cfg, hypermodel)
-    state.claim(Path(cfg.paths.tuning), made_by, "tuner search", keep=(RUN_ID_FILE,))
-    return made_by["id"]
-
-
 def hypermodel_of(cfg: Config, classes: list[str]) -> SearchModel:
     """The search's hypermodel: every candidate architecture composed and checked before any training."""
     found, shared, choice = candidates(cfg)
@@ -347,21 +225,54 @@ def run(cfg: Config) -> dict:
         return work(cfg, cluster, classes, tracker)
     folder = Path(cfg.paths.tuning)
     hypermodel = hypermodel_of(cfg, classes)
-    made_by = claim_search(cfg, hypermodel)
-    params = {**flatten(state.select(as_dict(cfg), hparams.search_params(cfg))), "state_fingerprint": made_by}
+    made_by = search_fingerprint(cfg, hypermodel)
+    if cluster is None and state.finished(folder, made_by):  # workers would wait on a chief that serves no trials
+        return _reuse(cfg, hypermodel, folder, started)
+    state.claim(folder, made_by, "tuner search", keep=(RUN_ID_FILE,))
+    params = {**flatten(state.select(as_dict(cfg), hparams.search_params(cfg))), "state_fingerprint": made_by["id"]}
     tags = {"stage": "tune", "tuner": cfg.tuner.kind, "data_hash": data_hash(Path(cfg.paths.prepared))}
     with tracker.run(
         run_name("tune", _settings(cfg)), resume_file=folder / RUN_ID_FILE, tags=tags, params=params
     ) as run_id:
         data = search_data(cfg, hypermodel)
-        tuner = search(cfg, tracker, hypermodel, data)
-        rows = leaderboard(tuner)
-        _require_a_result(tuner, rows)
-        mark_noise(tuner, rows, data, cfg.tracking.alpha)
-        best = searched_values(tuner.get_best_hyperparameters(1)[0].values, hypermodel)
-        score = rows[0]["score"]
+        outcome = _outcome(cfg, search(cfg, tracker, hypermodel, data), hypermodel, data)
+        score = outcome["score"]
         tracker.log_metrics({f"best_{cfg.tuner.objective}": score} if score is not None else {})
     state.mark_complete(folder)
+    return _record(cfg, hypermodel, outcome, run_id, started)
+
+
+def _reuse(cfg: Config, hypermodel: SearchModel, folder: Path, started: float) -> dict:
+    """A finished search of this very config, data and code: its result again, without a trial.
+
+    Under `dvc repro`, a change of a key tune declares but this search does not read (the head phase's
+    train.* keys beside a search of whole models) re-runs the stage; searching again would give the same.
+    """
+    print(
+        f"note: reusing the finished search in {folder}: same config, data and code (delete it to search again)",
+        file=sys.stderr,
+        flush=True,
+    )
+    data = search_data(cfg, hypermodel)
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras Tuner's "Reloading Tuner from ..."
+        tuner = make_tuner(cfg.tuner, hypermodel, folder, cfg.seed, NullTracker())
+    run_file = folder / RUN_ID_FILE
+    run_id = run_file.read_text(encoding="utf-8").strip() if run_file.is_file() else None
+    return _record(cfg, hypermodel, _outcome(cfg, tuner, hypermodel, data), run_id, started) | {"reused": True}
+
+
+def _outcome(cfg: Config, tuner: Any, hypermodel: SearchModel, data: SearchData) -> dict[str, Any]:
+    """A finished tuner's leaderboard (each trial against the best), its best values and score."""
+    rows = leaderboard(tuner)
+    _require_a_result(tuner, rows)
+    mark_noise(tuner, rows, data, cfg.tracking.alpha)
+    best = searched_values(tuner.get_best_hyperparameters(1)[0].values, hypermodel)
+    return {"rows": rows, "best": best, "score": rows[0]["score"]}
+
+
+def _record(cfg: Config, hypermodel: SearchModel, outcome: dict[str, Any], run_id: str | None, started: float) -> dict:
+    """Write best_hparams.yaml and the leaderboard; the stage's summary."""
+    rows, best, score = outcome["rows"], outcome["best"], outcome["score"]
     drawn = best.get(ARCHITECTURE)
     section = as_dict(hypermodel.candidates[drawn].section) if drawn is not None else None
     hparams.write_best(

@@ -101,6 +101,12 @@ def _why_not_resumed(recorded: Mapping[str, Any] | None, new: Mapping[str, Any])
     return f"{', '.join(differences(recorded, new)[:6]) or 'its inputs'} changed"
 
 
+def finished(folder: Path, new: Mapping[str, Any]) -> bool:
+    """True if folder holds finished work of exactly `new` (the same fingerprint): its result stands."""
+    recorded = read(folder)
+    return recorded is not None and recorded.get("id") == new["id"] and bool(recorded.get("complete"))
+
+
 def mark_complete(folder: Path) -> None:
     """Record that the state's work finished: the next run starts anew rather than resuming it."""
     recorded = read(folder)

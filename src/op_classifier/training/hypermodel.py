@@ -1,0 +1,133 @@
+"""The search's hypermodel: the architectures a trial may build, and the values Keras Tuner draws onto them.
+
+A search of a pretrained model's head alone (HeadTrials) builds the head by itself over the frozen
+backbone's features, compiled as train's head phase is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+
+from op_classifier.config import ARCHITECTURE, Config, ModelBase, TrainConfig, compose, validate
+from op_classifier.data.prepared import load_manifest
+from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX
+from op_classifier.models import get as architecture
+from op_classifier.models.common import compile_model
+from op_classifier.schema import SearchParam
+from op_classifier.training import features, hparams, recipe
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An architecture the search may build: its model section and its own search-space entries."""
+
+    section: ModelBase
+    space: dict[str, SearchParam]
+
+
+@dataclass(frozen=True)
+class HeadTrials:
+    """A search of the head alone: each trial trains as train's head phase does, on the same features."""
+
+    train: TrainConfig
+    steps: int  # batches an epoch
+    objective: str  # the one metric a trial must report (with accuracy)
+    dim: int = 0  # the features' width, known once they are computed (search_data)
+
+
+def head_trials(cfg: Config) -> HeadTrials | None:
+    """The head's training for a search of the head alone (hparams.searches_head); None for any other."""
+    if not hparams.searches_head(cfg):
+        return None
+    rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
+    return HeadTrials(cfg.train, -(-rows // cfg.train.batch_size), cfg.tuner.objective)
+
+
+class SearchModel(kt.HyperModel):
+    """Keras Tuner's hypermodel: its hyperparameters onto the builder's arguments and the learning rate.
+
+    With `tuner.search_space.name`, it draws the architecture first; each architecture's own entries
+    are declared in its conditional scope (as `<name>.<key>`), so a trial holds only the drawn one's.
+    """
+
+    def __init__(
+        self,
+        candidates: Mapping[str, Candidate],
+        shared: Mapping[str, SearchParam],
+        choice: SearchParam | None,
+        fixed: Mapping[str, Any],
+        learning_rate: float,
+        class_names: Sequence[str],
+        head: HeadTrials | None = None,
+    ) -> None:
+        super().__init__()
+        self.head = head  # each candidate is the head alone, trained on the backbone's features (else None)
+        self.candidates = dict(candidates)
+        self.shared = dict(shared)
+        self.choice = choice
+        self.fixed = dict(fixed)  # num_classes, image_size, seed
+        self.learning_rate = learning_rate
+        self.class_names = list(class_names)
+
+    def draw(self, hp: Any) -> tuple[str, dict[str, Any]]:
+        """The architecture and the values Keras Tuner drew (unprefixed)."""
+        values = hparams.declare(hp, self.shared)
+        if self.choice is None:
+            (name,) = self.candidates
+            return name, values
+        name = hp.Choice(ARCHITECTURE, list(self.choice.values))
+        with hp.conditional_scope(ARCHITECTURE, [name]):
+            own = hparams.declare(hp, {f"{name}.{key}": spec for key, spec in self.candidates[name].space.items()})
+        return name, {**values, **own_values(own, name)}
+
+    def build(self, hp: Any) -> keras.Model:
+        """Build and compile one candidate with the values Keras Tuner drew."""
+        name, values = self.draw(hp)
+        # Unsearched, a head's trial takes the head phase's rate; any other candidate, the tuner's.
+        learning_rate = values.pop("learning_rate", self.head.train.learning_rate if self.head else self.learning_rate)
+        args = {**hparams.model_args(self.candidates[name].section), **self.fixed, **values}
+        if self.head is not None:
+            head = features.head_model(self.head.dim, args["num_classes"], args["dropout"], args["seed"])
+            # Only the objective (and accuracy) is computed: the per-class metrics would double a trial's time.
+            wanted = {ACCURACY, self.head.objective.removeprefix(VALIDATION_PREFIX)}
+            return recipe.compile_as_trained(
+                head, self.head.train, self.class_names, learning_rate, self.head.steps, only=wanted
+            )
+
+        return compile_model(architecture(name).build(**args), learning_rate, self.class_names)
+
+
+def own_values(values: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Architecture `name`'s drawn values (`<name>.<key>` in Keras Tuner) by their model keys."""
+    prefix = f"{name}."
+    return {key[len(prefix) :]: value for key, value in values.items() if key.startswith(prefix)}
+
+
+def candidates(cfg: Config) -> tuple[dict[str, Candidate], dict[str, SearchParam], SearchParam | None]:
+    """The architectures the search may build, the entries they share, and the architecture choice (if any).
+
+    The configured architecture brings its section and entries from this config; any other the choice
+    names, from its conf/model/<name>.yaml (a dep of this stage in dvc.yaml), at this data.image_size.
+    """
+    space = dict(cfg.tuner.search_space)
+    choice = space.pop(ARCHITECTURE, None)
+    if choice is None:
+        return {cfg.model.name: Candidate(cfg.model, {})}, space, None
+    own = {key: spec for key, spec in space.items() if key in cfg.model.args()}
+    shared = {key: spec for key, spec in space.items() if key not in own}
+    found = {}
+    for name in choice.values:
+        if name == cfg.model.name:
+            found[name] = Candidate(cfg.model, own)
+            continue
+        other = validate(compose((f"model={name}", f"data.image_size={cfg.data.image_size}")))
+        found[name] = Candidate(
+            other.model, {k: v for k, v in other.tuner.search_space.items() if k in other.model.args()}
+        )
+    return found, shared, choice
