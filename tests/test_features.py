@@ -92,3 +92,17 @@ def test_feature_batches_are_drawn_from_the_seed_and_change_each_epoch() -> None
     one.on_epoch_end()
     second = np.concatenate([one[i][0] for i in range(3)])
     assert not np.array_equal(first, second) and sorted(first[:, 0]) == sorted(second[:, 0])
+
+
+def test_the_feature_cache_drops_its_least_recently_used_entries_beyond_its_size(tmp_path: Path) -> None:
+    """Entries are pruned oldest-use first once the folder exceeds its limit; the newest always stays."""
+    import os
+
+    for age, name in enumerate(("new", "used", "old", "older")):
+        (tmp_path / f"{name}.npz").write_bytes(b"x" * 100)
+        os.utime(tmp_path / f"{name}.npz", (1e9 - age, 1e9 - age))
+    (tmp_path / "other.txt").write_bytes(b"x" * 1000)  # not an entry: never touched
+    deleted = features.prune(tmp_path, 250)
+    assert sorted(p.name for p in deleted) == ["old.npz", "older.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.npz", "other.txt", "used.npz"]
+    assert [p.name for p in features.prune(tmp_path, 10)] == ["used.npz"]  # the newest stays

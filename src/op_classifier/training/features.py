@@ -64,6 +64,7 @@ def compute_all(model: keras.Model, prepared: Path, batch_size: int) -> tuple[Fe
     (its layers and weights) already saw this prepared data (the search's features serve the training)."""
     path = cache_dir() / "features" / f"{cache_key(model, prepared, batch_size)}.npz"
     if path.is_file():
+        os.utime(path)  # used now: the last to be pruned
         with np.load(path) as kept:
             return Features(kept["train_x"], kept["train_y"]), Features(kept["val_x"], kept["val_y"])
     out = []
@@ -76,7 +77,25 @@ def compute_all(model: keras.Model, prepared: Path, batch_size: int) -> tuple[Fe
     partial = path.with_suffix(f".{os.getpid()}.partial.npz")  # whole or not at all: a killed write leaves no entry
     np.savez(partial, train_x=out[0].x, train_y=out[0].y, val_x=out[1].x, val_y=out[1].y)
     os.replace(partial, path)
+    prune(path.parent, CACHE_BYTES)
     return out[0], out[1]
+
+
+# One entry is a few MB a thousand images (1280 floats an image); a user trying many datasets or
+# backbones would otherwise fill the disk, one entry per (data, backbone) pair, silently.
+CACHE_BYTES = 2 * 1024**3
+
+
+def prune(folder: Path, limit: int) -> list[Path]:
+    """Delete the least recently used entries until the folder holds at most `limit` bytes; the deleted."""
+    entries = sorted(folder.glob("*.npz"), key=lambda entry: entry.stat().st_mtime, reverse=True)
+    total, deleted = 0, []
+    for entry in entries:
+        total += entry.stat().st_size
+        if total > limit and entry is not entries[0]:  # the newest entry stays, whatever its size
+            entry.unlink(missing_ok=True)
+            deleted.append(entry)
+    return deleted
 
 
 def cache_key(model: keras.Model, prepared: Path, batch_size: int) -> str:
