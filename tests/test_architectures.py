@@ -307,3 +307,25 @@ def test_our_multi_label_auc_counts_exactly_as_keras_does() -> None:
     assert 0.4 < float(ours.result()) < 0.6  # random scores
     clone = MultiLabelAUC.from_config(ours.get_config())
     assert clone.multi_label and clone.name == ours.name
+
+
+@pytest.mark.parametrize(
+    ("side", "kernel", "stride", "padding"),
+    [(9, 3, 1, "same"), (9, 3, 2, "same"), (10, 5, 2, "same"), (8, 5, 1, "same"), (11, 3, 2, "valid")],
+)
+def test_the_shifted_depthwise_convolution_is_keras_s_own(side: int, kernel: int, stride: int, padding: str) -> None:
+    """What JAX on a CPU runs in EfficientNet-Lite's blocks gives Keras's depthwise output, odd and even
+    sides, both strides: TensorFlow's asymmetric "same" padding included."""
+    from keras import ops
+
+    from op_classifier.models.common import shifted_depthwise
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, side, side + 1, 6)).astype("float32")
+    k = rng.normal(size=(kernel, kernel, 6, 1)).astype("float32")
+    expected = ops.convert_to_numpy(ops.depthwise_conv(x, k, strides=stride, padding=padding))
+    got = ops.convert_to_numpy(
+        shifted_depthwise(ops.convert_to_tensor(x), ops.convert_to_tensor(k), (stride, stride), padding)
+    )
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)

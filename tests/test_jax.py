@@ -147,6 +147,39 @@ def test_efficientnet_lite_imagenet_weights_load_and_answer_under_jax(tmp_path: 
     assert "LITE_OK" in out
 
 
+def test_efficientnet_lite_s_convolutions_take_the_fast_path_under_jax_on_a_cpu(tmp_path: Path) -> None:
+    """Under JAX on a CPU the depthwise layers run as shifted products and the 1 x 1 ones as matrix
+    products, with Keras's outputs, and a saved model loads back with them."""
+    out = _run_under_jax(
+        f"""
+        import numpy as np
+        from keras import ops
+        from op_classifier.models.common import Conv2D, DepthwiseConv2D, _jax_on_cpu, load_model
+        from op_classifier.models.efficientnet_lite import build_model
+
+        model = build_model(4, 40, resize=None, weights=None, seed=1)
+        dw = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, DepthwiseConv2D)]
+        assert len(dw) == 16 and all(_jax_on_cpu(layer) for layer in dw)
+        strided = next(layer for layer in dw if layer.strides == (2, 2))
+        x = np.random.default_rng(0).normal(size=(2, 20, 20, strided.kernel.shape[2])).astype("float32")
+        plain = ops.depthwise_conv(x, strided.kernel, strides=2, padding="same")
+        np.testing.assert_allclose(np.asarray(strided(x)), np.asarray(plain), atol=1e-4)
+        pointwise = model.get_layer("backbone").get_layer("block1_project_conv")
+        assert isinstance(pointwise, Conv2D) and _jax_on_cpu(pointwise)
+        x = np.random.default_rng(2).normal(size=(2, 5, 5, pointwise.kernel.shape[2])).astype("float32")
+        np.testing.assert_allclose(np.asarray(pointwise(x)), np.asarray(ops.conv(x, pointwise.kernel)), atol=1e-4)
+        model.save({str(tmp_path / "m.keras")!r})
+        images = np.random.default_rng(1).uniform(0, 255, size=(2, 40, 40, 3)).astype("float32")
+        again = load_model({str(tmp_path / "m.keras")!r})
+        np.testing.assert_allclose(again.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
+        print("SHIFTED_OK")
+        """,
+        REPO,
+        tensorflow_free=False,  # Keras's file utilities use TensorFlow's gfile when it is installed
+    )
+    assert "SHIFTED_OK" in out
+
+
 LOADERS = {
     "evaluate": "from op_classifier.stages import evaluate\nmodel = evaluate.load_model(path)",
     "predict": "from op_classifier.serving import predict\nmodel = predict._loaded(Path(path), ['a', 'b'], path).model",

@@ -78,7 +78,9 @@ def _conv_bn(
 ) -> keras.KerasTensor:
     from keras import layers
 
-    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    from op_classifier.models.common import Conv2D
+
+    x = Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
 
@@ -88,9 +90,11 @@ def _block(
 ) -> keras.KerasTensor:
     from keras import layers
 
+    from op_classifier.models.common import DepthwiseConv2D
+
     name = f"block{i}"
     y = _conv_bn(x, f"{name}_expand", filters_in * expand, 1) if expand != 1 else x
-    y = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw_conv")(y)
+    y = DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw_conv")(y)
     y = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_dw_bn")(y)
     y = layers.ReLU(6.0, name=f"{name}_dw_relu")(y)
     y = _conv_bn(y, f"{name}_project", filters_out, 1, relu=False)
