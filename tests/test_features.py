@@ -102,7 +102,9 @@ def test_the_feature_cache_drops_its_least_recently_used_entries_beyond_its_size
         (tmp_path / f"{name}.npz").write_bytes(b"x" * 100)
         os.utime(tmp_path / f"{name}.npz", (1e9 - age, 1e9 - age))
     (tmp_path / "other.txt").write_bytes(b"x" * 1000)  # not an entry: never touched
+    (tmp_path / "k.123.partial.npz").write_bytes(b"x" * 1000)  # another process's write in progress
+    os.utime(tmp_path / "k.123.partial.npz", (1, 1))
     deleted = features.prune(tmp_path, 250)
     assert sorted(p.name for p in deleted) == ["old.npz", "older.npz"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.npz", "other.txt", "used.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.123.partial.npz", "new.npz", "other.txt", "used.npz"]
     assert [p.name for p in features.prune(tmp_path, 10)] == ["used.npz"]  # the newest stays

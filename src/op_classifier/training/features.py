@@ -74,7 +74,7 @@ def compute_all(model: keras.Model, prepared: Path, batch_size: int) -> tuple[Fe
             out.append(compute(model, prepared, split, batch_size))
             bar.update()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial.npz")  # whole or not at all: a killed write leaves no entry
+    partial = path.with_suffix(f".{os.getpid()}{PARTIAL}")  # whole or not at all: a killed write leaves no entry
     np.savez(partial, train_x=out[0].x, train_y=out[0].y, val_x=out[1].x, val_y=out[1].y)
     os.replace(partial, path)
     prune(path.parent, CACHE_BYTES)
@@ -84,11 +84,14 @@ def compute_all(model: keras.Model, prepared: Path, batch_size: int) -> tuple[Fe
 # One entry is a few MB a thousand images (1280 floats an image); a user trying many datasets or
 # backbones would otherwise fill the disk, one entry per (data, backbone) pair, silently.
 CACHE_BYTES = 2 * 1024**3
+PARTIAL = ".partial.npz"
 
 
 def prune(folder: Path, limit: int) -> list[Path]:
     """Delete the least recently used entries until the folder holds at most `limit` bytes; the deleted."""
-    entries = sorted(folder.glob("*.npz"), key=lambda entry: entry.stat().st_mtime, reverse=True)
+    # Another process's entry being written (<key>.<pid>.partial.npz) is not an entry yet: never touched.
+    whole = [entry for entry in folder.glob("*.npz") if not entry.name.endswith(PARTIAL)]
+    entries = sorted(whole, key=lambda entry: entry.stat().st_mtime, reverse=True)
     total, deleted = 0, []
     for entry in entries:
         total += entry.stat().st_size

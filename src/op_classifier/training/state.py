@@ -108,7 +108,7 @@ def finished(folder: Path, new: Mapping[str, Any]) -> bool:
 
 
 def mark_complete(folder: Path) -> None:
-    """Record that the state's work finished: the next run starts anew rather than resuming it."""
+    """Record that the state's work finished: never resumed; its result may stand (`finished`)."""
     recorded = read(folder)
     if recorded is not None:
         (folder / FINGERPRINT_FILE).write_text(
