@@ -208,3 +208,98 @@ def test_models_of_other_classes_are_refused() -> None:
     other.classes = ["cat", "dog", "fish", "bird"]
     with pytest.raises(DataError, match="different classes"):
         comparison.compare(_predictions(right), other, "test")
+
+
+def _written(tmp_path: Path, name: str = "p.csv") -> Path:
+    """A predictions file as evaluate writes it: four test images, four classes."""
+    labels, probs = np.eye(4), np.full((4, 4), 0.25)
+    files = [{"split": "test", "index": i, "path": f"x/{i}.png", "sha256": f"h{i}"} for i in range(4)]
+    comparison.write_predictions(tmp_path / name, CLASSES, files, {"test": (labels, probs)})
+    return tmp_path / name
+
+
+def _edited(path: Path, line: int, edit: object) -> Path:
+    """The file with one line's fields changed by edit (a function of the field list)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[line - 1] = ",".join(edit(lines[line - 1].split(",")))  # type: ignore[operator]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+HOSTILE = {  # issue 35, case 8: what a hand-edited or corrupted predictions.csv holds, and on which line
+    "nan": lambda fields: [*fields[:-1], "nan"],
+    "inf": lambda fields: [*fields[:-1], "inf"],
+    "-inf": lambda fields: [*fields[:-1], "-inf"],
+    "1e308": lambda fields: [*fields[:-1], "1e308"],
+    "-5": lambda fields: [*fields[:-1], "-5"],
+    "one score short": lambda fields: fields[:-1],
+    "one column long": lambda fields: [*fields, "0.5"],
+}
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_a_score_that_is_no_probability_or_a_malformed_row_is_one_line(tmp_path: Path, hostile: str) -> None:
+    """Scores are sigmoid probabilities in [0, 1], one per class: anything else names its line, in one line.
+
+    Before: NaN, inf, 1e308 and -5 were read as scores (and compared); a short or long row in a file of
+    one row was a reshape traceback, and four rows each one short were read as two rows."""
+    path = _edited(_written(tmp_path), 3, HOSTILE[hostile])
+    with pytest.raises(DataError, match=r"A: .*p\.csv is not a predictions file.*line 3") as caught:
+        comparison.read_predictions(path, "A")
+    assert "\n" not in str(caught.value)
+    single = tmp_path / "single.csv"
+    lines = _written(tmp_path).read_text(encoding="utf-8").splitlines()[:2]
+    single.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2"):
+        comparison.read_predictions(_edited(single, 2, HOSTILE[hostile]), "A")
+
+
+def test_every_row_one_score_short_is_not_read_as_fewer_rows(tmp_path: Path) -> None:
+    path = _written(tmp_path)
+    for line in range(2, 6):
+        _edited(path, line, lambda fields: fields[:-1])
+    with pytest.raises(DataError, match="line 2 has 8 fields, its header 9"):
+        comparison.read_predictions(path, "A")
+
+
+def _evaluated_run(root: Path, predictions: Path) -> str:
+    """A training run with an evaluate run under it that kept predictions (as evaluate logs them)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.create_experiment("op-classifier", artifact_location=(root / "mlartifacts").as_uri())
+    training = client.create_run(experiment, tags={"stage": "train"}).info.run_id
+    tags = {"stage": "evaluate", "mlflow.parentRunId": training}
+    evaluation = client.create_run(experiment, tags=tags).info.run_id
+    client.log_artifact(evaluation, str(predictions), "evaluation")
+    for run_id in (evaluation, training):
+        client.set_terminated(run_id)
+    return training
+
+
+@pytest.mark.parametrize("hostile", ["nan", "one score short"])
+def test_compare_refuses_a_hostile_predictions_file_in_one_line(tmp_path: Path, hostile: str) -> None:
+    """The user's view: `op-classifier compare workspace <run>` with a hostile workspace file: exit 2, one line."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    (tmp_path / "good").mkdir()
+    training = _evaluated_run(tmp_path, _written(tmp_path / "good", "predictions.csv"))
+    workspace = _edited(_written(tmp_path, "predictions.csv"), 3, HOSTILE[hostile])
+    overrides = [f"paths.predictions={workspace}", f"paths.model={tmp_path / 'model'}"]
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "op-classifier"), "compare", "workspace", training, *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: workspace: ") and "line 3" in done.stderr

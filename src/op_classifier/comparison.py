@@ -77,21 +77,35 @@ def read_predictions(path: Path, what: str) -> Predictions:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header = next(reader)
-            rows = list(reader)
+            numbered = [(reader.line_num, row) for row in reader]
         classes = header[len(FIXED) :]
         if tuple(header[: len(FIXED)]) != FIXED or not classes:
             raise ValueError(f"its header is not {','.join(FIXED)},<classes...>")
-        scores = np.array([[float(value) for value in row[len(FIXED) :]] for row in rows], dtype=float)
+        scores = _scores(numbered, classes)
+        rows = [row for _, row in numbered]
         labels = np.array([[name in row[4].split(";") for name in classes] for row in rows], dtype=float)
     except (OSError, UnicodeDecodeError, StopIteration, ValueError, IndexError) as error:
         raise DataError(f"{what}: {path} is not a predictions file written by evaluate ({error})") from None
-    return Predictions(
-        classes,
-        np.array([row[0] for row in rows]),
-        [(row[2], row[3]) for row in rows],
-        labels,
-        scores.reshape(-1, len(classes)),
-    )
+    return Predictions(classes, np.array([row[0] for row in rows]), [(row[2], row[3]) for row in rows], labels, scores)
+
+
+def _scores(numbered: Sequence[tuple[int, list[str]]], classes: Sequence[str]) -> np.ndarray:
+    """(rows, classes) scores, each a sigmoid's probability in [0, 1]; a row of another width is refused.
+
+    A ValueError names the first bad line: NaN, inf or -5 compared as scores, a short row was a reshape
+    traceback, and rows each one score short were read as fewer rows (issue 35)."""
+    width = len(FIXED) + len(classes)
+    for line, row in numbered:
+        if len(row) != width:
+            raise ValueError(f"line {line} has {len(row)} fields, its header {width}")
+    scores = np.array([[float(value) for value in row[len(FIXED) :]] for _, row in numbered], dtype=float)
+    scores = scores.reshape(len(numbered), len(classes))
+    bad = np.argwhere(~((scores >= 0) & (scores <= 1)))  # NaN fails both comparisons
+    if len(bad):
+        row, column = bad[0]
+        score = numbered[row][1][len(FIXED) + column][:24]  # the text as written, not a float's rounding
+        raise ValueError(f"line {numbered[row][0]}: {classes[column]}'s score {score} is not a probability in [0, 1]")
+    return scores
 
 
 def compare(
