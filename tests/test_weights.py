@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import resource
 import struct
 import subprocess
 import sys
+import tempfile
 import types
 import zipfile
 from collections import OrderedDict
@@ -30,8 +32,14 @@ LITE = {"lite0": (1.0, 1.0, 224), "lite1": (1.0, 1.1, 240), "lite2": (1.1, 1.2, 
 
 
 class _Storage:
-    def __init__(self, key: str, data: np.ndarray) -> None:
+    """A float storage; `numel` (its header's element count), `count` (the legacy file's) and `tail` (more
+    of the persistent id) say something else than the data when a test needs them to."""
+
+    def __init__(self, key: object, data: np.ndarray, numel: object = None, count: int | None = None) -> None:
         self.key, self.data = key, np.ascontiguousarray(data, dtype="<f4").ravel()
+        self.numel = self.data.size if numel is None else numel
+        self.count = self.data.size if count is None else count
+        self.tail: tuple = ()
 
 
 class _Tensor:
@@ -66,38 +74,45 @@ def fake_torch(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 def _pickler(stream: io.BytesIO, torch: types.ModuleType) -> pickle.Pickler:
     pickler = pickle.Pickler(stream, protocol=2)
     pickler.persistent_id = lambda obj: (  # type: ignore[method-assign]
-        ("storage", torch.FloatStorage, obj.key, "cpu", obj.data.size) if isinstance(obj, _Storage) else None
+        ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel, *obj.tail) if isinstance(obj, _Storage) else None
     )
     return pickler
 
 
-def _storages(tensors: dict) -> dict[str, _Storage]:
-    return {t.storage.key: t.storage for t in tensors.values() if isinstance(t, _Tensor)}
+def _storages(tensors: dict) -> dict[object, _Storage]:
+    return {t.storage.key: t.storage for t in tensors.values() if isinstance(getattr(t, "storage", None), _Storage)}
 
 
-def write_legacy(path: Path, tensors: dict, torch: types.ModuleType) -> Path:
-    """torch.save's format before 1.6: magic, protocol, system info, the object, storage keys, raw storages."""
+def write_legacy(
+    path: Path, tensors: dict, torch: types.ModuleType, keys: object = None, system: object = None
+) -> Path:
+    """torch.save's format before 1.6: magic, protocol, system info, the object, storage keys, raw storages
+    (`keys` and `system`, when given, stand for the storage list and the system info)."""
     stream = io.BytesIO()
-    for head in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}):
+    for head in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True} if system is None else system):
         pickle.dump(head, stream, protocol=2)
     _pickler(stream, torch).dump(OrderedDict(tensors))
     storages = _storages(tensors)
-    pickle.dump(list(storages), stream, protocol=2)
+    pickle.dump(list(storages) if keys is None else keys, stream, protocol=2)
     for storage in storages.values():
-        stream.write(struct.pack("<q", storage.data.size) + storage.data.tobytes())
+        stream.write(struct.pack("<q", storage.count) + storage.data.tobytes())
     path.write_bytes(stream.getvalue())
     return path
 
 
-def write_zip(path: Path, tensors: dict, torch: types.ModuleType) -> Path:
-    """torch.save's zip format: <archive>/data.pkl, <archive>/data/<key>, byteorder."""
+def _state_pickle(tensors: dict, torch: types.ModuleType) -> bytes:
     stream = io.BytesIO()
     _pickler(stream, torch).dump(OrderedDict(tensors))
+    return stream.getvalue()
+
+
+def write_zip(path: Path, tensors: dict, torch: types.ModuleType, method: int = zipfile.ZIP_STORED) -> Path:
+    """torch.save's zip format: <archive>/data.pkl, <archive>/data/<key>, byteorder (`method` compresses)."""
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("model/data.pkl", stream.getvalue())
+        archive.writestr("model/data.pkl", _state_pickle(tensors, torch))
         archive.writestr("model/byteorder", "little")
         for storage in _storages(tensors).values():
-            archive.writestr(f"model/data/{storage.key}", storage.data.tobytes())
+            archive.writestr(f"model/data/{storage.key}", storage.data.tobytes(), compress_type=method)
     return path
 
 
@@ -140,6 +155,142 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_nothing_runs(write, fa
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("write", [write_legacy, write_zip], ids=["legacy", "zip"])
+def test_the_odd_tensors_torch_writes_still_read(write, fake_torch, tmp_path: Path) -> None:
+    """What the checks must let through: an empty tensor, a scalar, a size-1 dimension of any stride."""
+    storage = _Storage("0", np.arange(4))
+    tensors = {
+        "empty": _Tensor(storage, (0, 3), (3, 1)),
+        "scalar": _Tensor(storage, (), (), offset=3),
+        "row": _Tensor(storage, (1, 4), (10**12, 1)),  # a size-1 dimension's stride is never stepped along
+        "unsqueezed": _Tensor(storage, (4, 1), (1, 0)),
+    }
+    read = read_state_dict(write(tmp_path / "odd.pth", tensors, fake_torch))
+    assert read["empty"].shape == (0, 3) and read["scalar"].shape == () and read["scalar"] == 3
+    np.testing.assert_array_equal(read["row"], [[0, 1, 2, 3]])
+    np.testing.assert_array_equal(read["unsqueezed"], [[0], [1], [2], [3]])
+
+
+# --- issue 35, case 15: every malformed field is one CheckpointError line, never a traceback ----------
+
+
+def _one(shape: object = (2,), stride: object = (1,), offset: object = 0, storage: object = None) -> dict:
+    """One tensor `w` (over two floats unless told), with whatever fields a case gives it."""
+    return {"w": _Tensor(_Storage("0", np.zeros(2)) if storage is None else storage, shape, stride, offset)}
+
+
+def _view() -> dict:
+    tensors = _one()
+    tensors["w"].storage.tail = (("1", 0, 2),)  # torch < 0.4's storage views: (view key, offset, size)
+    return tensors
+
+
+def _twice() -> dict:
+    return {**_one(), "v": _Tensor(_Storage("0", np.zeros(2), numel=3), (2,), (1,))}
+
+
+MALFORMED = {  # case: (the checkpoint's tensors, what its one-line error says); both formats
+    "negative shape": (lambda: _one((-1,)), "tensor 'w': shape (-1,) is not a tuple of non-negative integers"),
+    "shape of strings": (lambda: _one(("a", "b"), (1, 1)), "tensor 'w': shape ('a', 'b') is not a tuple of"),
+    "shape of floats": (lambda: _one((2.0,)), "tensor 'w': shape (2.0,) is not a tuple of"),
+    "shape of bools": (lambda: _one((True,)), "tensor 'w': shape (True,) is not a tuple of"),
+    "shape an int": (lambda: _one(2), "tensor 'w': shape 2 is not a tuple of"),
+    "stride of strings": (lambda: _one((2,), ("1",)), "tensor 'w': stride ('1',) is not a tuple of"),
+    "storage an int": (lambda: _one(storage=5), "tensor 'w': its storage is 5, not a storage"),
+    "a stride short": (lambda: _one((2, 1), (1,)), "tensor 'w': shape (2, 1) but stride (1,)"),
+    "zero stride": (lambda: _one((2,), (0,)), "tensor 'w': stride 0 along a dimension of size 2"),
+    "negative offset": (lambda: _one(offset=-1), "tensor 'w': offset -1 is not a non-negative integer"),
+    "offset a string": (lambda: _one(offset="0"), "tensor 'w': offset '0' is not a non-negative integer"),
+    "past the storage": (lambda: _one((3,)), "tensor 'w': reaches past its storage (2 elements)"),
+    "65 dimensions": (lambda: _one((1,) * 65, (1,) * 65), "tensor 'w': 65 dimensions, more than 32"),
+    "4 TiB from 8 MiB": (  # overlapping rows: inside the storage, every element many times over
+        lambda: _one((1 << 20, 1 << 20), (1, 1), storage=_Storage("0", np.zeros(2), numel=(1 << 21) - 1)),
+        "tensor 'w': (1048576, 1048576) of float32 would take the tensors to 4398046511104 bytes, past the cap",
+    ),
+    "a 9 MiB pickle": (lambda: {"x" * (9 << 20): _one()["w"]}, "past the cap of 8388608 bytes"),
+    "empty, 1e20 wide": (
+        lambda: _one((0, 10**20), (1, 1)),
+        "tensor 'w': empty, yet its shape (0, 100000000000000000000)",
+    ),
+    "a name not a string": (lambda: {3: _one()["w"]}, "a state dict's names are strings, not 3"),
+    "numel -1": (lambda: _one(storage=_Storage("0", np.zeros(2), numel=-1)), "storage '0': element count -1 is"),
+    "numel a string": (
+        lambda: _one(storage=_Storage("0", np.zeros(2), numel="2")),
+        "storage '0': element count '2' is not a non-negative integer",
+    ),
+    "int key": (lambda: _one(storage=_Storage(0, np.zeros(2))), "storage key 0 is not a string"),
+    "a storage view": (_view, "storage '0' is a view of another (torch < 0.4): not supported"),
+    "a storage declared twice": (_twice, "storage '0' is declared twice, differently"),
+    "4 GiB of storages": (
+        lambda: _one(storage=_Storage("0", np.zeros(2), numel=1 << 30)),
+        "the tensors' storages declare 4294967296 bytes, past the cap of",
+    ),
+}
+
+
+def _refused(path: Path, says: str) -> None:
+    """Reading `path` is one CheckpointError line that starts with the path and says `says`."""
+    with pytest.raises(CheckpointError) as refused:
+        read_state_dict(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    assert says in message, message
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+@pytest.mark.parametrize("write", [write_legacy, write_zip], ids=["legacy", "zip"])
+def test_a_malformed_field_is_one_line_naming_it(write, case: str, fake_torch, tmp_path: Path) -> None:
+    tensors, says = MALFORMED[case]
+    _refused(write(tmp_path / "bad.pth", tensors(), fake_torch), says)
+
+
+LEGACY_MALFORMED = {  # case: (write_legacy's arguments, what the one-line error says)
+    "count -1 in the file": (
+        lambda: {"tensors": _one(storage=_Storage("0", np.zeros(2), count=-1))},
+        "storage '0': the file holds -1 elements where its header declares 2",
+    ),
+    "count past the header's": (
+        lambda: {"tensors": _one(storage=_Storage("0", np.zeros(2), count=3))},
+        "storage '0': the file holds 3 elements where its header declares 2",
+    ),
+    "int keys": (lambda: {"tensors": _one(), "keys": [0]}, "storage list: 0 is not a storage the pickle declares"),
+    "an unknown key": (lambda: {"tensors": _one(), "keys": ["9"]}, "storage list: '9' is not a storage the pickle"),
+    "a key twice": (lambda: {"tensors": _one(), "keys": ["0", "0"]}, "storage list: '0' appears twice"),
+    "keys not a list": (lambda: {"tensors": _one(), "keys": 5}, "the storage list is 5, not a list of keys"),
+    "a storage left out": (lambda: {"tensors": _one(), "keys": []}, "tensor 'w': its storage '0' is missing"),
+    "big-endian": (
+        lambda: {"tensors": _one(), "system": {"little_endian": False}},
+        "big-endian checkpoints are not supported",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEGACY_MALFORMED))
+def test_a_malformed_legacy_file_is_one_line_naming_it(case: str, fake_torch, tmp_path: Path) -> None:
+    arguments, says = LEGACY_MALFORMED[case]
+    _refused(write_legacy(tmp_path / "bad.pth", torch=fake_torch, **arguments()), says)
+
+
+def _patched_zip(path: Path, tensors: dict, torch: types.ModuleType, **header: int) -> Path:
+    """write_zip's archive whose central directory says `header` (ZipInfo fields) of each storage."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model/data.pkl", _state_pickle(tensors, torch))
+        for storage in _storages(tensors).values():
+            archive.writestr(f"model/data/{storage.key}", storage.data.tobytes())
+            for field, value in header.items():  # written at close, after the data: the header lies
+                setattr(archive.getinfo(f"model/data/{storage.key}"), field, value)
+    return path
+
+
+def test_a_malformed_zip_member_is_one_line_naming_it(fake_torch, tmp_path: Path) -> None:
+    more = _one(storage=_Storage("0", np.zeros(4), numel=2))  # 16 bytes where the pickle says 2 floats
+    _refused(write_zip(tmp_path / "more.pth", more, fake_torch), "storage '0' is 16 bytes in the archive where")
+    bz2 = write_zip(tmp_path / "bz2.pth", _one(), fake_torch, method=zipfile.ZIP_BZIP2)
+    _refused(bz2, "model/data/0 is compressed with method 12: torch's are stored (or deflated)")
+    locked = _patched_zip(tmp_path / "locked.pth", _one(), fake_torch, flag_bits=1)
+    _refused(locked, "model/data/0 is encrypted")
+
+
 def test_the_installed_lite0_checkpoint_reads_whole() -> None:
     tensors = read_state_dict(imagenet.checkpoint(1.0, 1.0))
     assert len(tensors) == 296
@@ -175,6 +326,99 @@ def test_weights_import_refuses_bad_checkpoints_in_one_line(tmp_path: Path) -> N
     wrong = _cli(REPO, "weights", "import", str(source), "--model", "efficientnet_lite1", "--out", out)
     _one_line_error(wrong, "_blocks.3._depthwise_conv.weight is (144, 1, 5, 5)")
     assert not Path(out).exists()
+
+
+# --- issue 35, case 9: memory bombs are refused before anything is allocated ---------------------------
+
+BOMB_ADDRESS_SPACE = 512 << 20  # the CLI refusing a bad file fits in 0.4 GiB: a bomb's allocation fails
+BOMB_PEAK_RSS_MIB = 128  # what the refusal may take (the CLI's imports alone: 42 MiB)
+GIB = 1 << 30
+
+
+def _cli_limited(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """_cli within BOMB_ADDRESS_SPACE of address space, and the peak RSS (MiB) the process reached."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (BOMB_ADDRESS_SPACE, BOMB_ADDRESS_SPACE))
+        resource.setrlimit(resource.RLIMIT_CPU, (120, 120))  # wait4 has no timeout: a hang ends here
+
+    command = [str(Path(sys.executable).parent / "op-classifier"), *args]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # per-thread arenas: address space
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, env=env, preexec_fn=limit)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not every child's so far
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        err.seek(0)
+        done = subprocess.CompletedProcess(command, child.returncode, "", err.read().decode(errors="replace"))
+    return done, usage.ru_maxrss // 1024
+
+
+def _zeros_zip(path: Path, tensors: dict, torch: types.ModuleType, size: int, **header: int) -> Path:
+    """A zip checkpoint whose storage '0' deflates `size` bytes of zeros (0.1% of that on disk); `header`:
+    ZipInfo fields its central directory says instead."""
+    chunk = bytes(64 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr("model/data.pkl", _state_pickle(tensors, torch))
+        with archive.open("model/data/0", "w", force_zip64=True) as member:
+            for _ in range(size // len(chunk)):
+                member.write(chunk)
+        for field, value in header.items():
+            setattr(archive.getinfo("model/data/0"), field, value)
+    return path
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as handle:
+        handle.truncate(size)  # a hole: no disk, no time
+    return path
+
+
+BOMBS = {  # case: (writes the file, what its one-line error says)
+    # the issue's 539-byte file (247 bytes here): 2.5e9 elements over one, 9.3 GiB asked of numpy
+    "zero strides": (
+        lambda path, torch: write_legacy(path, _one((50000, 50000), (0, 0), storage=_Storage("0", [1.0])), torch),
+        "tensor 'w': stride 0 along a dimension of size 50000",
+    ),
+    "overlapping strides": (  # the same 9.3 GiB from 0.4 MB of storage, every stride non-zero
+        lambda path, torch: write_legacy(
+            path, _one((50000, 50000), (1, 1), storage=_Storage("0", np.zeros(99999))), torch
+        ),
+        "tensor 'w': (50000, 50000) of float32 would take",
+    ),
+    "a 3 GiB file": (lambda path, torch: _sparse(path, 3 * GIB), "3221225472 bytes: a checkpoint may have at most"),
+    # the issue's zip, smaller: 640 MiB of storage in 3 MB on disk, where the pickle says 2 floats
+    "a 640 MiB zip storage": (
+        lambda path, torch: _zeros_zip(path, _one(), torch, 640 << 20),
+        "storage '0' is 671088640 bytes in the archive where its header declares 8",
+    ),
+    # a zip header that says 8 bytes of a storage that inflates to 640 MiB: reading must stop at 8
+    "a zip header that lies": (
+        lambda path, torch: _zeros_zip(path, _one(), torch, 640 << 20, file_size=8),
+        "Bad CRC-32 for file 'model/data/0'",
+    ),
+    # the issue's own zip: 3 GiB of storage in 15 MB (8 s to write)
+    "a 3 GiB zip storage": (
+        lambda path, torch: _zeros_zip(path, _one(), torch, 3 * GIB),
+        "storage '0' is 3221225472 bytes in the archive where its header declares 8",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, marks=[pytest.mark.slow] if "3 GiB zip" in case else []) for case in BOMBS]
+)
+def test_weights_import_refuses_a_memory_bomb_in_one_line_before_allocating_it(
+    case: str, fake_torch, tmp_path: Path
+) -> None:
+    write, says = BOMBS[case]
+    bomb = write(tmp_path / "bomb.pth", fake_torch)
+    out = tmp_path / "out.weights.h5"
+    done, peak_mib = _cli_limited(
+        REPO, "weights", "import", str(bomb), "--model", "efficientnet_lite0", "--out", str(out)
+    )
+    _one_line_error(done, says)
+    assert peak_mib < BOMB_PEAK_RSS_MIB, f"peak RSS {peak_mib} MiB"
+    assert not out.exists()
 
 
 def test_weights_import_writes_a_file_the_model_loads(tmp_path: Path) -> None:
