@@ -23,14 +23,19 @@ message of at most MESSAGE_MAX characters that never quotes the request:
        a b64 value that is not base64 or not an image (the message names the instance), b64 mixed with pixels;
        a number of thousands of digits; a request uvicorn cannot parse (its own answer made JSON)
   404  another model name under /v1/models/ (or an unknown path)
-  408  a body that has not arrived whole within 30 s (guard.BODY_SECONDS)
+  408  a body that has not arrived whole within 30 s (guard.BODY_SECONDS); a request's head (its line and
+       headers) that has not within 10 s of the connection or of the previous answer (guard.HEADER_SECONDS;
+       a connection that sent nothing is closed without an answer)
   413  a body over --max-body-mb: refused from its Content-Length before it is read, or as soon as a
        chunked body passes the limit; never kept in memory (see _sends_regardless for when the rest is read).
        More b64 images in one request than max_images (8 times the limit as decoded pixels), or images
        holding more than 2 x data.max_image_pixels in all (request.REQUEST_PIXELS_FACTOR)
   415  a body declared as another type than application/json, or in a charset other than UTF-8; none
        declared, or curl's form type, is read as JSON (as TensorFlow Serving does)
-  503  b64 images that would take all the images being decoded at once past 4 x data.max_image_pixels
+  500  the model answered NaN or infinity, not probabilities (a broken model: JSON has no NaN, and a null
+       passed off as a result is worse than no result); any other failure of the model
+  503  b64 images that would take all the images being decoded at once past 4 x data.max_image_pixels;
+       a connection past the 512 open at once (guard.MAX_CONNECTIONS), answered as it opens
 
 The body limit (MAX_BODY_MB, 16 MiB): about 30 images of 180x180 as JSON integers (0.49 MiB each), which
 json.loads turns into about 6 times as many bytes of Python objects (8 for floats): a request peaks near
@@ -52,6 +57,7 @@ import math
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -60,7 +66,15 @@ from op_classifier import config, tracking
 from op_classifier.config import CHAMPION
 from op_classifier.defaults import HOST, MAX_BODY_MB, SERVE_PORT
 from op_classifier.errors import DataError, OpClassifierError
-from op_classifier.serving.guard import ASGIApp, BadRequest, Guard, error_body, json_protocol
+from op_classifier.serving.guard import (
+    HEADER_SECONDS,
+    MAX_CONNECTIONS,
+    ASGIApp,
+    BadRequest,
+    Guard,
+    error_body,
+    json_protocol,
+)
 from op_classifier.serving.request import MAX_PIXELS, decoded_images, max_images, read_request
 from op_classifier.tracking import ModelStore, Served
 
@@ -166,6 +180,7 @@ def _score(served: Served, body: bytes, tf_serving: bool, most: int, max_pixels:
         key, instances = read_request(body, served.shape)
         images = decoded_images(instances, served.shape, most, max_pixels)
         probabilities = served.predict(instances) if images is None else served.predict_images(images)
+        broken = int(np.count_nonzero(~np.isfinite(np.asarray(probabilities, np.float64))))
     except BadRequest as refused:
         return refused.status, error_body(refused.status, str(refused))
     except DataError as bad:  # the pixel checks of tracking.served.ServedModel.predict
@@ -173,6 +188,11 @@ def _score(served: Served, body: bytes, tf_serving: bool, most: int, max_pixels:
     except Exception as error:  # the model itself failed: logged whole, answered short
         log.exception("prediction failed")
         return 500, error_body(500, f"prediction failed ({type(error).__name__}); see the server's log")
+    if broken:  # JSON has no NaN: orjson wrote null, answered 200 as if it were a result
+        log.error("the model answered NaN or infinity for %d of its %d outputs", broken, np.size(probabilities))
+        return 500, error_body(
+            500, "the model answered NaN or infinity, not probabilities: it is broken; see the server's log"
+        )
     # TensorFlow Serving answers the columnar "inputs" with "outputs"; MLflow's /invocations, "predictions".
     out = "outputs" if tf_serving and key == "inputs" else "predictions"
     return 200, orjson.dumps({out: np.asarray(probabilities).tolist()})
@@ -241,8 +261,6 @@ def run(
     """Check the limit, the model and the port, load the model, then serve until stopped (Ctrl-C, SIGTERM)."""
     if not (math.isfinite(max_body_mb) and max_body_mb > 0):
         raise ServeError(f"--max-body-mb must be a positive number of MiB, not {max_body_mb}")
-    import uvicorn
-
     cfg = config.validate(config.compose(tuple(overrides)))
     store = tracking.open_store(cfg.tracking)
     model_uri = model_uri or default_model(cfg)
@@ -262,6 +280,14 @@ def run(
         f"/v1/models/{name}:predict (bodies up to {max_body_mb:g} MiB)",
         flush=True,
     )
-    scoring = app(served, max_body, name, version, cfg.data.max_image_pixels)
-    server = uvicorn.Server(uvicorn.Config(scoring, log_level="info", http=json_protocol()))
-    server.run(sockets=[sock])
+    uvicorn_server(app(served, max_body, name, version, cfg.data.max_image_pixels)).run(sockets=[sock])
+
+
+def uvicorn_server(
+    scoring: ASGIApp, header_seconds: float = HEADER_SECONDS, max_connections: int = MAX_CONNECTIONS
+) -> Any:
+    """The uvicorn server of the scoring app: a request's head within header_seconds, at most max_connections."""
+    import uvicorn
+
+    protocol = json_protocol(header_seconds, max_connections)
+    return uvicorn.Server(uvicorn.Config(scoring, log_level="info", http=protocol))

@@ -164,6 +164,8 @@ def served_model(model_uri: str, store: str, trust_code: bool = False) -> Served
                 )
             )
             keras_file = keras_artifact(local)
+            if keras_file is None:
+                _check_present(local, model_uri, store)
             if keras_file is None and not trust_code:
                 raise TrackingError(
                     f"{model_uri} is not an op-classifier model: loading it runs its Python code "
@@ -205,6 +207,21 @@ def keras_artifact(folder: Path) -> Path | None:
     return (
         path if path.suffix == ".keras" and path.is_file() and path.resolve().is_relative_to(folder.resolve()) else None
     )
+
+
+def _check_present(folder: Path, model_uri: str, store: str) -> None:
+    """A TrackingError when the model's files are gone (its artifacts deleted, or never logged): said as
+    such, not as a model of another kind that --trust-code would load."""
+    where = f" in {store}" if ":/" in model_uri else ""  # a folder given as --model is no store's
+    again = "serve another version, or train and register one again (`make run`)"
+    if not (folder / "MLmodel").is_file():
+        raise TrackingError(f"{model_uri} holds no model (no MLmodel file){where}: its files are gone; {again}")
+    try:
+        named = _pyfunc_flavor(folder)["artifacts"][PixelClassifier.ARTIFACT]["path"]
+    except (KeyError, TypeError):
+        return  # not an op-classifier model: one of another kind, for --trust-code to decide on
+    if not (folder / named).is_file():
+        raise TrackingError(f"{model_uri} holds no model: its Keras file ({named}) is missing{where}; {again}")
 
 
 def _python_model_of(folder: Path) -> str:
