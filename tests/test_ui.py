@@ -1,7 +1,8 @@
-"""The MLflow UI as a person sees it: the real `op-classifier ui` server, pages rendered by headless Chromium."""
+"""The MLflow UI as a person sees it: the real `op-classifier ui` server, pages rendered by headless Chromium, artifacts as logged."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import copy_repo, free_port, run_in
+from tests.conftest import REPO, copy_repo, free_port, run_in
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "op-classifier")
@@ -58,10 +59,9 @@ def _trainings(root: Path) -> list[Any]:
     return client.search_runs([experiment.experiment_id], "tags.stage = 'train'", order_by=["attributes.start_time"])
 
 
-@pytest.fixture(scope="module")
-def ui(project: Path) -> Iterator[str]:
-    """`op-classifier ui` on a free port, in the project as a user starts it; yields the link it printed."""
-    root = project
+@contextlib.contextmanager
+def _serving(root: Path) -> Iterator[tuple[str, str]]:
+    """`op-classifier ui` on a free port, in root as a user starts it; the base URL and the link it printed."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     server = subprocess.Popen(
@@ -84,10 +84,17 @@ def ui(project: Path) -> Iterator[str]:
                     break
             except OSError:
                 time.sleep(0.5)
-        yield link
+        yield f"http://127.0.0.1:{port}", link
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+@pytest.fixture(scope="module")
+def ui(project: Path) -> Iterator[str]:
+    """`op-classifier ui` on a free port, in the project as a user starts it; yields the link it printed."""
+    with _serving(project) as (_, link):
+        yield link
 
 
 def _render(url: str, name: str, tmp_path: Path) -> str:
@@ -163,3 +170,45 @@ def test_the_compare_page_shows_the_two_runs_of_the_walk_through(project: Path, 
     )
     assert "train.learning_rate" in text and str(float(SECOND_RATE)) in text
     assert "val_accuracy" in text and "Comparing 2" in text
+
+
+# Issue 35, case 6: the first-visit script goes into the UI's own page, never into what a run logged.
+REPORT = b"<!doctype html><html><head></head><body>a report.</body></html>\n"  # 64 bytes, as the probe's
+SCRIPT = b"<head><script>(function () {"  # how FIRST_VISIT opens, right after the page's <head>
+
+
+@pytest.fixture(scope="module")
+def logged_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """`op-classifier ui` on a store whose one run logged report.html; the UI's base URL and the run's id."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("ui-artifacts")
+    shutil.copytree(REPO / "conf", root / "conf")
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.create_experiment("op-classifier", artifact_location=(root / "mlartifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    (root / "report.html").write_bytes(REPORT)
+    client.log_artifact(run_id, str(root / "report.html"))
+    client.set_terminated(run_id)
+    with _serving(root) as (base, _):
+        yield base, run_id
+
+
+def _get(url: str) -> tuple[bytes, str]:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return answer.read(), answer.headers.get_content_type()
+
+
+def test_a_logged_html_artifact_downloads_byte_for_byte(logged_report: tuple[str, str]) -> None:
+    """Before: the 64-byte report.html came back from /get-artifact as 1,016 bytes, the UI's script inside."""
+    base, run_id = logged_report
+    body, kind = _get(f"{base}/get-artifact?path=report.html&run_uuid={run_id}")  # the UI's artifact viewer
+    assert kind == "text/html" and body == REPORT, f"{len(body)} bytes"
+    assert len(REPORT) == 64
+
+
+def test_the_ui_page_still_gets_the_first_visit_script(logged_report: tuple[str, str]) -> None:
+    base, _ = logged_report
+    for route in ("/", "/?o=1"):
+        body, kind = _get(f"{base}{route}")
+        assert kind == "text/html" and body.count(SCRIPT) == 1 and b"mlflow.workflowType_v1" in body

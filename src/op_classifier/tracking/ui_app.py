@@ -12,6 +12,7 @@ opened by its plain URL, for the first time in that browser, opens on its saved 
 from __future__ import annotations
 
 import flask
+import mlflow.server as mlflow_server
 from mlflow.server import app as mlflow_app
 
 from op_classifier.tracking.store import SHARED_VIEW_KEY, SHARED_VIEW_PREFIX
@@ -37,8 +38,13 @@ FIRST_VISIT = f"""<script>(function () {{
 
 @mlflow_app.after_request
 def _first_visit_defaults(response: flask.Response) -> flask.Response:
-    """Add FIRST_VISIT to the UI's page (index.html, served for every UI route)."""
-    if response.status_code != 200 or response.mimetype != "text/html":
+    """Add FIRST_VISIT to the UI's own page (index.html, served at /), and to nothing else.
+
+    By its view, not its type: a run's report.html downloaded through /get-artifact is text/html too,
+    and came back with the script inside it (issue 35).
+    """
+    own_page = mlflow_app.view_functions.get(flask.request.endpoint or "") is mlflow_server.serve
+    if not own_page or response.status_code != 200 or response.mimetype != "text/html":
         return response
     response.direct_passthrough = False  # a file response: read it to edit it
     page = response.get_data(as_text=True)
