@@ -1,4 +1,4 @@
-"""The MLflow UI as a person sees it: the real `op-classifier ui` server, pages rendered by headless Chromium, artifacts as logged."""
+"""The MLflow UI as a person sees it: `op-classifier ui` itself, its pages in headless Chromium, artifacts as logged."""
 
 from __future__ import annotations
 
