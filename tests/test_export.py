@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,65 @@ def test_a_layer_litert_cannot_run_is_named(project: Path) -> None:
         export.convert(model, "none")
     assert str(refused.value) == "LiteRT cannot run layer 'odd_tangent' (tf.Tan)"
     assert export.ExportError.exit_code == 2
+
+
+# --- issue 35: a class list that does not name the outputs, an --out that cannot be written ---
+
+FORGED_CLASSES = {
+    # the class list: the reason predict gives (each was printed as if it named the outputs, or a traceback)
+    "duplicated": (["Luffy", "Luffy", "Sanji", "Zoro"], "'Luffy' is named twice"),  # 3 printed, an output dropped
+    "empty": (["", "", "", ""], "class 0 is empty"),  # ` 53.7% -> (none above 50%)`: one score of four
+    "blank": (["Luffy", " ", "Sanji", "Zoro"], "class 1 is empty"),
+    "a newline": (["Luffy", "Nami\nZoro 99.9%", "Sanji", "Zoro"], "class 1 ('Nami\\nZoro 99.9%') does not print"),
+    "an escape": (["Luffy", "Nami", "\x1b[2J", "Zoro"], "class 2 ('\\x1b[2J') does not print"),
+    "integers": ([1, 2, 3, 4], "class 0 is int, not a name"),  # a traceback
+    "objects": ([{"name": "Luffy"}, "Nami", "Sanji", "Zoro"], "class 0 is dict, not a name"),  # a traceback
+}
+
+
+@pytest.mark.parametrize("kind", list(FORGED_CLASSES))
+def test_a_litert_class_list_must_be_unique_printable_names(
+    project: Path, int8: tuple[Path, dict], tmp_path: Path, kind: str
+) -> None:
+    """A .tflite's class list was checked for its length only (issue 35, case 7)."""
+    path, _ = int8
+    classes, reason = FORGED_CLASSES[kind]
+    forged = tmp_path / "forged.tflite"
+    forged.write_bytes(litert.with_metadata(path.read_bytes(), {"classes": classes, "image_size": 32}))
+    done = _cli(project, "predict", str(project / "data/raw/Zoro/0000.jpg"), "--model", str(forged))
+    assert (done.returncode, done.stdout) == (2, ""), done.stdout
+    assert done.stderr.strip().splitlines() == [
+        f"error: {forged}: its class list does not name the outputs ({reason}): write it again with "
+        "`op-classifier export --format litert`"
+    ]
+
+
+def _export_main(capsys: pytest.CaptureFixture, project: Path, out: Path) -> tuple[int, str, str]:
+    """`op-classifier export --quantize none --out OUT` in this process: (exit code, stdout, stderr)."""
+    from op_classifier import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        cli.main(["export", "--quantize", "none", "--out", str(out), *_overrides(project)])
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+def test_an_out_that_cannot_be_written_is_one_line_and_leaves_nothing(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`export --out` under a file, or onto a full disk, was a traceback (issue 35, case 17). Under a file it
+    is refused before converting; a full disk (here /dev/full behind the name) once the write fails."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder\n", encoding="utf-8")
+    out = a_file / "model.tflite"
+    started = time.monotonic()
+    assert _export_main(capsys, project, out) == (2, "", f"error: --out {out}: {a_file} is a file, not a folder\n")
+    assert time.monotonic() - started < 5  # no model loaded, nothing converted
+    full = tmp_path / "full" / "model.tflite"
+    full.parent.mkdir()
+    full.symlink_to("/dev/full")
+    code, stdout, err = _export_main(capsys, project, full)
+    assert (code, stdout) == (1, "")
+    assert err.strip().splitlines()[-1] == f"error: --out {full}: cannot write it (No space left on device)"
+    assert "Traceback" not in err and [p.name for p in full.parent.iterdir()] == ["model.tflite"]

@@ -291,3 +291,114 @@ def test_a_fifo_among_the_inputs_is_its_own_error_line(
     assert code == 1 and len(lines) == 4
     assert f"{folder / 'pipe.jpg'}: error: not a regular file (a FIFO); not read" in lines
     assert sum(" -> " in line for line in lines) == 3  # the good images are predicted
+
+
+# --- issue 35: a NaN model, names that would forge lines, a report that cannot be written ---
+
+
+@pytest.fixture(scope="module")
+def nan_model_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    """model_dir's model whose head went NaN (as a diverged training leaves it)."""
+    import keras
+
+    out = tmp_path_factory.mktemp("nan-model")
+    model = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    head = model.get_layer("probabilities")
+    head.set_weights([np.full(w.shape, np.nan, "float32") for w in head.get_weights()])
+    model.save(out / "model.keras")
+    (out / "run.json").write_text((model_dir / "run.json").read_text(encoding="utf-8"), encoding="utf-8")
+    return out
+
+
+def test_a_model_answering_nan_is_one_error_line_not_a_prediction(
+    nan_model_dir: Path, images: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`Luffy nan% | Nami nan% ... -> (none above 50%)`, exit 0, was printed as if it were an answer (issue 35,
+    case 4)."""
+    good = images / "good"
+    for extra in ((), ("--json",)):
+        code, out, err = main_in_process(capsys, str(good), "--model", str(nan_model_dir), *extra)
+        assert code == 1 and out == "", out
+        assert err.strip().splitlines() == [
+            f"error: {nan_model_dir}: the model answers NaN or infinity for {good / 'gray.png'}, not probabilities: "
+            "it is broken (train it again)"
+        ]
+
+
+def test_names_holding_control_characters_cannot_forge_lines(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A file name holding a newline printed a line of its own, one that can read as another file's
+    prediction; a terminal's escape sequences ran (issue 35, case 7). They are shown escaped, as Python
+    writes them in a string; a name that is no UTF-8 shows its bytes as \\xff."""
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    forged = "a\nb.png: Luffy 99.9% | Nami 0.1% | Sanji 0.1% | Zoro 0.1%  -> Luffy.png"
+    noise((40, 40), 5).save(folder / forged)
+    noise((40, 40), 6).save(folder / "\x1b[2Jcleared.png")
+    noise((40, 40), 7).save(os.path.join(os.fsencode(folder), b"\xff.png"), "PNG")
+    (folder / "bad\r\nname.jpg").write_bytes(b"just some text\n")
+    (folder / "notes\n.txt").write_text("not an image by name\n", encoding="utf-8")
+    report = tmp_path / "report.html"
+    code, out, err = main_in_process(capsys, str(folder), "--model", str(model_dir), "--report", str(report))
+    lines = out.splitlines()
+    assert code == 1 and len(lines) == 4, lines
+    assert sorted(line.split(": ", 1)[0] for line in lines) == sorted(
+        f"{folder}/{name}" for name in ("\\x1b[2Jcleared.png", "\\xff.png", "a\\nb.png", "bad\\r\\nname.jpg")
+    )
+    assert f"{folder}/a\\nb.png: Luffy 99.9% | Nami 0.1% | Sanji 0.1% | Zoro 0.1%  -> Luffy.png: Luffy " in out
+    assert f"{folder}/bad\\r\\nname.jpg: error: not an image (a text file)" in lines
+    assert "\x1b" not in out + err
+    assert err.strip().splitlines() == [
+        f"note: skipped 1 non-image file by name ({folder}/notes\\n.txt)",
+        "error: 1 of 4 inputs could not be predicted (see their lines)",
+    ]
+    page = report.read_text(encoding="utf-8")
+    assert ">a\\nb.png: Luffy 99.9% | Nami 0.1% | Sanji 0.1% | Zoro 0.1%  -&gt; Luffy.png</h2>" in page
+    assert ">\\x1b[2Jcleared.png</h2>" in page and "\x1b" not in page
+
+
+def test_a_report_that_cannot_be_written_is_one_line(
+    model_dir: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--report under a file, to a folder or to a full disk was a traceback, the last after the predictions
+    had printed (issue 35, case 17). The first two are refused before any image is read."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder\n", encoding="utf-8")
+    good = str(images / "good")
+    for report, reason in (
+        (a_file / "report.html", f"{a_file} is a file, not a folder"),
+        (tmp_path, "a folder: name the file to write"),
+    ):
+        code, out, err = main_in_process(capsys, good, "--model", str(model_dir), "--report", str(report))
+        assert (code, out) == (2, "") and err.strip().splitlines() == [f"error: --report {report}: {reason}"]
+    code, out, err = main_in_process(capsys, good, "--model", str(model_dir), "--report", "/dev/full")
+    assert code == 1 and len(out.splitlines()) == len(GOOD)  # the predictions stand
+    assert err.strip().splitlines() == ["error: --report /dev/full: cannot write it (No space left on device)"]
+
+
+def _files_of_at_most(size: int) -> None:
+    """In a child process: a write past size bytes fails (EFBIG) where a full disk fails (ENOSPC)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the signal kills the writer
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_a_report_cut_short_leaves_no_file_behind(model_dir: Path, images: Path, tmp_path: Path) -> None:
+    """A write that fails halfway (a full disk; here a file size limit) left half a page (issue 35, case 17)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    report = folder / "report.html"
+    env = {k: v for k, v in os.environ.items() if k not in ("OP_CLASSIFIER_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    done = subprocess.run(
+        [CLI, "predict", str(images / "good"), "--model", str(model_dir), "--report", str(report)],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=lambda: _files_of_at_most(4096),
+    )
+    assert done.returncode == 1 and len(done.stdout.splitlines()) == len(GOOD), done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: --report {report}: cannot write it (File too large)"]
+    assert list(folder.iterdir()) == []

@@ -16,7 +16,6 @@ The converter is TensorFlow's, so this command runs on the TensorFlow backend (a
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from op_classifier.config import CHAMPION, Config
 from op_classifier.data.prepared import Split, load_manifest, load_split, top1
 from op_classifier.errors import DataError, OpClassifierError, first_line
 from op_classifier.serving import litert, predict
+from op_classifier.serving.output import check_target, write_whole
 
 AGREEMENT = {"none": 0.99, "float16": 0.99, "int8": 0.97}  # top-1 agreement with Keras on the test split
 INT8_ACCURACY_DROP = 0.01  # int8's test accuracy within 1 point of the Keras model's
@@ -51,6 +51,7 @@ def run(cfg: Config, source: str | None = None, quantize: str | None = None, out
     out = out or Path(cfg.paths.export) / f"model-{quantize}{litert.SUFFIX}"
     if out.suffix != litert.SUFFIX:
         raise ExportError(f"--out {out}: a LiteRT file's name ends in {litert.SUFFIX}")
+    check_target(out, "--out")  # before the converter's seconds
     store = tracking.open_store(cfg.tracking)
     classifier = _keras_model(source, store)
     test = _split(cfg, "test", classifier)
@@ -59,7 +60,7 @@ def run(cfg: Config, source: str | None = None, quantize: str | None = None, out
         convert(classifier.model, quantize, calibration),
         {"classes": classifier.classes, "image_size": classifier.image_size, "quantize": quantize, "source": source},
     )
-    _write(out, file)
+    write_whole(out, file, "--out")  # a reader sees the old file or the new one, never half of one
     figures = parity(classifier.model, litert.load(out), test)
     summary = {"litert": str(out), "quantize": quantize, "bytes": len(file), "source": source, **figures}
     summary.update(_log(cfg, store, source, out, summary))
@@ -140,13 +141,6 @@ def _refusal(error: Exception, model: Any) -> str:
     if layers:
         return f"LiteRT cannot run layer {', '.join(repr(n) for n in layers)} ({', '.join(sorted(set(ops)))})"
     return f"the LiteRT converter refused the model: {first_line(error)}"
-
-
-def _write(out: Path, data: bytes) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, out)  # a reader sees the old file or the new one, never half of one
 
 
 def parity(model: Any, lite: litert.LiteRTModel, split: Split) -> dict[str, Any]:

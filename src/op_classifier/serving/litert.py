@@ -1,7 +1,8 @@
 """A LiteRT (.tflite) model as predict runs it: LiteRT's interpreter, no TensorFlow, no Keras.
 
 `op-classifier export` writes the file (serving/export.py) with its class list inside: a Model
-metadata entry named METADATA_NAME holding JSON {"classes": [...], "image_size": S, "quantize": ...}.
+metadata entry named METADATA_NAME holding JSON {"classes": [...], "image_size": S, "quantize": ...}; its
+classes must be unique, non-empty, printable names, one per output (else the file is refused in one line).
 Its input is the served contract of every model here: (batch, S, S, 3) float32 raw 0..255 pixels, one
 sigmoid per class out, whatever the quantisation (an int8 file quantises at its edges).
 """
@@ -90,6 +91,12 @@ def load(path: Path, threads: int | None = None) -> LiteRTModel:
         raise LiteRTError(f"{path}: a damaged LiteRT model ({first_line(error)})") from None
     if not described or not isinstance(described.get("classes"), list):
         raise LiteRTError(f"{path}: no class list inside: write it with `op-classifier export --format litert`")
+    unfit = class_list_problem(described["classes"])
+    if unfit:
+        raise LiteRTError(
+            f"{path}: its class list does not name the outputs ({unfit}): write it again with "
+            "`op-classifier export --format litert`"
+        )
     from ai_edge_litert.interpreter import Interpreter
 
     try:
@@ -104,6 +111,23 @@ def load(path: Path, threads: int | None = None) -> LiteRTModel:
     if outputs.shape != (1, len(loaded.classes)):
         raise LiteRTError(f"{path}: {outputs.shape[-1]} outputs but {len(loaded.classes)} class names inside")
     return loaded
+
+
+def class_list_problem(classes: list[Any]) -> str | None:
+    """Why a class list cannot name a model's outputs: a name that is no string, empty, repeated or holding
+    a character that does not print (a newline would forge a line of predict's); None when it can."""
+    seen = set()
+    for index, name in enumerate(classes):
+        if not isinstance(name, str):
+            return f"class {index} is {type(name).__name__}, not a name"
+        if not name.strip():
+            return f"class {index} is empty"
+        if not name.isprintable():
+            return f"class {index} ({name[:40]!r}) does not print"
+        if name in seen:
+            return f"{name[:40]!r} is named twice"
+        seen.add(name)
+    return None
 
 
 def model_file(folder: Path) -> Path | None:

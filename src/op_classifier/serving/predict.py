@@ -35,7 +35,13 @@ folder holding one): run on LiteRT's interpreter, TensorFlow never loaded, its c
 
 Probabilities are independent sigmoid outputs (one image can show several characters), each in
 0..1; they do not sum to 1. `--report FILE` also writes a self-contained HTML page (thumbnails
-embedded, no external assets) with one card per file.
+embedded, no external assets) with one card per file, whole or not at all (a full disk is one error line
+and no file; a folder or a path under a file is refused before any image is read).
+
+A name holding a character that does not print (a newline, a terminal escape, a byte that is no UTF-8) is
+printed, and shown in the report, as Python writes it in a string (`a\\nb.jpg`, `\\x1b`, `\\xff`): no
+file or class name forges a line. JSON holds names as they are. A model that answers NaN or infinity is one
+error naming it (exit 1), never a line of `nan%`.
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ from op_classifier.defaults import PREDICT_BATCH, PREDICT_THRESHOLD
 from op_classifier.errors import DataError, first_line
 from op_classifier.files import cpu_count
 from op_classifier.serving import litert
-from op_classifier.serving.report import percent, write_report
+from op_classifier.serving.output import check_target, shown, write_whole
+from op_classifier.serving.report import percent, report_page
 
 if TYPE_CHECKING:
     from op_classifier.tracking import ModelStore
@@ -186,9 +193,9 @@ def _why_nothing(text: str, others: int) -> str:
     return f"no image file matches this pattern{skipped}" if others else "no file matches this pattern"
 
 
-def skipped_note(skipped: Sequence[str], shown: int = 3) -> str:
+def skipped_note(skipped: Sequence[str], most: int = 3) -> str:
     """One line: how many files were set aside as not images by name, and the first few of them."""
-    names = ", ".join(skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+    names = ", ".join(map(shown, skipped[:most])) + (", ..." if len(skipped) > most else "")
     return f"note: skipped {len(skipped)} non-image file{'s' if len(skipped) != 1 else ''} by name ({names})"
 
 
@@ -308,7 +315,7 @@ def _decode(item: Result | str, size: int) -> Result | tuple[str, np.ndarray]:
 
 def _predict_chunk(classifier: Classifier, chunk: list[Result | tuple[str, np.ndarray]]) -> list[Result]:
     decoded = [entry for entry in chunk if not isinstance(entry, Result)]
-    rows = iter(_probabilities(classifier.model, [pixels for _, pixels in decoded]) if decoded else [])
+    rows = iter(_probabilities(classifier, decoded) if decoded else [])
     return [
         entry
         if isinstance(entry, Result)
@@ -317,11 +324,19 @@ def _predict_chunk(classifier: Classifier, chunk: list[Result | tuple[str, np.nd
     ]
 
 
-def _probabilities(model: Any, images: list[np.ndarray]) -> list[list[float]]:
-    """Per-class probabilities of one batch, rounded to 6 decimals (float32 holds no more)."""
+def _probabilities(classifier: Classifier, decoded: list[tuple[str, np.ndarray]]) -> list[list[float]]:
+    """Per-class probabilities of one batch of (path, pixels), rounded to 6 decimals (float32 holds no more);
+    a DataError naming the model when it answers NaN or infinity, which no probability is."""
     # One graph call per batch: model.predict() would also build a data pipeline on every call. The
     # decoded uint8 pixels go in as they are: the model's float32 input casts them inside its graph.
-    output = np.asarray(model.predict_on_batch(np.stack(images)), dtype=np.float64)
+    images = np.stack([pixels for _, pixels in decoded])
+    output = np.asarray(classifier.model.predict_on_batch(images), dtype=np.float64)
+    broken = np.flatnonzero(~np.isfinite(output).all(axis=1))
+    if broken.size:  # `Luffy nan%  -> (none above 50%)` is no answer: a broken model is one error, not a result
+        raise DataError(
+            f"{classifier.source}: the model answers NaN or infinity for {shown(decoded[broken[0]][0])}, "
+            "not probabilities: it is broken (train it again)"
+        )
     return np.round(output, 6).tolist()
 
 
@@ -329,12 +344,13 @@ def _probabilities(model: Any, images: list[np.ndarray]) -> list[list[float]]:
 
 
 def format_line(result: Result, threshold: float) -> str:
-    """`path: Luffy 97.1% | Nami 2.0% ...  -> Luffy`, or `path: error: reason`."""
+    """`path: Luffy 97.1% | Nami 2.0% ...  -> Luffy`, or `path: error: reason`; names shown escaped (a
+    newline in a file name would print a line of its own, one that reads as another file's)."""
     if result.error is not None:
-        return f"{result.path}: error: {result.error}"
-    scores = " | ".join(f"{name} {p:.1%}" for name, p in result.probabilities.items())
-    chosen = ", ".join(result.predicted(threshold)) or f"(none above {percent(threshold)})"
-    return f"{result.path}: {scores}  -> {chosen}"
+        return f"{shown(result.path)}: error: {shown(result.error)}"
+    scores = " | ".join(f"{shown(name)} {p:.1%}" for name, p in result.probabilities.items())
+    chosen = ", ".join(map(shown, result.predicted(threshold))) or f"(none above {percent(threshold)})"
+    return f"{shown(result.path)}: {scores}  -> {chosen}"
 
 
 def to_json(source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> dict[str, Any]:
@@ -367,6 +383,8 @@ def run(
     """Predict every file the paths name; print lines or JSON, write the report; DataError if any failed."""
     out = out or sys.stdout
     _check_args(threshold, batch_size)
+    if report:
+        check_target(Path(report), "--report")
     items, skipped = expand_inputs(paths)  # before loading the model: a typo fails in a second, not after Keras
     classifier = load_classifier(model or default_model_folder())
     results = []
@@ -381,7 +399,8 @@ def run(
         json.dump(to_json(classifier.source, threshold, classifier.classes, results), out, indent=2)
         out.write("\n")
     if report:
-        write_report(Path(report), classifier.source, threshold, classifier.classes, results)
+        page = report_page(classifier.source, threshold, classifier.classes, results)
+        write_whole(Path(report), page.encode("utf-8"), "--report")
     if skipped:
         print(skipped_note(skipped), file=sys.stderr)
     _raise_on_failures(results)

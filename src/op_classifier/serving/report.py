@@ -1,6 +1,9 @@
-"""The self-contained HTML report of `op-classifier predict --report`: one card per image, no I/O but the page.
+"""The self-contained HTML report of `op-classifier predict --report`: one card per image, as text (predict
+writes it).
 
-Thumbnails are embedded as base64 JPEGs, so the page is one file that opens anywhere.
+Thumbnails are embedded as base64 JPEGs, so the page is one file that opens anywhere. Every name on it (file
+names, class names, the model) is shown as predict prints it (output.shown: no control character) and
+HTML-escaped.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
 from op_classifier.data.images import to_rgb
+from op_classifier.serving.output import shown
 
 if TYPE_CHECKING:  # predict imports this module: the type only, no import cycle at run time
     from op_classifier.serving.predict import Result
@@ -34,17 +37,19 @@ THUMB_SIDE = 360  # px: sharp on a 2x screen at the cards' width
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac")
 
 
-def write_report(path: Path, source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> Path:
+def report_page(source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> str:
     """A self-contained HTML page: header with model, threshold and counts, then one card per file."""
-    page = _PAGE.format(
+    return _PAGE.format(
         css=_CSS + _class_css(classes),
         threshold=percent(threshold),
         header=_header(source, threshold, classes, results),
         cards="\n".join(_card(result, threshold, classes) for result in results),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+
+
+def _text(value: str) -> str:
+    """A name as page text: shown as predict prints it, then HTML-escaped."""
+    return html.escape(shown(value))
 
 
 def class_colours(classes: Sequence[str]) -> list[str]:
@@ -77,12 +82,12 @@ def _header(source: str, threshold: float, classes: Sequence[str], results: Sequ
         (len(results) - len(good), "failed"),
     ]
     legend = '<li class="caption">predicted per class</li>' + "".join(
-        f'<li class="c{i}"><span class="dot"></span>{html.escape(name)}'
+        f'<li class="c{i}"><span class="dot"></span>{_text(name)}'
         f"<b>{sum(name in r.predicted(threshold) for r in good)}</b></li>"
         for i, name in enumerate(classes)
     )
     return _HEADER.format(
-        model=html.escape(source),
+        model=_text(source),
         threshold=percent(threshold),
         when=time.strftime("%Y-%m-%d %H:%M"),
         stats="".join(
@@ -95,12 +100,12 @@ def _header(source: str, threshold: float, classes: Sequence[str], results: Sequ
 
 def _card(result: Result, threshold: float, classes: Sequence[str]) -> str:
     name, folder = _split_path(result.path)
-    title = f'<h2 title="{html.escape(result.path)}">{html.escape(name)}</h2><p class="dir">{html.escape(folder)}</p>'
+    title = f'<h2 title="{_text(result.path)}">{_text(name)}</h2><p class="dir">{_text(folder)}</p>'
     if result.error is not None:
-        return _ERROR_CARD.format(title=title, error=html.escape(result.error))
+        return _ERROR_CARD.format(title=title, error=_text(result.error))
     thumb = _thumbnail(result.path)
     image = (
-        f'<img src="data:image/jpeg;base64,{thumb}" alt="{html.escape(name)}">'
+        f'<img src="data:image/jpeg;base64,{thumb}" alt="{_text(name)}">'
         if thumb
         else '<span class="nothumb">no preview</span>'
     )
@@ -116,7 +121,7 @@ def _bars(result: Result, threshold: float, classes: Sequence[str]) -> str:
         state = (" on" if p >= threshold else "") + (" top" if name == result.top else "")
         mark = '<i title="most probable">&#9733;</i>' if name == result.top else ""
         rows.append(
-            f'<li class="c{i}{state}"><span class="label">{html.escape(name)}{mark}</span>'
+            f'<li class="c{i}{state}"><span class="label">{_text(name)}{mark}</span>'
             f'<span class="track"><span class="fill" style="width:{p * 100:.1f}%"></span></span>'
             f'<span class="pct">{p:.1%}</span></li>'
         )
@@ -127,7 +132,7 @@ def _verdict(result: Result, threshold: float, classes: Sequence[str]) -> str:
     chosen = result.predicted(threshold)
     if not chosen:
         return f'<span class="none">none &ge; {percent(threshold)}</span>'
-    return "".join(f'<span class="chip c{classes.index(name)}">{html.escape(name)}</span>' for name in chosen)
+    return "".join(f'<span class="chip c{classes.index(name)}">{_text(name)}</span>' for name in chosen)
 
 
 def _split_path(path: str) -> tuple[str, str]:
