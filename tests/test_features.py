@@ -22,13 +22,11 @@ def project(tiny_project: Path) -> Path:
 
 
 @pytest.fixture
-def weights_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    from op_classifier.weights import imagenet
-
-    monkeypatch.setenv(imagenet.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "weights-cache"))
+def feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(features.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "feature-cache"))
 
 
-def test_the_head_phase_on_features_trains_the_models_own_head(project: Path, tmp_path: Path, weights_cache) -> None:
+def test_the_head_phase_on_features_trains_the_models_own_head(project: Path, tmp_path: Path, feature_cache) -> None:
     """Trained on features computed once, the saved model (raw pixels in) scores on the val images
     exactly what the head phase reported for its restored best epoch; the backbone is untouched."""
     import keras
@@ -46,7 +44,7 @@ def test_the_head_phase_on_features_trains_the_models_own_head(project: Path, tm
 
 
 def test_a_search_of_the_head_alone_runs_on_features_with_a_line_and_a_run_per_trial(
-    project: Path, tmp_path: Path, weights_cache, capsys: pytest.CaptureFixture[str]
+    project: Path, tmp_path: Path, feature_cache, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """tuner=random on a pretrained model: each trial is the head phase on the features (seconds), one
     printed line and one nested MLflow run each; train takes the pick."""

@@ -1,7 +1,7 @@
 """EfficientNet-Lite (the mobile EfficientNet: ReLU6, no squeeze-excite, fixed stem and head) as a backbone.
 
 One builder for lite0, lite1 and lite2: `width` and `depth` scale the blocks as the reference does.
-ImageNet weights come from the installed weight packages, converted once (op_classifier.weights).
+ImageNet weights come from the installed weight packages, read without torch (op_classifier.weights).
 """
 
 from __future__ import annotations
@@ -132,17 +132,17 @@ def build_model(
     seed: int | None = None,
 ) -> keras.Model:
     """EfficientNet-Lite under global pooling, dropout and one sigmoid per class; raw 0..255 pixels in."""
-    from op_classifier.weights.imagenet import backbone_weights
+    from op_classifier.weights.imagenet import load_imagenet
 
     def make(side: int, weights: str | None) -> keras.Model:
         net = backbone(side, width, depth)
-        if weights:
-            # the side does not change any weight's shape: a small one converts fast
-            source = backbone_weights(weights, width, depth, lambda: backbone(32, width, depth))
+        if weights == "imagenet":
+            load_imagenet(net, width, depth)
+        elif weights:
             try:
-                net.load_weights(source)
+                net.load_weights(weights)
             except Exception as error:  # h5py's OSError for a file that is not HDF5, Keras's ValueError for others
-                raise pretrained.unloadable(str(source), error) from None
+                raise pretrained.unloadable(weights, error) from None
         return net
 
     return pretrained.assemble(

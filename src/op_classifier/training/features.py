@@ -7,9 +7,13 @@ head costs milliseconds, so the head trains to convergence and a search can try 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +21,11 @@ import keras
 import numpy as np
 
 from op_classifier import progress
-from op_classifier.data.prepared import data_hash
+from op_classifier.data.arrays import RowFile
+from op_classifier.data.prepared import data_hash, load_labels
 from op_classifier.data.stream import epoch_order, split_stream
+from op_classifier.errors import DataError, first_line
 from op_classifier.models.pretrained import POOLED, top
-from op_classifier.weights.imagenet import cache_dir
 
 
 @dataclass(frozen=True)
@@ -52,45 +57,144 @@ def head_model(dim: int, num_classes: int, dropout: float, seed: int | None) -> 
     return keras.Model(inputs, top(inputs, num_classes, dropout, seed), name="head")
 
 
-def compute(model: keras.Model, prepared: Path, split: str, batch_size: int) -> Features:
-    """One split's features through the model's frozen backbone, in file order, with its labels."""
+def compute(net: keras.Model, prepared: Path, split: str, batch_size: int) -> Features:
+    """One split's features through the extractor `net`, in file order, with its labels."""
     stream = split_stream(prepared, split, batch_size)
-    x = extractor(model).predict(stream, verbose=0)
-    return Features(np.asarray(x, dtype="float32"), stream.labels)
+    x = np.asarray(net.predict(stream, verbose=0), dtype="float32")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x).all(axis=1)).sum())
+        raise DataError(f"the backbone's features of {bad} {split} image(s) are not finite (NaN or inf)")
+    return Features(x, stream.labels)
 
 
 def compute_all(model: keras.Model, prepared: Path, batch_size: int) -> tuple[Features, Features]:
     """The train and val splits' features: a pass through the backbone each, or none when this backbone
-    (its layers and weights) already saw this prepared data (the search's features serve the training)."""
-    path = cache_dir() / "features" / f"{cache_key(model, prepared, batch_size)}.npz"
-    if path.is_file():
-        os.utime(path)  # used now: the last to be pruned
-        with np.load(path) as kept:
-            return Features(kept["train_x"], kept["train_y"]), Features(kept["val_x"], kept["val_y"])
+    (its layers and weights) already saw these pixels (the search's features serve the training)."""
+    net = extractor(model)
+    path = cache_dir() / "features" / f"{cache_key(net, prepared, batch_size)}.npz"
+    kept = _read(path, net, prepared)
+    if kept is not None:
+        return kept
     out = []
     with progress.bar(2, "features", unit="split") as bar:
-        for split in ("train", "val"):
+        for split in SPLITS:
             bar.set_postfix_str(split)
-            out.append(compute(model, prepared, split, batch_size))
+            out.append(compute(net, prepared, split, batch_size))
             bar.update()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}{PARTIAL}")  # whole or not at all: a killed write leaves no entry
-    np.savez(partial, train_x=out[0].x, train_y=out[0].y, val_x=out[1].x, val_y=out[1].y)
-    os.replace(partial, path)
-    prune(path.parent, CACHE_BYTES)
+    _write(path, out[0], out[1])
     return out[0], out[1]
 
 
 # One entry is a few MB a thousand images (1280 floats an image); a user trying many datasets or
 # backbones would otherwise fill the disk, one entry per (data, backbone) pair, silently.
 CACHE_BYTES = 2 * 1024**3
+CACHE_ENV = "OP_CLASSIFIER_CACHE"  # where features are kept (default: ~/.cache/op-classifier)
 PARTIAL = ".partial.npz"
+SPLITS = ("train", "val")
+ARRAYS = tuple(f"{split}_{part}" for split in SPLITS for part in ("x", "y"))
+DIGEST = "sha256"  # the entry's arrays' digest, stored in the entry: damage is found before use
+SPOT_ROWS = 4  # rows of each split computed again on every read: an entry must match the backbone's answers
+SPOT_TOLERANCE = 1e-3  # of the largest feature: one image's features in another batch differ by < 1e-5 (measured)
+
+
+def cache_dir() -> Path:
+    """The folder of cached features: $OP_CLASSIFIER_CACHE, else $XDG_CACHE_HOME/op-classifier, else ~/.cache/op-classifier."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "op-classifier"
+
+
+class _Damaged(Exception):
+    """A cache entry that cannot be used as it is."""
+
+
+def _read(path: Path, net: keras.Model, prepared: Path) -> tuple[Features, Features] | None:
+    """A kept entry once it proved whole and true to this backbone and data; None (with a note) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        arrays = _load(path)
+        found = tuple(_verified(arrays, net, prepared, split) for split in SPLITS)
+    except _Damaged as damage:
+        _note(f"discarding the feature cache entry {path} ({damage}): computing the features again")
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    with contextlib.suppress(OSError):  # a read-only cache is read all the same
+        os.utime(path)  # used now: the last to be pruned
+    return found[0], found[1]
+
+
+def _verified(arrays: dict[str, np.ndarray], net: keras.Model, prepared: Path, split: str) -> Features:
+    """One split of a whole entry, checked: shaped as this data, its labels, finite, and equal to what the
+    backbone computes for a few of its rows drawn at random (rows shuffled or replaced are caught)."""
+    labels = load_labels(prepared, split)
+    x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+    width = net.output.shape[-1]
+    if x.dtype != np.float32 or x.shape != (len(labels), width):
+        raise _Damaged(
+            f"{split} features of shape {x.shape} {x.dtype}, the data needs ({len(labels)}, {width}) float32"
+        )
+    if not np.array_equal(y, labels):
+        raise _Damaged(f"its {split} labels are not the prepared data's")
+    if not np.isfinite(x).all():
+        raise _Damaged(f"its {split} features are not all finite")
+    rows = np.sort(np.random.default_rng().choice(len(labels), min(SPOT_ROWS, len(labels)), replace=False))
+    images = RowFile(prepared / split / "images.npy").read(rows)
+    fresh = np.asarray(net.predict(images, verbose=0), dtype="float32")
+    scale = max(1.0, float(np.abs(fresh).max()))
+    if not np.allclose(x[rows], fresh, rtol=0, atol=SPOT_TOLERANCE * scale):
+        raise _Damaged(f"its {split} features are not this backbone's for these images")
+    return Features(x, labels)
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    """The entry's arrays, read whole (zip's checksums), no object arrays, its digest matching."""
+    try:
+        with np.load(path, allow_pickle=False) as entry:
+            missing = [name for name in (*ARRAYS, DIGEST) if name not in entry.files]
+            if missing:
+                raise _Damaged(f"no array {missing[0]!r}")
+            arrays = {name: entry[name] for name in (*ARRAYS, DIGEST)}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise _Damaged(first_line(error, 120) or type(error).__name__) from None
+    if str(arrays.pop(DIGEST)) != _digest(arrays):
+        raise _Damaged("its content does not match its digest")
+    return arrays
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in ARRAYS:
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, value.dtype.str, value.shape]).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _write(path: Path, train: Features, val: Features) -> None:
+    """Keep the entry, whole or not at all; a cache that cannot take it is a note, never a failure."""
+    arrays = {"train_x": train.x, "train_y": train.y, "val_x": val.x, "val_y": val.y}
+    partial = path.with_suffix(f".{os.getpid()}{PARTIAL}")  # a killed write leaves no entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(partial, **arrays, **{DIGEST: np.array(_digest(arrays))})
+        os.replace(partial, path)
+        prune(path.parent, CACHE_BYTES)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        _note(f"the features are not kept in the cache {path.parent} ({first_line(error, 120)})")
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 def prune(folder: Path, limit: int) -> list[Path]:
     """Delete the least recently used entries until the folder holds at most `limit` bytes; the deleted."""
     # Another process's entry being written (<key>.<pid>.partial.npz) is not an entry yet: never touched.
-    whole = [entry for entry in folder.glob("*.npz") if not entry.name.endswith(PARTIAL)]
+    whole = [entry for entry in folder.glob("*.npz") if not entry.name.endswith(PARTIAL) and entry.is_file()]
     entries = sorted(whole, key=lambda entry: entry.stat().st_mtime, reverse=True)
     total, deleted = 0, []
     for entry in entries:
@@ -101,9 +205,8 @@ def prune(folder: Path, limit: int) -> list[Path]:
     return deleted
 
 
-def cache_key(model: keras.Model, prepared: Path, batch_size: int) -> str:
-    """What the features depend on: the prepared data, the extractor's layers and weights, the backend."""
-    net = extractor(model)
+def cache_key(net: keras.Model, prepared: Path, batch_size: int) -> str:
+    """What the features depend on: the prepared pixels and labels, the extractor's layers and weights, the backend."""
     digest = hashlib.sha256()
     layers = [(type(layer).__name__, str(layer.output.shape), layer.dtype_policy.name) for layer in net.layers]
     digest.update(json.dumps([data_hash(prepared), keras.backend.backend(), batch_size, layers]).encode())
