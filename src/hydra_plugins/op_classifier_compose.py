@@ -17,9 +17,11 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from hydra._internal.hydra import Hydra
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -34,9 +36,8 @@ class SchemaCheck(Callback):
     """Validates the composed config (the `hydra` node aside) against op_classifier.config.Config."""
 
     def on_compose_config(self, config: DictConfig, config_name: str | None, overrides: list[str]) -> None:
-        body = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
         try:
-            schema.validate(body)
+            schema.validate(_body(config))
         except ConfigError as error:
             raise config_error(str(error)) from None
 
@@ -78,6 +79,8 @@ def _with_checks(compose_config: Callable[..., DictConfig]) -> Callable[..., Dic
             raise config_error(schema.composition_error(error)) from None
         for check in checks(cfg):
             check.on_compose_config(config=cfg, config_name=config_name, overrides=list(overrides))
+            if "dvc.utils.hydra" in sys.modules:  # DVC composes params.yaml for `dvc exp run -S`
+                before_dvc_writes(cfg, compose_config(self, config_name, [], run_mode), overrides)
         return cfg
 
     def _opted_in(self: Hydra, config_name: str | None, run_mode: Any) -> bool:
@@ -89,6 +92,58 @@ def _with_checks(compose_config: Callable[..., DictConfig]) -> Callable[..., Dic
 
     wrapper.op_classifier_checks = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def before_dvc_writes(cfg: DictConfig, conf: DictConfig, overrides: list[str]) -> None:
+    """What DVC is about to write (`cfg`), checked against the project: paths stay inside it (DVC itself
+    fails only after the stages ran), and values of today's params.yaml that neither conf/ alone (`conf`),
+    the new composition nor the overrides give are said in one line before they are lost."""
+    new, base = (OmegaConf.to_container(_body(c), resolve=True) for c in (cfg, conf))
+    try:
+        schema.check_paths_inside(schema.validate(new).paths, Path.cwd())  # DVC works in the repository's root
+    except ConfigError as error:
+        raise config_error(str(error)) from None
+    params = Path(schema.PARAMS_FILE)
+    try:
+        now = yaml.safe_load(params.read_text(encoding="utf-8")) if params.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return  # DVC replaces a broken params.yaml: nothing in it to keep
+    if not isinstance(now, dict):
+        return
+    flat_new, flat_base = _flat(new), _flat(base)
+    named = tuple(text.lstrip("+~").split("=", 1)[0] for text in overrides)  # replaced, not lost
+    lost = [
+        f"{key}={value}"
+        for key, value in _flat(now).items()
+        if value != flat_base.get(key, _ABSENT)
+        and value != flat_new.get(key, _ABSENT)
+        and not any(key == name or key.startswith(f"{name}.") for name in named)
+    ]
+    if lost:
+        more = f" and {len(lost) - 3} more" if len(lost) > 3 else ""
+        print(
+            f"warning: {params} holds values that conf/ does not compose: {', '.join(lost[:3])}{more}; DVC "
+            "composes it anew from conf/ and -S, so they are dropped (`op-classifier compose KEY=VALUE` keeps a choice)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _body(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+
+
+_ABSENT = object()
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted.key: leaf}; lists are leaves."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 EXPECTED = ("self", "config_name", "overrides", "run_mode")  # Hydra 1.3's compose_config, which we wrap

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from op_classifier import config, defaults, quiet
+from op_classifier import choices, config, defaults, quiet
 from op_classifier.errors import ConfigError, OpClassifierError
 from op_classifier.runner import guarded, report
 
@@ -22,13 +22,6 @@ STAGES = {
 
 
 VERBOSE_HELP = f"show TensorFlow's start-up log lines, hidden by default (DVC stages: set {quiet.VERBOSE_ENV}=1)"
-
-
-def _compose(overrides: Sequence[str]) -> None:
-    cfg = config.compose(tuple(overrides))
-    config.validate(cfg)  # refuse to write a params.yaml the stages would reject
-    Path(config.PARAMS_FILE).write_text(config.to_yaml(cfg), encoding="utf-8")
-    print(f"wrote {config.PARAMS_FILE}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -217,8 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    compose = sub.add_parser("compose", parents=[common], help="compose conf/ (+ overrides) into params.yaml")
-    compose.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.val_fraction=0.25")
+    compose = sub.add_parser(
+        "compose", parents=[common], help="save overrides in conf/project/composed.yaml, compose conf/ into params.yaml"
+    )
+    compose.add_argument("overrides", nargs="*", help="Hydra overrides to keep, e.g. data.val_fraction=0.25")
+    compose.add_argument(
+        "--reset", action="store_true", help="drop the choices saved before (then apply the overrides)"
+    )
 
     smp = sub.add_parser("sample", parents=[common], help="render the built-in synthetic Straw Hat image set")
     smp.add_argument("--out", default=defaults.SAMPLE_OUT, help="output folder (default: %(default)s)")
@@ -404,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.verbose:
         quiet.configure(verbose=True)  # before any command loads TensorFlow
     if args.command == "compose":
-        code = guarded(lambda: _compose(args.overrides))
+        code = guarded(lambda: print(choices.compose(args.overrides, args.reset)))
     elif args.command == "sample":
         code = guarded(lambda: _sample(args))
     elif args.command == "serve":

@@ -385,9 +385,7 @@ def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> Di
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
-    conf_dir = (conf_dir or Path.cwd() / CONF_DIR).resolve()
-    if not (conf_dir / "config.yaml").is_file():
-        raise ConfigError(f"no {CONF_DIR}/config.yaml in {conf_dir.parent}: run from the project root")
+    conf_dir = project_conf(conf_dir)
     try:
         with initialize_config_dir(str(conf_dir), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
@@ -398,13 +396,33 @@ def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> Di
     return cfg
 
 
+def project_conf(conf_dir: Path | None = None) -> Path:
+    """The project's conf/ folder (default: the working folder's), which must hold config.yaml."""
+    conf_dir = (conf_dir or Path.cwd() / CONF_DIR).resolve()
+    if not (conf_dir / "config.yaml").is_file():
+        raise ConfigError(f"no {CONF_DIR}/config.yaml in {conf_dir.parent}: run from the project root")
+    return conf_dir
+
+
+def check_paths_inside(paths: PathsConfig, root: Path) -> None:
+    """Every configured path lies inside the project: DVC tracks nothing outside it (it fails after the
+    stage has run and written there), and `paths.weights=/` would make any file a tracked weights file."""
+    top = root.resolve()
+    for key, value in vars(paths).items():
+        require(
+            top in (top / value).resolve().parents,
+            f"paths.{key}",
+            f"{value} is not inside the project ({top}): DVC tracks only paths inside it",
+        )
+
+
 def to_yaml(cfg: DictConfig) -> str:
     """Serialise a composed config the way DVC writes params.yaml."""
     return OmegaConf.to_yaml(cfg)
 
 
 def load_params(path: Path = Path(PARAMS_FILE)) -> Config:
-    """Read and validate params.yaml (what `dvc repro` runs the stages with)."""
+    """Read and validate params.yaml (what `dvc repro` runs the stages with); its paths stay beside it."""
     if not path.is_file():
         raise ConfigError(f"{path} not found: run `op-classifier compose` in the project root")
     try:
@@ -413,7 +431,9 @@ def load_params(path: Path = Path(PARAMS_FILE)) -> Config:
         raise ConfigError(f"{path}: not valid YAML ({first_line(error)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return validate(raw)
+    cfg = validate(raw)
+    check_paths_inside(cfg.paths, path.resolve().parent)
+    return cfg
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
