@@ -5,6 +5,7 @@ The stages import this, not the CLI, so a stage's code is only what it really us
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from op_classifier import config
 from op_classifier.errors import OpClassifierError
@@ -27,6 +29,11 @@ def guarded(action: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: cannot write {error.filename or 'a file'}: {error.strerror}; free some space", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -49,6 +56,7 @@ def stop_with_parent() -> None:
     """
     parent = os.getppid()
     signal.signal(signal.SIGUSR2, _interrupted)
+    sys.unraisablehook = _interrupt_again(sys.unraisablehook)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -61,6 +69,22 @@ def stop_with_parent() -> None:
 
 def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _interrupt_again(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """sys.unraisablehook, but an interrupt raised where Python can only print it is raised again, soon.
+
+    A __del__ or a gc callback (TensorFlow's, JAX's) that the signal lands in swallows the exception
+    ("Exception ignored in"): the stage of a killed parent then ran on.
+    """
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR2)).start()
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def report(summary: dict) -> None:

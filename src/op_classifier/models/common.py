@@ -6,6 +6,7 @@ a saved model loads (load_model) and how one is exported for TensorFlow Serving 
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
+from op_classifier.errors import DataError, first_line
 from op_classifier.metric_names import ACCURACY, AUC, PER_CLASS, per_class
 
 
@@ -275,7 +277,15 @@ def load_model(path: Any) -> keras.Model:
 
     Its layers and metrics of ours (RandomAffine, TopOneAccuracy) are registered by importing this
     module: a process that loads a model before building one (evaluate under DVC, predict, serve)
-    must load it through here, or Keras cannot find RandomAffine (every backend but TensorFlow)."""
+    must load it through here, or Keras cannot find RandomAffine (every backend but TensorFlow).
+    A file that is not a whole .keras archive is one line saying so (Keras says "File not found")."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataError(f"{path}: not a whole Keras model file ({first_line(error)}): truncated or damaged?") from None
+    if damaged is not None:
+        raise DataError(f"{path}: a damaged Keras model file ({damaged} fails its checksum)")
     return keras.saving.load_model(path, compile=False)
 
 

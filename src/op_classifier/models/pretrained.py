@@ -35,10 +35,11 @@ class Pretrained(ModelBase):
         super().__post_init__()
         if self.weights not in (None, "imagenet"):
             schema.require(
-                self.weights.endswith(".weights.h5") and Path(self.weights).is_file(),
+                self.weights.endswith(".weights.h5"),
                 "model.weights",
-                f"no file {self.weights} (imagenet, null, or a path to the backbone's .weights.h5)",
+                f"{self.weights} is not a Keras weights file (imagenet, null, or a path to the backbone's .weights.h5)",
             )
+            schema.require(Path(self.weights).is_file(), "model.weights", f"no file {self.weights}")
 
     def weights_file(self) -> Optional[Path]:
         """A given weights file; None for none, and for `imagenet` through Keras's own download."""

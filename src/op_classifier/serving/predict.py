@@ -265,6 +265,8 @@ def _loaded(keras_file: Path, classes: Sequence[str], source: str) -> Classifier
 
     try:
         model = load_model(keras_file)
+    except DataError:  # not a whole model file: load_model's line says so
+        raise
     except Exception as error:  # a corrupt or foreign file raises many types; all mean "cannot use it"
         raise DataError(f"{keras_file}: cannot load the model ({first_line(error)})") from None
     _, height, width, channels = model.input_shape

@@ -109,6 +109,13 @@ def run(cfg: Config) -> dict:
     classes = manifest["classes"]
     model = load_model(model_dir / "model.keras")
     metrics, splits, probs = evaluate(model, prepared, classes)
+    for split, scores in probs.items():  # a broken model is never scored, registered or served
+        if not np.isfinite(scores).all():
+            bad = int((~np.isfinite(scores).all(axis=1)).sum())
+            raise DataError(
+                f"{model_dir / 'model.keras'} answers NaN or infinity for {bad} {split} image(s): it is broken "
+                "(train it again); nothing is written or registered"
+            )
     test, test_probs = splits["test"], probs["test"]
     metrics_path, predictions = Path(cfg.paths.metrics), Path(cfg.paths.predictions)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)

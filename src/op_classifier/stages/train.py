@@ -26,7 +26,7 @@ from op_classifier.runner import stage_main
 from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, git_commit, make_tracker, run_name
 from op_classifier.training import distributed, features, hparams, recipe, state
 from op_classifier.training.backend import set_random_seed
-from op_classifier.training.callbacks import AtomicBackup, HistoryLog
+from op_classifier.training.callbacks import AtomicBackup, HistoryLog, StopOnNonFinite
 from op_classifier.training.distributed import SINGLE, Cluster
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
@@ -99,6 +99,7 @@ def callbacks(
     # First: an epoch is in the history before its backup exists, so no resume can lose a row.
     history = [HistoryLog(checkpoints / HISTORY_FILE, Path(cfg.paths.history))] if cluster.chief else []
     return [
+        StopOnNonFinite(),  # first: a NaN epoch reaches neither the history nor the backup
         *history,
         # Every process restores the backup (their variables change together), only the chief writes it.
         AtomicBackup(str(checkpoints / backup), writes=cluster.chief),

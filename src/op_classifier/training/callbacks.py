@@ -1,9 +1,12 @@
-"""The final training's own callbacks: a backup a kill cannot corrupt, and the whole history across resumes."""
+"""The final training's own callbacks: a stop at the first non-finite number, a backup a kill or a full disk
+cannot corrupt, and the whole history across resumes."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -12,7 +15,30 @@ from typing import Any
 
 import keras
 
+from op_classifier.errors import OpClassifierError
 from op_classifier.training import distributed
+
+
+class Diverged(OpClassifierError):
+    """The training's loss or a metric is no longer a finite number: nothing after it is worth keeping."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Ends the training at the first epoch whose loss or metric is NaN or infinite, before anything of that
+    epoch is kept: placed first, it runs before the history, the backup and the early stopping see it."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        bad = {name: float(value) for name, value in (logs or {}).items() if not math.isfinite(float(value))}
+        if bad:
+            shown = ", ".join(f"{name} {value}" for name, value in list(bad.items())[:3])
+            raise Diverged(
+                f"epoch {epoch + 1}: {shown}: the training diverged (a learning rate too high?) and stopped; "
+                "no model of it is kept"
+            )
+
+
+class DiskFull(OpClassifierError):
+    """A file cannot be written for want of space."""
 
 
 class AtomicBackup(keras.callbacks.BackupAndRestore):
@@ -33,8 +59,13 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
         folder = Path(self.backup_dir)
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / "partial.weights.h5"  # save_weights insists on the .weights.h5 suffix
-        with distributed.unsharded():  # saving makes Keras variables: the other processes must not wait on them
-            self.model.save_weights(str(partial), overwrite=True)
+        _check_space(folder, _state_bytes(self.model), partial)
+        try:
+            with distributed.unsharded():  # saving makes Keras variables: the other processes must not wait on them
+                self.model.save_weights(str(partial), overwrite=True)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise DiskFull(f"cannot write the checkpoint {partial} ({error.strerror or error})") from None
         meta = folder / "partial.json"
         meta.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}), encoding="utf-8")
         # Weights before metadata: a kill between them re-runs one epoch from later weights, never breaks.
@@ -53,6 +84,26 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
             if self.writes:
                 shutil.rmtree(self.backup_dir, ignore_errors=True)
             self.model._initial_epoch = 0
+
+
+def _state_bytes(model: keras.Model) -> int:
+    """What a backup holds: the model's variables and the optimizer's, at 4 bytes a number (float32, the
+    widest kept; the optimizer's integer step counters are single numbers)."""
+    optimizer = getattr(model, "optimizer", None)
+    variables = [*model.weights, *(optimizer.variables if optimizer is not None else [])]
+    return sum(4 * math.prod(variable.shape) for variable in variables)
+
+
+def _check_space(folder: Path, needed: int, what: Path) -> None:
+    """Refuse a write the disk cannot take before it starts: HDF5 left alone on a full disk ends the
+    process with a segmentation fault after its write fails, and a half-written file."""
+    margin = needed // 10 + (1 << 20)  # the file's own structure, and room for what else this epoch writes
+    free = shutil.disk_usage(folder).free
+    if free < needed + margin:
+        raise DiskFull(
+            f"cannot write the checkpoint {what}: {free / 2**20:.1f} MiB free on its disk, it needs "
+            f"{(needed + margin) / 2**20:.1f} MiB ({os.strerror(errno.ENOSPC)}); the last checkpoint is kept"
+        )
 
 
 class HistoryLog(keras.callbacks.Callback):
