@@ -37,6 +37,7 @@ from op_classifier.tracking.store import (
     end_active_run,
     experiment,
     first_use_lock,
+    open_from,
     same_params,
     set_uri_keeping_env,
     store_call,
@@ -140,9 +141,12 @@ class MlflowTracker:
         except BaseException as error:
             interrupted = isinstance(error, KeyboardInterrupt)
             why = "interrupted (Ctrl-C, or the process that started it is gone)" if interrupted else "failed"
-            with contextlib.suppress(Exception):  # a lost store keeps the run RUNNING: a later run continues it
-                mlflow.set_tags({CLOSED_TAG: why, **({} if interrupted else {RESUMABLE_TAG: "false"})})
-            end_active_run("KILLED" if interrupted else "FAILED")
+            # This run and those still open inside it (a tuner trial the interrupt cut short), innermost first;
+            # none once an outer run's ending closed it (the trial's own context, closed at exit).
+            for _ in range(open_from(active.info.run_id)):
+                with contextlib.suppress(Exception):  # a lost store keeps the run RUNNING: a later run continues it
+                    mlflow.set_tags({CLOSED_TAG: why, **({} if interrupted else {RESUMABLE_TAG: "false"})})
+                end_active_run("KILLED" if interrupted else "FAILED")
             raise
         store_call(mlflow.end_run)
 

@@ -108,6 +108,14 @@ def end_active_run(status: str) -> None:
             mlflow.tracking.fluent._active_run_stack.get().pop()
 
 
+def open_from(run_id: str) -> int:
+    """How many of this process's active runs are run_id and the runs opened inside it; 0 if it is not active."""
+    import mlflow
+
+    stack = [run.info.run_id for run in mlflow.tracking.fluent._active_run_stack.get()]
+    return len(stack) - stack.index(run_id) if run_id in stack else 0
+
+
 def same_params(run_id: str, params: Mapping[str, Any]) -> bool:
     """Whether every param the run already logged equals the new value (as MLflow stores it, text)."""
     import mlflow
