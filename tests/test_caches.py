@@ -43,8 +43,8 @@ def lite0(project: Path):  # keras stays out of the module's imports: no return 
     return get("efficientnet_lite").build(4, 32, seed=0, resize=32)
 
 
-def _entry(cache: Path) -> Path:
-    (entry,) = (cache / "features").glob("*.npz")
+def _entry(cache: Path, split: str = "train") -> Path:
+    (entry,) = (cache / "features").glob(f"*-{split}.npz")
     return entry
 
 
@@ -82,7 +82,7 @@ def test_features_follow_the_pixels_not_the_file_list(project: Path, cache: Path
         images.flush()
         assert data_hash(prepared) != before
         again, _ = features.compute_all(lite0, prepared, 8)
-        assert len(list((cache / "features").glob("*.npz"))) == 2
+        assert len(list((cache / "features").glob("*-train.npz"))) == 2
         np.testing.assert_array_equal(again.x, np.repeat(again.x[:1], len(again.x), axis=0))  # all black
         assert not np.allclose(again.x, first.x)
     finally:
@@ -99,27 +99,27 @@ def _rewrite(entry: Path, change) -> None:  # change: a function of the arrays, 
 
 
 def _shuffled(arrays: dict) -> None:
-    arrays["train_x"] = arrays["train_x"][::-1].copy()
+    arrays["x"] = arrays["x"][::-1].copy()
 
 
 def _nan(arrays: dict) -> None:
-    arrays["val_x"][0, 0] = np.nan
+    arrays["x"][0, 0] = np.nan
 
 
 def _random_backbone(arrays: dict) -> None:
-    arrays["train_x"] = np.random.default_rng(0).random(arrays["train_x"].shape, dtype="float32")
+    arrays["x"] = np.random.default_rng(0).random(arrays["x"].shape, dtype="float32")
 
 
 def _short(arrays: dict) -> None:
-    arrays["train_x"], arrays["train_y"] = arrays["train_x"][:-1], arrays["train_y"][:-1]
+    arrays["x"], arrays["y"] = arrays["x"][:-1], arrays["y"][:-1]
 
 
 def _narrow(arrays: dict) -> None:
-    arrays["val_x"] = arrays["val_x"][:, :-1].copy()
+    arrays["x"] = arrays["x"][:, :-1].copy()
 
 
 def _relabelled(arrays: dict) -> None:
-    arrays["train_y"] = arrays["train_y"][::-1].copy()
+    arrays["y"] = np.roll(arrays["y"], 1, axis=1)
 
 
 def _truncate(entry: Path) -> None:
@@ -140,20 +140,20 @@ def _folder(entry: Path) -> None:
 def _object_array(entry: Path) -> None:
     with np.load(entry) as kept:
         arrays = {name: kept[name] for name in kept.files}
-    arrays["train_x"] = np.array([object()] * 3, dtype=object)
+    arrays["x"] = np.array([object()] * 3, dtype=object)
     np.savez(entry, **arrays)
 
 
 def _missing_key(entry: Path) -> None:
     with np.load(entry) as kept:
-        arrays = {name: kept[name] for name in kept.files if name != "val_y"}
+        arrays = {name: kept[name] for name in kept.files if name != "y"}
     np.savez(entry, **arrays)
 
 
 def _unsigned_change(entry: Path) -> None:
     with np.load(entry) as kept:
         arrays = {name: np.array(kept[name]) for name in kept.files}
-    arrays["train_x"] = arrays["train_x"][::-1].copy()
+    arrays["x"] = arrays["x"][::-1].copy()
     np.savez(entry, **arrays)
 
 
@@ -162,7 +162,7 @@ DAMAGE = {  # case 16: damaged; case 5: forged by someone with write access, dig
     "a flipped bit": (_flip_a_bit, "discarding"),
     "a folder in its place": (_folder, "not kept in the cache"),
     "an object array": (_object_array, "discarding"),
-    "a missing array": (_missing_key, "no array 'val_y'"),
+    "a missing array": (_missing_key, "no array 'y'"),
     "rows changed, digest not": (_unsigned_change, "does not match its digest"),
     "rows shuffled, re-signed": (lambda e: _rewrite(e, _shuffled), "not this backbone's"),
     "another backbone's features": (lambda e: _rewrite(e, _random_backbone), "not this backbone's"),
@@ -175,22 +175,21 @@ DAMAGE = {  # case 16: damaged; case 5: forged by someone with write access, dig
 
 @pytest.fixture(scope="module")
 def pristine(project: Path, lite0, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple]:
-    """A whole entry of the tiny project's features, made once, and the features in it."""
+    """The whole entries of the tiny project's train and val features, made once, and the features in them."""
     folder = tmp_path_factory.mktemp("pristine")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(features.CACHE_ENV, str(folder))
         made = features.compute_all(lite0, project / "data/prepared", 8)
-    return _entry(folder), made
+    return folder, made
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
 def test_a_damaged_or_forged_entry_is_discarded_with_a_note_and_computed_again(
     damage: str, project: Path, cache: Path, lite0, pristine, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    whole, made = pristine
-    entry = cache / "features" / whole.name
-    entry.parent.mkdir(parents=True)
-    shutil.copy(whole, entry)
+    kept, made = pristine
+    shutil.copytree(kept / "features", cache / "features")
+    whole, entry = _entry(kept), _entry(cache)
     spoil, said = DAMAGE[damage]
     spoil(entry)
     again = features.compute_all(lite0, project / "data/prepared", 8)
@@ -204,9 +203,8 @@ def test_a_damaged_or_forged_entry_is_discarded_with_a_note_and_computed_again(
 def test_a_whole_entry_is_read_in_silence_and_computes_nothing(
     project: Path, cache: Path, lite0, pristine, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
-    whole, made = pristine
-    (cache / "features").mkdir(parents=True)
-    shutil.copy(whole, cache / "features" / whole.name)
+    kept, made = pristine
+    shutil.copytree(kept / "features", cache / "features")
     monkeypatch.setattr(features, "compute", lambda *args: pytest.fail("computed again"))
     for read, kept in zip(features.compute_all(lite0, project / "data/prepared", 8), made):
         np.testing.assert_array_equal(read.x, kept.x)

@@ -14,6 +14,7 @@ import os
 import sys
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,32 +69,36 @@ def compute(net: keras.Model, prepared: Path, split: str, batch_size: int) -> Fe
 
 
 def compute_all(model: keras.Model, prepared: Path, batch_size: int) -> tuple[Features, Features]:
-    """The train and val splits' features: a pass through the backbone each, or none when this backbone
-    (its layers and weights) already saw these pixels (the search's features serve the training)."""
+    """The train and val splits' features (the head's phase and the search train on them)."""
+    found = of_splits(model, prepared, batch_size, ("train", "val"))
+    return found["train"], found["val"]
+
+
+def of_splits(model: keras.Model, prepared: Path, batch_size: int, splits: Sequence[str]) -> dict[str, Features]:
+    """Each split's features: a pass through the backbone, or none when this backbone (its layers and
+    weights) already saw these pixels (the search's features serve the training and the audit)."""
     net = extractor(model)
-    path = cache_dir() / "features" / f"{cache_key(net, prepared, batch_size)}.npz"
-    kept = _read(path, net, prepared)
-    if kept is not None:
-        return kept
-    out = []
-    with progress.bar(2, "features", unit="split") as bar:
-        for split in SPLITS:
+    key = cache_key(net, prepared, batch_size)
+    found = {split: _read(cache_dir() / "features" / f"{key}-{split}.npz", net, prepared, split) for split in splits}
+    missing = [split for split, kept in found.items() if kept is None]
+    keeps = True  # a cache that took no entry is said once, not once a split
+    with progress.bar(len(missing), "features", unit="split", shown=bool(missing)) as bar:
+        for split in missing:
             bar.set_postfix_str(split)
-            out.append(compute(net, prepared, split, batch_size))
+            found[split] = compute(net, prepared, split, batch_size)
+            keeps = keeps and _write(cache_dir() / "features" / f"{key}-{split}.npz", found[split])
             bar.update()
-    _write(path, out[0], out[1])
-    return out[0], out[1]
+    return found
 
 
 # One entry is a few MB a thousand images (1280 floats an image); a user trying many datasets or
-# backbones would otherwise fill the disk, one entry per (data, backbone) pair, silently.
+# backbones would otherwise fill the disk, one entry per (data, backbone, split), silently.
 CACHE_BYTES = 2 * 1024**3
 CACHE_ENV = "OP_CLASSIFIER_CACHE"  # where features are kept (default: ~/.cache/op-classifier)
 PARTIAL = ".partial.npz"
-SPLITS = ("train", "val")
-ARRAYS = tuple(f"{split}_{part}" for split in SPLITS for part in ("x", "y"))
+ARRAYS = ("x", "y")  # an entry: one split's features and labels
 DIGEST = "sha256"  # the entry's arrays' digest, stored in the entry: damage is found before use
-SPOT_ROWS = 4  # rows of each split computed again on every read: an entry must match the backbone's answers
+SPOT_ROWS = 4  # rows computed again on every read: an entry must match the backbone's answers
 SPOT_TOLERANCE = 1e-3  # of the largest feature: one image's features in another batch differ by < 1e-5 (measured)
 
 
@@ -108,13 +113,12 @@ class _Damaged(Exception):
     """A cache entry that cannot be used as it is."""
 
 
-def _read(path: Path, net: keras.Model, prepared: Path) -> tuple[Features, Features] | None:
+def _read(path: Path, net: keras.Model, prepared: Path, split: str) -> Features | None:
     """A kept entry once it proved whole and true to this backbone and data; None (with a note) otherwise."""
     if not path.is_file():
         return None
     try:
-        arrays = _load(path)
-        found = tuple(_verified(arrays, net, prepared, split) for split in SPLITS)
+        found = _verified(_load(path), net, prepared, split)
     except _Damaged as damage:
         _note(f"discarding the feature cache entry {path} ({damage}): computing the features again")
         with contextlib.suppress(OSError):
@@ -122,29 +126,29 @@ def _read(path: Path, net: keras.Model, prepared: Path) -> tuple[Features, Featu
         return None
     with contextlib.suppress(OSError):  # a read-only cache is read all the same
         os.utime(path)  # used now: the last to be pruned
-    return found[0], found[1]
+    return found
 
 
 def _verified(arrays: dict[str, np.ndarray], net: keras.Model, prepared: Path, split: str) -> Features:
-    """One split of a whole entry, checked: shaped as this data, its labels, finite, and equal to what the
-    backbone computes for a few of its rows drawn at random (rows shuffled or replaced are caught)."""
+    """A whole entry, checked: shaped as this split, its labels, finite, and equal to what the backbone
+    computes for a few of its rows drawn at random (rows shuffled or replaced are caught)."""
     labels = load_labels(prepared, split)
-    x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+    x, y = arrays["x"], arrays["y"]
     width = net.output.shape[-1]
     if x.dtype != np.float32 or x.shape != (len(labels), width):
         raise _Damaged(
-            f"{split} features of shape {x.shape} {x.dtype}, the data needs ({len(labels)}, {width}) float32"
+            f"features of shape {x.shape} {x.dtype}, the {split} split needs ({len(labels)}, {width}) float32"
         )
     if not np.array_equal(y, labels):
-        raise _Damaged(f"its {split} labels are not the prepared data's")
+        raise _Damaged(f"its labels are not the prepared {split} split's")
     if not np.isfinite(x).all():
-        raise _Damaged(f"its {split} features are not all finite")
+        raise _Damaged("its features are not all finite")
     rows = np.sort(np.random.default_rng().choice(len(labels), min(SPOT_ROWS, len(labels)), replace=False))
     images = RowFile(prepared / split / "images.npy").read(rows)
     fresh = np.asarray(net.predict(images, verbose=0), dtype="float32")
     scale = max(1.0, float(np.abs(fresh).max()))
     if not np.allclose(x[rows], fresh, rtol=0, atol=SPOT_TOLERANCE * scale):
-        raise _Damaged(f"its {split} features are not this backbone's for these images")
+        raise _Damaged(f"its features are not this backbone's for these {split} images")
     return Features(x, labels)
 
 
@@ -172,9 +176,9 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _write(path: Path, train: Features, val: Features) -> None:
-    """Keep the entry, whole or not at all; a cache that cannot take it is a note, never a failure."""
-    arrays = {"train_x": train.x, "train_y": train.y, "val_x": val.x, "val_y": val.y}
+def _write(path: Path, features: Features) -> bool:
+    """Keep the entry, whole or not at all; a cache that cannot take it is a note, never a failure. Whether kept."""
+    arrays = {"x": features.x, "y": features.y}
     partial = path.with_suffix(f".{os.getpid()}{PARTIAL}")  # a killed write leaves no entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +189,8 @@ def _write(path: Path, train: Features, val: Features) -> None:
         with contextlib.suppress(OSError):
             partial.unlink()
         _note(f"the features are not kept in the cache {path.parent} ({first_line(error, 120)})")
+        return False
+    return True
 
 
 def _note(text: str) -> None:
