@@ -7,22 +7,11 @@ import os
 from pathlib import Path
 
 from op_classifier.errors import ConfigError, OpClassifierError
+from op_classifier.pages import shown  # noqa: F401  (predict's import: names shown on one line)
 
 
 class WriteError(OpClassifierError):
     """An output file cannot be written (a full disk, no permission); nothing of it is left."""
-
-
-def shown(text: str) -> str:
-    """text as it may be printed on one line: a byte that is no UTF-8 as \\xff, a control character as Python
-    writes it in a string (\\n, \\x1b); anything printable as it is."""
-    if text.isprintable():
-        return text
-    try:  # a file name's bytes that are no UTF-8 come as lone surrogates (os.fsdecode): show the bytes
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # surrogates of another origin: escaped below like any control character
-        pass
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def check_target(path: Path, option: str) -> None:

@@ -8,10 +8,6 @@ HTML-escaped.
 
 from __future__ import annotations
 
-import base64
-import colorsys
-import html
-import io
 import os
 import time
 import warnings
@@ -21,7 +17,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageOps
 
 from op_classifier.data.images import to_rgb
-from op_classifier.serving.output import shown
+from op_classifier.pages import class_colours, ink, jpeg_base64, page_text
 
 if TYPE_CHECKING:  # predict imports this module: the type only, no import cycle at run time
     from op_classifier.serving.predict import Result
@@ -33,8 +29,6 @@ def percent(fraction: float) -> str:
 
 
 THUMB_SIDE = 360  # px: sharp on a 2x screen at the cards' width
-# Tableau 10: distinct, colour-blind friendlier than the defaults, pleasant on white.
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac")
 
 
 def report_page(source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> str:
@@ -49,28 +43,11 @@ def report_page(source: str, threshold: float, classes: Sequence[str], results: 
 
 def _text(value: str) -> str:
     """A name as page text: shown as predict prints it, then HTML-escaped."""
-    return html.escape(shown(value))
-
-
-def class_colours(classes: Sequence[str]) -> list[str]:
-    """One fixed colour per class, by its position in the model's output."""
-    return [PALETTE[i] if i < len(PALETTE) else _extra_colour(i) for i in range(len(classes))]
-
-
-def _extra_colour(index: int) -> str:
-    # Golden-angle hue steps keep any number of further classes apart.
-    red, green, blue = colorsys.hls_to_rgb((index * 0.381966) % 1.0, 0.55, 0.55)
-    return f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
-
-
-def _ink(colour: str) -> str:
-    """Dark or white text, whichever reads better on the colour."""
-    red, green, blue = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
-    return "#1f2328" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.62 else "#ffffff"
+    return page_text(value)
 
 
 def _class_css(classes: Sequence[str]) -> str:
-    return "".join(f".c{i}{{--c:{colour};--ink:{_ink(colour)}}}\n" for i, colour in enumerate(class_colours(classes)))
+    return "".join(f".c{i}{{--c:{colour};--ink:{ink(colour)}}}\n" for i, colour in enumerate(class_colours(classes)))
 
 
 def _header(source: str, threshold: float, classes: Sequence[str], results: Sequence[Result]) -> str:
@@ -151,12 +128,9 @@ def _thumbnail(path: str) -> str | None:
                 image.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
                 image.load()
                 rgb = to_rgb(ImageOps.exif_transpose(image))
-        rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        rgb.save(buffer, "JPEG", quality=82, optimize=True)
+        return jpeg_base64(rgb, THUMB_SIDE, quality=82)
     except Exception:  # a preview is a nicety: the card still shows the probabilities
         return None
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 _PAGE = """<!doctype html>
