@@ -20,6 +20,7 @@ import pytest
 
 from op_classifier import models
 from op_classifier.config import Config, ConfigError, to_yaml
+from op_classifier.data.prepared import load_labels
 from op_classifier.errors import DataError
 from op_classifier.metric_names import metric_names
 from op_classifier.models.common import metrics
@@ -114,6 +115,13 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
         f"figures/{name}.png"
         for name in ("learning_curves", "confusion_matrix", "per_class_scores", "worst_val_images")
     }
+    # The error gallery (issue 36): a DVC output, in the summary, logged beside the metrics; every val and
+    # test image once (no cell of the tiny split reaches the cap).
+    evaluation = {a.path for a in mlflow_client(project).list_artifacts(evaluated.info.run_id, "evaluation")}
+    assert "evaluation/gallery.html" in evaluation and result["gallery"] == cfg.paths.gallery
+    page = Path(cfg.paths.gallery).read_text(encoding="utf-8")
+    images = sum(len(load_labels(Path(cfg.paths.prepared), split)) for split in ("val", "test"))
+    assert page.count("<img ") == images and 'id="split-val"' in page and 'id="split-test"' in page
     # The runs table tells runs apart by name: the model and its main settings (DVC_EXP_NAME unset here).
     assert training.info.run_name == f"train model=resnet image_size=32 tuner=random epochs=2 seed={cfg.seed}"
     assert parent.info.run_name == "tune model=resnet tuner=random max_trials=2 image_size=32"

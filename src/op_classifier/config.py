@@ -60,6 +60,7 @@ class PathsConfig:
     metrics: str = MISSING
     confusion: str = MISSING
     predictions: str = MISSING
+    gallery: str = MISSING
     export: str = MISSING
     repeats: str = MISSING
 

@@ -19,6 +19,7 @@ from op_classifier.config import Config, ConfigError
 from op_classifier.data.prepared import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label, top1
 from op_classifier.data.stream import image_stream
 from op_classifier.errors import DataError
+from op_classifier.gallery import read_findings, write_gallery
 from op_classifier.models.common import load_model
 from op_classifier.runner import stage_main
 from op_classifier.tracking import PREDICTIONS_ARTIFACT, flatten, make_tracker
@@ -123,6 +124,15 @@ def run(cfg: Config) -> dict:
     write_confusion(Path(cfg.paths.confusion), test.labels, test_probs, classes)
     scored = {name: (splits[name].labels, probs[name]) for name in ("val", "test")}
     write_predictions(predictions, classes, manifest["files"], scored)
+    gallery = write_gallery(
+        Path(cfg.paths.gallery),
+        classes,
+        splits,
+        probs,
+        manifest["files"],
+        read_findings(audit_issues(cfg)),
+        f"model {model_dir}" + (f", training run {record['run_id']}" if record.get("run_id") else ""),
+    )
     flat = flatten(metrics)
     score = _champion_score(flat, cfg.tracking.champion_metric)  # before tracking: a typo fails first
     tracker = make_tracker(cfg.tracking)
@@ -134,7 +144,7 @@ def run(cfg: Config) -> dict:
         tracker.log_metrics(flat)
         if training:
             tracker.log_to(training, {name: metrics[name] for name in ("val_accuracy", "test_accuracy")})
-        for path in (metrics_path, Path(cfg.paths.confusion)):
+        for path in (metrics_path, Path(cfg.paths.confusion), gallery):  # the gallery opens in MLflow's viewer
             tracker.log_artifact(path, "evaluation")
         with tempfile.TemporaryDirectory() as tmp:
             kept = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name  # the name compare looks for, whatever the path
@@ -159,9 +169,19 @@ def run(cfg: Config) -> dict:
         "val_accuracy": metrics["val_accuracy"],
         "test_accuracy": metrics["test_accuracy"],
         "scenes": metrics["scenes"],
+        "gallery": str(gallery),
         **registry,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def audit_issues(cfg: Config) -> Path | None:
+    """The audit's issues.csv where the config names the audit's folder (paths.audit), else None.
+
+    Read when it is there, never a dependency: the audit runs beside training, and a gallery without its
+    findings is still a gallery."""
+    folder = getattr(cfg.paths, "audit", None)
+    return Path(folder) / "issues.csv" if folder else None
 
 
 def model_scores(flat: dict[str, Any]) -> dict[str, float]:
