@@ -176,12 +176,12 @@ def run(cfg: Config) -> dict:
 
 
 def audit_issues(cfg: Config) -> Path | None:
-    """The audit's issues.csv where the config names the audit's folder (paths.audit), else None.
+    """The audit's issues.csv where the config names it (paths.audit_issues), else None.
 
     Read when it is there, never a dependency: the audit runs beside training, and a gallery without its
     findings is still a gallery."""
-    folder = getattr(cfg.paths, "audit", None)
-    return Path(folder) / "issues.csv" if folder else None
+    named = getattr(cfg.paths, "audit_issues", None)  # the audit stage's key: a config without it has none
+    return Path(named) if named else None
 
 
 def model_scores(flat: dict[str, Any]) -> dict[str, float]:
