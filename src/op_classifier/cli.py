@@ -10,7 +10,7 @@ from pathlib import Path
 
 from op_classifier import choices, config, defaults, quiet
 from op_classifier.errors import ConfigError, OpClassifierError
-from op_classifier.runner import guarded, report
+from op_classifier.runner import guarded, report, stop_with_parent
 
 # Stage name -> module with `run(cfg) -> dict`; imported only when asked for (TensorFlow is slow).
 STAGES = {
@@ -396,6 +396,16 @@ def _version(text: str) -> str:
     return str(_count(text))
 
 
+def _stop_with_repeat() -> None:
+    """A stage `repeat` started stops once repeat is gone, as a DVC stage does with `dvc repro`."""
+    import os
+
+    from op_classifier.repeat import STAGE_ENV
+
+    if os.environ.get(STAGE_ENV) == "1":
+        stop_with_parent()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command line and run the command."""
     args = build_parser().parse_args(argv)
@@ -426,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "weights":
         code = guarded(lambda: _weights(args))
     else:
+        _stop_with_repeat()
         workers, processes = getattr(args, "workers", None), getattr(args, "processes", 1)
         code = guarded(lambda: _stage(args.command, args.overrides, workers, processes, args.verbose))
     sys.exit(code)

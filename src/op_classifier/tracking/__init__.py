@@ -245,6 +245,13 @@ def open_store(cfg: TrackingConfig | None = None) -> ModelStore:
     return MlflowModelStore(tracking_uri(cfg) if cfg is not None else _ENV_URI or default_store())
 
 
+def close_if_running(uri: str, run_id: str, why: str) -> bool:
+    """End a run of the store at uri KILLED, saying why, if it is still RUNNING (its process was killed)."""
+    from op_classifier.tracking.store import close_if_running as close  # MLflow loads only when it is used
+
+    return close(uri, run_id, why)
+
+
 def make_tracker(cfg: TrackingConfig) -> Tracker:
     """The tracker `tracking.kind` names: mlflow, or none (records nothing)."""
     if cfg.kind != "mlflow":

@@ -135,6 +135,20 @@ def close_orphans(parent_id: str, where: str = "") -> None:
         client.set_terminated(orphan.info.run_id, status="KILLED")
 
 
+def close_if_running(uri: str, run_id: str, why: str) -> bool:
+    """End a run KILLED with why as its closing tag, if it is still RUNNING; whether it was."""
+    import mlflow
+
+    client_env()
+    set_uri_keeping_env(uri)
+    client = mlflow.MlflowClient()
+    if store_call(lambda: client.get_run(run_id)).info.status != "RUNNING":
+        return False
+    store_call(lambda: client.set_tag(run_id, CLOSED_TAG, why))
+    store_call(lambda: client.set_terminated(run_id, status="KILLED"))
+    return True
+
+
 def experiment(client: Any, name: str, artifact_location: str | None) -> tuple[str, dict[str, str]]:
     """The id and tags of the experiment called name, created if missing, also when others create it at once.
 
