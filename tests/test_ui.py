@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -170,6 +173,140 @@ def test_the_compare_page_shows_the_two_runs_of_the_walk_through(project: Path, 
     )
     assert "train.learning_rate" in text and str(float(SECOND_RATE)) in text
     assert "val_accuracy" in text and "Comparing 2" in text
+
+
+def test_the_evaluate_runs_error_gallery_opens_a_confusion_cells_images(project: Path, ui: str, tmp_path: Path) -> None:
+    """Issue 36: the gallery evaluate logged, in MLflow's own artifact viewer (a sandboxed iframe), clicked as a
+    person clicks: a confusion cell whose images were hidden shows every one of them."""
+    base, experiment = _experiment(ui)
+    client = _client(project)
+    (evaluated, *_) = client.search_runs(
+        [experiment], "tags.stage = 'evaluate'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    assert "evaluation/gallery.html" in {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluation")}
+    url = f"{base}/#/experiments/{experiment}/runs/{evaluated.info.run_id}/artifacts/evaluation/gallery.html"
+    seen = _click_a_cell(url, Path(SHOTS or tmp_path) / "mlflow-gallery.png")
+    cell, before, after = seen["cell"], seen["before"], seen["after"]
+    assert cell["count"] > 0 and before == {"checked": False, "images": 0}
+    assert after == {"checked": True, "images": min(cell["count"], 200)}, seen
+
+
+# Chrome's DevTools protocol, to click inside MLflow's artifact viewer: its iframe is sandboxed (scripts, no
+# same origin) and runs out of process, so only a session attached to that frame can see the gallery.
+PICK = """(() => {
+  const labels = [...document.querySelectorAll('table.matrix label')];
+  const hidden = labels.filter(l => !document.getElementById(l.htmlFor.replace(/^p-/, 'cell-')).checkVisibility());
+  const cell = hidden.find(l => l.parentElement.classList.contains('miss')) || hidden[0];
+  if (!cell) return null;
+  cell.scrollIntoView({block: 'center'});
+  const r = cell.getBoundingClientRect();
+  return {radio: cell.htmlFor, count: Number(cell.textContent), x: r.x + r.width / 2, y: r.y + r.height / 2};
+})()"""
+SEEN = """((radio) => {
+  const panel = document.getElementById(radio.replace(/^p-/, 'cell-'));
+  const shown = [...panel.querySelectorAll('img')].filter(i => i.checkVisibility() && i.naturalWidth > 0);
+  return {checked: document.getElementById(radio).checked, images: shown.length};
+})"""
+FRAME = "(() => { const r = document.querySelector('iframe.mlflow-html-iframe').getBoundingClientRect(); return {x: r.x, y: r.y}; })()"
+
+
+class _DevTools:
+    """One page's DevTools socket: commands to the page or to a frame's session, the frames' script contexts."""
+
+    def __init__(self, socket: Any) -> None:
+        self.socket, self.last, self.contexts = socket, 0, []  # contexts: (session or None, context id)
+
+    async def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.last += 1
+        message = {"id": self.last, "method": method, "params": params or {}}
+        await self.socket.send_json({**message, "sessionId": session} if session else message)
+        while True:
+            reply = json.loads((await self.socket.receive(timeout=60)).data)
+            if reply.get("id") == self.last:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            await self._event(reply)
+
+    async def _event(self, event: dict) -> None:
+        params = event.get("params", {})
+        if event.get("method") == "Runtime.executionContextCreated":
+            self.contexts.append((event.get("sessionId"), params["context"]["id"]))
+        elif event.get("method") == "Target.attachedToTarget":  # a frame in its own process: hear its contexts
+            for method in ("Runtime.enable", "Runtime.runIfWaitingForDebugger"):
+                await self.socket.send_json({"id": 0, "method": method, "params": {}, "sessionId": params["sessionId"]})
+
+    async def evaluate(self, expression: str, session: str | None = None, context: int | None = None) -> Any:
+        params = {"expression": expression, "returnByValue": True, **({"contextId": context} if context else {})}
+        try:
+            return (await self.send("Runtime.evaluate", params, session)).get("result", {}).get("value")
+        except RuntimeError:  # a context gone with its frame
+            return None
+
+    async def gallery(self) -> tuple[str | None, int]:
+        """The session and context of the frame whose page holds the gallery's matrix, once rendered."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for session, context in list(self.contexts):
+                if await self.evaluate("!!document.querySelector('table.matrix label')", session, context):
+                    return session, context
+            await asyncio.sleep(0.5)
+            await self.send("Runtime.evaluate", {"expression": "1"})  # lets the frames' events arrive
+        raise AssertionError("the gallery never showed in MLflow's artifact viewer")
+
+
+async def _click_through(port: int, url: str, shot: Path) -> dict:
+    import aiohttp  # DVC's HTTP client, installed with it: a websocket client
+
+    async with aiohttp.ClientSession() as http:
+        targets = await (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
+        address = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        async with http.ws_connect(address, max_msg_size=0) as socket:
+            page = _DevTools(socket)
+            await page.send(
+                "Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False, "flatten": True}
+            )
+            await page.send("Runtime.enable")
+            await page.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": 1600, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            )
+            await page.send("Page.navigate", {"url": url})
+            session, context = await page.gallery()
+            cell = await page.evaluate(PICK, session, context)
+            assert cell, "the gallery's matrix has no cell to open"
+            before = await page.evaluate(f"{SEEN}({json.dumps(cell['radio'])})", session, context)
+            frame = await page.evaluate(FRAME)
+            where = {"x": frame["x"] + cell["x"], "y": frame["y"] + cell["y"], "button": "left", "clickCount": 1}
+            for kind in ("mouseMoved", "mousePressed", "mouseReleased"):  # a click at the cell, as a mouse makes it
+                await page.send("Input.dispatchMouseEvent", {"type": kind, **where})
+            await asyncio.sleep(1)
+            after = await page.evaluate(f"{SEEN}({json.dumps(cell['radio'])})", session, context)
+            shot.write_bytes(base64.b64decode((await page.send("Page.captureScreenshot", {"format": "png"}))["data"]))
+            return {"cell": cell, "before": before, "after": after}
+
+
+def _click_a_cell(url: str, shot: Path) -> dict:
+    """In a fresh headless Chromium: open url, click a confusion cell whose images are hidden; what it saw."""
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        browser = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}"]
+            + ["--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            said = (re.search(r"ws://127.0.0.1:(\d+)/", line) for line in browser.stderr)
+            port = next((int(found.group(1)) for found in said if found), None)
+            assert port, "chromium printed no DevTools address"
+            return asyncio.run(_click_through(port, url, shot))
+        finally:
+            os.killpg(browser.pid, signal.SIGKILL)
+            browser.wait()
 
 
 # Issue 35, case 6: the first-visit script goes into the UI's own page, never into what a run logged.

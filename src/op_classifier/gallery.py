@@ -286,8 +286,8 @@ _PAGE = """<!doctype html>
 {css}</style>
 </head>
 <body>
-<header><h1>Error gallery</h1><p class="meta">{meta}</p>
-<p class="meta">Pick a cell of a confusion matrix to see its images; misclassified cells are red.</p></header>
+<header><h1>Error gallery</h1><p class="meta">{meta} &middot; pick a cell of a confusion matrix to see its images;
+misclassified cells are red</p></header>
 {sections}
 </body>
 </html>
@@ -306,28 +306,28 @@ _SECTION = """<section class="split" id="split-{key}">
 _CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:#f4f5f7;color:#1f2328;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif}
-header{background:#fff;border-bottom:1px solid #e3e5e8;padding:18px 24px 12px}
+header{background:#fff;border-bottom:1px solid #e3e5e8;padding:14px 24px 10px}
 h1{margin:0;font-size:22px;font-weight:650}
 h2{margin:0;font-size:18px}
 h3{margin:0 0 10px;font-size:14px;font-weight:500}
 h3 small{color:#59636e;font-weight:400}
 .meta{margin:4px 0 0;color:#59636e}
-.split{padding:18px 24px;border-bottom:1px solid #e3e5e8}
+.split{padding:14px 24px;border-bottom:1px solid #e3e5e8}
 .pick{position:absolute;opacity:0;width:0;height:0}
 .body{display:flex;flex-wrap:wrap;gap:20px;margin-top:12px;align-items:flex-start}
 .left{flex:0 0 auto;max-width:100%;overflow-x:auto}
-.panels{flex:1 1 420px;min-width:280px}
+.panels{flex:1 1 300px;min-width:260px}
 .matrix{border-collapse:collapse;background:#fff}
 .matrix caption{caption-side:bottom;color:#8a939c;font-size:12px;padding-top:4px;text-align:left}
 .matrix th{font-weight:500;font-size:12.5px;padding:4px 8px;white-space:nowrap}
 .matrix th.row{text-align:right}
 .matrix th.corner{color:#8a939c;font-weight:400}
-.matrix td{border:1px solid #e3e5e8;width:56px;height:44px;text-align:center;padding:0;font-variant-numeric:tabular-nums}
+.matrix td{border:1px solid #e3e5e8;width:48px;height:40px;text-align:center;padding:0;font-variant-numeric:tabular-nums}
 .matrix td.zero{color:#c4c9cf}
 .matrix td.hit{background:rgba(46,160,67,var(--a,0))}
 .matrix td.miss{background:rgba(217,48,37,var(--a,0))}
 .matrix td.miss:not(.zero){font-weight:700}
-.matrix label{display:block;line-height:44px;cursor:pointer}
+.matrix label{display:block;line-height:40px;cursor:pointer}
 .matrix label:hover{outline:2px solid #59636e}
 .dot{display:inline-block;width:9px;height:9px;border-radius:50%;background:var(--c);margin-right:6px}
 .errors{display:flex;flex-wrap:wrap;gap:6px;max-width:520px;font-size:12.5px}
@@ -337,7 +337,7 @@ h3 small{color:#59636e;font-weight:400}
 .panel.wrong h3 b{color:#c5221f}
 .pick:checked~.body .hint{display:none}
 .hint{color:#8a939c}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:10px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:8px}
 .card{margin:0;display:flex;gap:8px;background:#fff;border:1px solid #e3e5e8;border-radius:8px;padding:6px}
 .card.wrong{border-color:#f1c0bd}
 .card.flagged{box-shadow:inset 3px 0 #e8a317}
