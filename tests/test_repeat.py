@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,3 +210,26 @@ def test_two_repeats_in_the_same_second_get_folders_of_their_own(
     assert [log.parent.parent.name for log in logs] == ["20250101-120000", "20250101-120000-2"]
     for log in logs:
         assert log.read_text(encoding="utf-8").count("$ op-classifier prepare") == 1
+
+
+def test_a_sigint_one_of_its_threads_takes_still_stops_the_seeds_at_once(tmp_path: Path) -> None:
+    """Case 11: the kernel may hand `kill -INT` to any thread; Python acts on it in the main thread only.
+
+    Before, the main thread waited on the seeds without end and took the interrupt only when the stage
+    running then had ended (here 20 s of `sleep`; a probe of the real command waited 73 s for seed 43)."""
+    stages = repeat._Stages()
+
+    def seed(number: int) -> dict:
+        time.sleep(0.5)  # the main thread waits on the seeds by now
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # this thread takes it, not the main one
+        stages.run(["sleep", "20"], tmp_path / "log.txt", "sleep 20")
+        return {}
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a repeat started from a terminal
+    began = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            repeat._all_seeds(seed, [42], 1, stages, {})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert time.monotonic() - began < 5

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ STAGES = ("prepare", "tune", "train", "evaluate")
 SCORES = ("val_accuracy", "test_accuracy")
 SHARED_PATHS = ("raw", "weights", "export", "repeats")  # every seed reads these; the rest are its own
 STAGE_ENV = "OP_CLASSIFIER_REPEAT_STAGE"  # "1" for the stages repeat starts: each stops when repeat is gone
+SIGNAL_POLL_S = 0.5  # how soon a signal the pool's threads took reaches the main thread
 STOP_GRACE_S = 30.0  # an interrupted stage closes its run within seconds; one still running then is killed
 WATCH = "--watch-run"  # this module's command line as repeat's watchdog (_watch)
 
@@ -139,9 +140,14 @@ def _all_seeds(
     """Each seed's result into done, `jobs` seeds at once; an interrupt or a failed seed stops the rest at once."""
     pool = ThreadPoolExecutor(max_workers=jobs)
     futures = {pool.submit(work, seed): seed for seed in chosen}
+    pending = set(futures)
     try:
-        for future in as_completed(futures):
-            done[futures[future]] = future.result()
+        while pending:
+            # Never a wait without end: a signal one of the pool's threads took is acted on only when the
+            # main thread runs Python again (`kill -INT` then waited for every stage of the next seed).
+            finished, pending = wait(pending, timeout=SIGNAL_POLL_S, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[futures[future]] = future.result()
     except BaseException:
         _stop(futures, stages, done)
         raise
@@ -264,7 +270,8 @@ def _stopped(stop: KeyboardInterrupt, chosen: Sequence[int], done: dict, folder:
     """The one line a stopped repeat ends with: which seeds finished, where their runs and files are."""
     how, code = ("terminated", 143) if isinstance(stop, _Terminated) else ("interrupted", 130)
     finished, unfinished = [s for s in chosen if s in done], [s for s in chosen if s not in done]
-    seeds = f"{_seeds(finished)} finished, {_seeds(unfinished)} did not" if finished else "no seed finished"
+    seeds = f"{_seeds(finished)} finished" if finished else "no seed finished"
+    seeds += f", {_seeds(unfinished)} did not" if finished and unfinished else ""
     spread_kept = ", the finished seeds' spread logged to it" if len(finished) > 1 else ""
     where = f"MLflow run {run_id} ended KILLED (each seed's runs nested under it{spread_kept}); " if run_id else ""
     return Stopped(f"{how}: {seeds}; {where}each seed's files: {folder}/seed-<S>", code)
