@@ -186,9 +186,11 @@ def test_the_evaluate_runs_error_gallery_opens_a_confusion_cells_images(project:
     assert "evaluation/gallery.html" in {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluation")}
     url = f"{base}/#/experiments/{experiment}/runs/{evaluated.info.run_id}/artifacts/evaluation/gallery.html"
     seen = _click_a_cell(url, Path(SHOTS or tmp_path) / "mlflow-gallery.png")
-    cell, before, after = seen["cell"], seen["before"], seen["after"]
-    assert cell["count"] > 0 and before == {"checked": False, "images": 0}
-    assert after == {"checked": True, "images": min(cell["count"], 200)}, seen
+    assert seen["cell"]["count"] > 0 and seen["before"] == {"checked": False, "images": 0}
+    assert seen["after"] == {"checked": True, "images": min(seen["cell"]["count"], 200)}, seen
+    if seen["cell"]["opened"]:  # the largest confusion's link, under the matrix, opens it again
+        assert seen["back"]["checked"] and seen["back"]["images"] > 0, seen
+        assert seen["left"] == {"checked": False, "images": 0}, seen
 
 
 # Chrome's DevTools protocol, to click inside MLflow's artifact viewer: its iframe is sandboxed (scripts, no
@@ -197,11 +199,15 @@ PICK = """(() => {
   const labels = [...document.querySelectorAll('table.matrix label')];
   const hidden = labels.filter(l => !document.getElementById(l.htmlFor.replace(/^p-/, 'cell-')).checkVisibility());
   const cell = hidden.find(l => l.parentElement.classList.contains('miss')) || hidden[0];
-  if (!cell) return null;
-  cell.scrollIntoView({block: 'center'});
-  const r = cell.getBoundingClientRect();
-  return {radio: cell.htmlFor, count: Number(cell.textContent), x: r.x + r.width / 2, y: r.y + r.height / 2};
+  const opened = document.querySelector('input.pick:checked');
+  return cell ? {radio: cell.htmlFor, count: Number(cell.textContent), opened: opened && opened.id} : null;
 })()"""
+AT = """((selector) => {
+  const target = document.querySelector(selector);
+  target.scrollIntoView({block: 'center'});
+  const r = target.getBoundingClientRect();
+  return {x: r.x + r.width / 2, y: r.y + r.height / 2};
+})"""
 SEEN = """((radio) => {
   const panel = document.getElementById(radio.replace(/^p-/, 'cell-'));
   const shown = [...panel.querySelectorAll('img')].filter(i => i.checkVisibility() && i.naturalWidth > 0);
@@ -273,21 +279,35 @@ async def _click_through(port: int, url: str, shot: Path) -> dict:
             )
             await page.send("Page.navigate", {"url": url})
             session, context = await page.gallery()
+            frame = await page.evaluate(FRAME)
+
+            async def seen(radio: str) -> dict:
+                return await page.evaluate(f"{SEEN}({json.dumps(radio)})", session, context)
+
+            async def click(selector: str) -> None:  # at the element's middle, as a mouse clicks
+                at = await page.evaluate(f"{AT}({json.dumps(selector)})", session, context)
+                where = {"x": frame["x"] + at["x"], "y": frame["y"] + at["y"], "button": "left", "clickCount": 1}
+                for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+                    await page.send("Input.dispatchMouseEvent", {"type": kind, **where})
+                await asyncio.sleep(1)
+
             cell = await page.evaluate(PICK, session, context)
             assert cell, "the gallery's matrix has no cell to open"
-            before = await page.evaluate(f"{SEEN}({json.dumps(cell['radio'])})", session, context)
-            frame = await page.evaluate(FRAME)
-            where = {"x": frame["x"] + cell["x"], "y": frame["y"] + cell["y"], "button": "left", "clickCount": 1}
-            for kind in ("mouseMoved", "mousePressed", "mouseReleased"):  # a click at the cell, as a mouse makes it
-                await page.send("Input.dispatchMouseEvent", {"type": kind, **where})
-            await asyncio.sleep(1)
-            after = await page.evaluate(f"{SEEN}({json.dumps(cell['radio'])})", session, context)
+            done = {"cell": cell, "before": await seen(cell["radio"])}
+            await click(f"table.matrix label[for={cell['radio']}]")
+            done["after"] = await seen(cell["radio"])
+            if cell["opened"]:  # back to the cell the page opened on (the largest confusion), by its link
+                await click(f".errors label[for={cell['opened']}]")
+                done["back"], done["left"] = await seen(cell["opened"]), await seen(cell["radio"])
+            await page.evaluate("window.scrollTo(0, 0)", session, context)
+            await page.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 0, "y": 0})  # no hover outline
             shot.write_bytes(base64.b64decode((await page.send("Page.captureScreenshot", {"format": "png"}))["data"]))
-            return {"cell": cell, "before": before, "after": after}
+            return done
 
 
 def _click_a_cell(url: str, shot: Path) -> dict:
-    """In a fresh headless Chromium: open url, click a confusion cell whose images are hidden; what it saw."""
+    """In a fresh headless Chromium: open url, click a confusion cell whose images are hidden, then the link of
+    the cell the page opened on; what it saw."""
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
