@@ -76,6 +76,7 @@ class DataConfig:
     test_fraction: float = MISSING
     max_image_pixels: int = MISSING
     max_file_mb: int = MISSING
+    near_duplicates: Optional[int] = MISSING  # bits of the perceptual hash; 0 or null: no grouping
 
     def __post_init__(self) -> None:
         check_range("data.image_size", self.image_size, IMAGE_SIDE)
@@ -88,6 +89,9 @@ class DataConfig:
         )
         check_range("data.max_image_pixels", self.max_image_pixels, AT_LEAST_1)
         check_range("data.max_file_mb", self.max_file_mb, AT_LEAST_1)
+        if self.near_duplicates is not None:
+            # At most the hash's length: data/near_duplicates.py's HASH_BITS.
+            check_range("data.near_duplicates", self.near_duplicates, Range(0, 256))
         if self.classes is not None:
             require(len(self.classes) >= 2, "data.classes", "needs at least two classes")
             require(len(set(self.classes)) == len(self.classes), "data.classes", "has duplicates")

@@ -5,7 +5,9 @@ The split: splits.py. The output appears whole or not at all: files.staged_outpu
 
 Exact duplicates (same bytes) are dropped before splitting, keeping the first by sorted path; if
 the copies carry different labels the kept one gets their union (the same picture filed under two
-characters shows both), and manifest.json lists that under warnings.
+characters shows both), and manifest.json lists that under warnings. Near-duplicates (perceptual
+hashes within data.near_duplicates bits: data/near_duplicates.py) form groups, each whole in one
+split; manifest.json lists the groups.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tqdm import tqdm
 from op_classifier.config import Config, DataConfig
 from op_classifier.data import arrays
 from op_classifier.data.images import ImageError, decode_image, read_file
+from op_classifier.data.near_duplicates import HASH_NAME, group_ids, groups_of, image_hash, max_distance
 from op_classifier.data.raw import (
     BAD_LABELS,
     BAD_NAME,
@@ -69,6 +72,8 @@ def run(cfg: Config) -> dict:
         "skipped": len(manifest["skipped"]),
         "duplicates": len(manifest["duplicates"]),
         "relabelled": len(manifest["warnings"]["merged_duplicate_labels"]),
+        "near_duplicate_groups": len(manifest["near_duplicates"]["groups"]),
+        "near_duplicate_images": manifest["near_duplicates"]["images"],
         "seconds": round(seconds, 2),
         "images_per_second": round(len(inventory.paths) / max(seconds, 1e-9), 1),
         "manifest": str(prepared / MANIFEST),
@@ -78,16 +83,19 @@ def run(cfg: Config) -> dict:
 def prepare_into(out: Path, raw: Path, inventory: Inventory, cfg: Config) -> dict:
     """Decode, deduplicate, split and write everything into the (empty) folder out; return the manifest."""
     staging = out / "_decoded.npy"
-    digests, reasons = decode_all(raw, inventory.paths, staging, cfg.data)
+    digests, hashes, reasons = decode_all(raw, inventory.paths, staging, cfg.data)
     kept, duplicates, merged = deduplicate(inventory, digests, reasons)
     unreadable = [skip_record(path, why, UNREADABLE) for path, why in zip(inventory.paths, reasons) if why is not None]
     empty = check_class_sizes(kept, inventory, unreadable, raw)
-    splits = assign_splits(kept.labels, cfg.data, cfg.seed)
+    kept_hashes = [hashes[row] for row in kept.rows]
+    groups = near_duplicate_groups(kept_hashes, cfg.data.near_duplicates)
+    splits = assign_splits(kept.labels, cfg.data, cfg.seed, groups)
     write_arrays(out, staging, kept, splits, inventory.classes)
     staging.unlink()
     warnings = {"empty_classes": empty, "merged_duplicate_labels": merged}
     skipped = inventory.skipped + unreadable
     manifest = build_manifest(cfg, inventory.classes, kept, splits, skipped, duplicates, warnings)
+    manifest["near_duplicates"] = near_duplicates_entry(manifest["files"], kept_hashes, groups, cfg.data)
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
     (out / MANIFEST).write_text(text, encoding="utf-8")  # names that are not UTF-8 never get this far
     return manifest
@@ -108,23 +116,31 @@ def main() -> None:
 
 def decode_all(
     raw: Path, paths: Sequence[str], staging: Path, data: DataConfig
-) -> tuple[list[str | None], list[str | None]]:
-    """Decode every file over all cores into the staging array; return per-file sha256 and skip reason."""
+) -> tuple[list[str | None], list[bytes | None], list[str | None]]:
+    """Decode every file over all cores into the staging array; return per-file sha256, perceptual hash
+    (None when data.near_duplicates is off) and skip reason."""
     size = data.image_size
     arrays.create(staging, (len(paths), size, size, 3))  # the workers write their rows into it
     digests: list[str | None] = [None] * len(paths)
+    hashes: list[bytes | None] = [None] * len(paths)
     reasons: list[str | None] = [None] * len(paths)
     if not paths:
-        return digests, reasons
-    job = partial(_decode_file, size=size, max_pixels=data.max_image_pixels, max_bytes=data.max_file_mb * 2**20)
+        return digests, hashes, reasons
+    job = partial(
+        _decode_file,
+        size=size,
+        max_pixels=data.max_image_pixels,
+        max_bytes=data.max_file_mb * 2**20,
+        perceptual=bool(data.near_duplicates),
+    )
     workers = min(cpu_count(), len(paths))
     jobs = ((index, str(raw / path)) for index, path in enumerate(paths))
     pool = worker_pool(workers, initializer=_start_worker, initargs=(str(staging),))
     with pool, _progress(len(paths)) as bar:
-        for index, digest, reason in pool.imap_unordered(job, jobs, chunksize=chunk_size(len(paths), workers)):
-            digests[index], reasons[index] = digest, reason
+        for index, digest, phash, reason in pool.imap_unordered(job, jobs, chunksize=chunk_size(len(paths), workers)):
+            digests[index], hashes[index], reasons[index] = digest, phash, reason
             bar.update()
-    return digests, reasons
+    return digests, hashes, reasons
 
 
 # Each worker's handle on the staging array: writing rows there spares pickling every image to the parent.
@@ -137,20 +153,23 @@ def _start_worker(staging: str) -> None:
 
 
 def _decode_file(
-    job: tuple[int, str], size: int, max_pixels: int, max_bytes: int
-) -> tuple[int, str | None, str | None]:
-    """Worker: decode (index, path) into row index of the staging array; return (index, sha256, skip reason)."""
+    job: tuple[int, str], size: int, max_pixels: int, max_bytes: int, perceptual: bool
+) -> tuple[int, str | None, bytes | None, str | None]:
+    """Worker: decode (index, path) into row index of the staging array; return (index, sha256, perceptual
+    hash if asked, skip reason)."""
     index, path = job
     try:
         data = read_file(Path(path), max_bytes)  # regular files only, bounded, sniffed before read whole
     except ImageError as error:
-        return index, None, str(error)
+        return index, None, None, str(error)
     digest = hashlib.sha256(data).hexdigest()
     try:
-        _staging.write(index, decode_image(data, size, max_pixels)[None])
+        pixels = decode_image(data, size, max_pixels)
     except ImageError as error:
-        return index, digest, str(error)
-    return index, digest, None
+        return index, digest, None, str(error)
+    _staging.write(index, pixels[None])
+    # Hashed from the pixels the model sees (oriented, over white, resized): no second decode.
+    return index, digest, image_hash(pixels) if perceptual else None, None
 
 
 def _progress(total: int) -> tqdm:
@@ -215,6 +234,35 @@ def check_class_sizes(kept: Kept, inventory: Inventory, unreadable: list[dict], 
 def class_counts(labels: Sequence[tuple[str, ...]], classes: Sequence[str]) -> dict[str, int]:
     """How many images carry each class."""
     return {name: sum(name in image for image in labels) for name in classes}
+
+
+# --- near-duplicates ---------------------------------------------------------------------------------------
+
+
+def near_duplicate_groups(hashes: Sequence[bytes | None], distance: int | None) -> list[int]:
+    """Each kept image's near-duplicate group (data.near_duplicates 0 or null: every image alone)."""
+    if not distance:
+        return list(range(len(hashes)))
+    return group_ids(hashes, distance)
+
+
+def near_duplicates_entry(
+    files: list[dict], hashes: Sequence[bytes | None], groups: Sequence[int], data: DataConfig
+) -> dict:
+    """The manifest's near_duplicates: each group's split, paths and largest distance; files get their group."""
+    listed = []
+    for number, members in enumerate(groups_of(groups)):
+        for member in members:
+            files[member]["near_duplicate_group"] = number
+        paths = [files[member]["path"] for member in members]
+        split = files[members[0]]["split"]
+        listed.append({"group": number, "split": split, "max_distance": max_distance(hashes, members), "paths": paths})
+    return {
+        "distance": data.near_duplicates or 0,
+        "hash": HASH_NAME if data.near_duplicates else None,
+        "images": sum(len(group["paths"]) for group in listed),
+        "groups": listed,
+    }
 
 
 # --- the split -------------------------------------------------------------------------------------------
@@ -299,6 +347,9 @@ def summary_line(manifest: dict, manifest_path: Path) -> str:
     for kind, what in others:
         if kinds.count(kind):
             text += f", {kinds.count(kind):,} {what}"
+    near = manifest["near_duplicates"]
+    if near["distance"]:
+        text += f"; {near['images']:,} images in {len(near['groups']):,} near-duplicate groups"
     if manifest["warnings"]["empty_classes"]:
         text += f"; empty: {', '.join(manifest['warnings']['empty_classes'])}"
     merged = manifest["warnings"].get("merged_duplicate_labels") or []
