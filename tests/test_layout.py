@@ -79,6 +79,7 @@ def test_models_logged_before_the_split_still_find_their_wrapper() -> None:
 # `config -> models` is the one arrow upward: config looks up model.name's schema in the registry.
 ALLOWED = {
     "cli": {
+        "audit",
         "choices",
         "compare",
         "repeat",
@@ -96,9 +97,11 @@ ALLOWED = {
         "weights",
     },
     "choices": {"config", "errors"},
+    "audit": {"config", "data", "errors", "pages"},
     "compare": {"comparison", "config", "data", "errors", "tracking"},
     "repeat": {"config", "errors", "figures", "tracking"},
     "stages": {
+        "audit",
         "comparison",
         "config",
         "data",

@@ -553,11 +553,10 @@ def test_a_stage_whose_parent_is_killed_stops_and_its_run_says_killed(project: P
 
     root = tmp_path / "stage"
     shutil.copytree(project / "conf", root / "conf")
+    shutil.copytree(project / "data/prepared", root / "data/prepared")  # a stage's paths stay in its project
     overrides = [*_paths_args(root), "tuner=none", "train.epochs=500", "train.patience=500"]
-    cfg = tiny_cfg(root, *overrides, f"paths.prepared={project / 'data/prepared'}")
-    (root / "params.yaml").write_text(
-        to_yaml(compose(*TINY, *overrides, f"paths.prepared={project / 'data/prepared'}"))
-    )
+    cfg = tiny_cfg(root, *overrides, f"paths.prepared={root / 'data/prepared'}")
+    (root / "params.yaml").write_text(to_yaml(compose(*TINY, *overrides, f"paths.prepared={root / 'data/prepared'}")))
     tune.run(cfg)  # the stage reads what tune wrote
     launcher = (  # what dvc does: start the stage, then wait for it; started in the background (SIGINT ignored)
         "import signal, subprocess, sys, time\n"

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from op_classifier import config as schema
 from op_classifier.errors import ConfigError
+from op_classifier.schema import composition_error
 
 
 class SchemaCheck(Callback):
@@ -76,10 +77,10 @@ def _with_checks(compose_config: Callable[..., DictConfig]) -> Callable[..., Dic
         except (HydraException, OmegaConfBaseException) as error:
             if not _opted_in(self, config_name, run_mode):
                 raise
-            raise config_error(schema.composition_error(error)) from None
+            raise config_error(composition_error(error)) from None
         for check in checks(cfg):
             check.on_compose_config(config=cfg, config_name=config_name, overrides=list(overrides))
-            if "dvc.utils.hydra" in sys.modules:  # DVC composes params.yaml for `dvc exp run -S`
+            if _dvc_composing():  # DVC composes params.yaml for `dvc exp run -S`
                 before_dvc_writes(cfg, compose_config(self, config_name, [], run_mode), overrides)
         return cfg
 
@@ -92,6 +93,17 @@ def _with_checks(compose_config: Callable[..., DictConfig]) -> Callable[..., Dic
 
     wrapper.op_classifier_checks = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def _dvc_composing() -> bool:
+    """Whether this composition is DVC's (dvc/utils/hydra.py's compose_and_dump is a caller): DVC writes
+    params.yaml from it; a composition in a process that merely imported DVC writes nothing."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "compose_and_dump" and frame.f_globals.get("__name__") == "dvc.utils.hydra":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def before_dvc_writes(cfg: DictConfig, conf: DictConfig, overrides: list[str]) -> None:

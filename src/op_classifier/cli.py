@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from op_classifier import choices, config, defaults, quiet
+from op_classifier.audit import corrections
+from op_classifier.data import raw
 from op_classifier.errors import ConfigError, OpClassifierError
 from op_classifier.runner import guarded, report, stop_with_parent
 
@@ -18,6 +20,7 @@ STAGES = {
     "tune": "op_classifier.stages.tune",
     "train": "op_classifier.stages.train",
     "evaluate": "op_classifier.stages.evaluate",
+    "audit": "op_classifier.stages.audit",
 }
 
 
@@ -68,24 +71,6 @@ def _predict(args: argparse.Namespace) -> None:
         report=args.report,
         batch_size=args.batch_size,
     )
-
-
-def _check_raw(args: argparse.Namespace) -> None:
-    from op_classifier.data.raw import LINK_OUT, list_raw
-
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise ConfigError(f"{folder} is not a folder")
-    files, aside = list_raw(folder)
-    outside = [entry for entry in aside if entry["kind"] == LINK_OUT]
-    for entry in outside:
-        print(f"{entry['path']}: {entry['reason']}", file=sys.stderr)
-    if outside:
-        raise ConfigError(
-            f"{folder}: {len(outside)} link(s) lead outside it: `dvc add` would copy what they point to into "
-            "the tracked data (.dvc/cache); replace them with the files, or remove them"
-        )
-    report({"folder": str(folder), "files": len(files), "set_aside": len(aside)})
 
 
 def _weights(args: argparse.Namespace) -> None:
@@ -360,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=[common], help=f"run the {name} stage with conf/ + overrides (outside DVC)"
         )
         stage.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
+        if name == "audit":
+            stage.add_argument("--suggest", metavar="FOLDER", help="draft corrections from the last audit into FOLDER")
         if name == "tune":
             stage.add_argument(
                 "--workers",
@@ -432,9 +419,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "repeat":
         code = guarded(lambda: _repeat(args))
     elif args.command == "check-raw":
-        code = guarded(lambda: _check_raw(args))
+        code = guarded(lambda: report(raw.check_links(Path(args.folder))))
     elif args.command == "weights":
         code = guarded(lambda: _weights(args))
+    elif getattr(args, "suggest", None):  # op-classifier audit --suggest FOLDER: drafts, no audit
+        code = guarded(
+            lambda: report(
+                corrections.suggest(config.validate(config.compose(tuple(args.overrides))), Path(args.suggest))
+            )
+        )
     else:
         _stop_with_repeat()
         workers, processes = getattr(args, "workers", None), getattr(args, "processes", 1)

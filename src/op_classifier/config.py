@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
 from op_classifier import metric_names, models
 from op_classifier.errors import ConfigError, first_line
@@ -26,8 +25,11 @@ from op_classifier.schema import (
     ModelBase,
     Range,
     SearchParam,
+    check_finite,
     check_range,
     check_search_param,
+    composition_error,
+    describe,
     drawable,
     require,
 )
@@ -61,6 +63,9 @@ class PathsConfig:
     confusion: str = MISSING
     predictions: str = MISSING
     gallery: str = MISSING
+    audit_issues: str = MISSING
+    audit_summary: str = MISSING
+    audit_gallery: str = MISSING
     export: str = MISSING
     repeats: str = MISSING
 
@@ -71,6 +76,7 @@ class DataConfig:
 
     classes: Optional[List[str]] = MISSING
     labels_file: Optional[str] = MISSING
+    exclude_file: Optional[str] = MISSING  # images left out, with why (`path,reason`), in paths.raw
     image_size: int = MISSING
     val_fraction: float = MISSING
     test_fraction: float = MISSING
@@ -226,6 +232,21 @@ class TrackingConfig:
         )
 
 
+@dataclass
+class AuditConfig:
+    """The audit stage: cleanlab over which backbone's features, with how many folds of heads."""
+
+    backbone: str = MISSING  # a conf/model/<name>.yaml of a pretrained model: its features, whatever model= says
+    folds: int = MISSING
+    batch_size: int = MISSING
+    shown: int = MISSING  # images of each kind the audit's gallery shows
+
+    def __post_init__(self) -> None:
+        check_range("audit.folds", self.folds, Range(2))
+        check_range("audit.batch_size", self.batch_size, AT_LEAST_1)
+        check_range("audit.shown", self.shown, AT_LEAST_0)
+
+
 QUANTIZE = ("none", "float16", "int8")  # serving/export.py's LiteRT conversions
 
 
@@ -253,6 +274,7 @@ class Config:
     train: TrainConfig = MISSING
     tracking: TrackingConfig = MISSING
     export: ExportConfig = MISSING
+    audit: AuditConfig = MISSING
 
     def __post_init__(self) -> None:
         check_range("seed", self.seed, SEED)
@@ -310,22 +332,6 @@ def in_weights_folder(paths: PathsConfig, file: Path) -> bool:
     return Path(paths.weights).resolve() in Path(file).resolve().parents
 
 
-def _hydra_message(text: str) -> str:
-    """Hydra's first line, plus the available options when it lists them."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if len(lines) > 1 and lines[1].startswith("Available options"):
-        options = [line for line in lines[2:] if not line.startswith(("Config search path", "provider="))]
-        return f"{lines[0]} (available: {', '.join(options)})"
-    return lines[0] if lines else "invalid override"
-
-
-def _describe(error: OmegaConfBaseException) -> str:
-    """`<full.key>: <what is wrong>` for an OmegaConf error."""
-    key = getattr(error, "full_key", None) or "config"
-    unknown = isinstance(error, (ConfigKeyError, ConfigAttributeError)) and "MISSING" not in str(error)
-    return f"{key}: {'unknown key' if unknown else first_line(error)}"
-
-
 def validate(raw: Any) -> Config:
     """Check a plain or OmegaConf mapping against the schema and return the typed config."""
 
@@ -349,36 +355,18 @@ def _typed(merge: Callable[[], DictConfig]) -> Any:
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"{missing[0]}: missing value")
-        _check_finite(OmegaConf.to_container(merged, resolve=True))
+        check_finite(OmegaConf.to_container(merged, resolve=True))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(describe(error)) from None
     except (TypeError, ValueError) as error:
         raise ConfigError(first_line(error)) from None
-
-
-def _check_finite(tree: Any, key: str = "") -> None:
-    """No infinity or NaN anywhere: inf passes "positive", and no training survives either."""
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
-    if items is None:
-        require(not (isinstance(tree, float) and not math.isfinite(tree)), key, f"must be a finite number, got {tree}")
-        return
-    for name, value in items:
-        _check_finite(value, f"{key}.{name}" if key and isinstance(name, str) else f"{key}[{name}]" if key else name)
 
 
 def _model_schema(name: Any) -> type:
     """The schema of the architecture `model.name` names (models/ registers them)."""
     require(isinstance(name, str), "model.name", "missing: name an architecture (conf/model/<name>.yaml)")
     return models.get(name).params
-
-
-def composition_error(error: Exception) -> str:
-    """One line naming the key for an error Hydra or OmegaConf raised while composing."""
-    for candidate in (error.__cause__, error):
-        if isinstance(candidate, OmegaConfBaseException) and getattr(candidate, "full_key", None):
-            return _describe(candidate)
-    return _hydra_message(str(error))
 
 
 def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> DictConfig:

@@ -8,14 +8,50 @@ It imports neither config nor models, so both can import it without a loop.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from op_classifier.errors import ConfigError
+from op_classifier.errors import ConfigError, first_line
+
+
+def hydra_message(text: str) -> str:
+    """Hydra's first line, plus the available options when it lists them."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("Available options"):
+        options = [line for line in lines[2:] if not line.startswith(("Config search path", "provider="))]
+        return f"{lines[0]} (available: {', '.join(options)})"
+    return lines[0] if lines else "invalid override"
+
+
+def describe(error: OmegaConfBaseException) -> str:
+    """`<full.key>: <what is wrong>` for an OmegaConf error."""
+    key = getattr(error, "full_key", None) or "config"
+    unknown = isinstance(error, (ConfigKeyError, ConfigAttributeError)) and "MISSING" not in str(error)
+    return f"{key}: {'unknown key' if unknown else first_line(error)}"
+
+
+def check_finite(tree: Any, key: str = "") -> None:
+    """No infinity or NaN anywhere: inf passes "positive", and no training survives either."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
+    if items is None:
+        require(not (isinstance(tree, float) and not math.isfinite(tree)), key, f"must be a finite number, got {tree}")
+        return
+    for name, value in items:
+        check_finite(value, f"{key}.{name}" if key and isinstance(name, str) else f"{key}[{name}]" if key else name)
+
+
+def composition_error(error: Exception) -> str:
+    """One line naming the key for an error Hydra or OmegaConf raised while composing."""
+    for candidate in (error.__cause__, error):
+        if isinstance(candidate, OmegaConfBaseException) and getattr(candidate, "full_key", None):
+            return describe(candidate)
+    return hydra_message(str(error))
 
 
 def require(ok: bool, key: str, message: str) -> None:

@@ -6,9 +6,11 @@ Raw data contract (paths.raw):
 - Nothing outside paths.raw is read: links (to files or folders) are followed only while they stay
   inside it. Links out, folder links that loop, and names that are not UTF-8 are skipped unread and
   listed in manifest.json with their reason.
-- `<data.labels_file>` (optional CSV, header `path,labels`, labels joined by `|`, path relative to
+- `<data.labels_file>` (optional CSV, header `path,labels[,reason]`, labels joined by `|`, path relative to
   paths.raw): an entry replaces the folder label, e.g. `scenes/0001.jpg,Luffy|Zoro`. Files outside
   a class folder (e.g. `scenes/`) must be listed there; unlisted ones are skipped and reported.
+- `<data.exclude_file>` (optional CSV, header `path,reason`): images left out, each with why (a correction
+  drafted by `op-classifier audit --suggest`); every line must name a file here, or prepare stops.
 - `data.classes` fixes the classes and their order; null infers the sorted union of all labels.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,10 +27,17 @@ from pathlib import Path, PurePosixPath
 from op_classifier.config import DataConfig
 from op_classifier.errors import DataError
 
+
+class RawDataError(DataError):
+    """A raw folder, or a file a user wrote about it (the exclusion list), that cannot be used as it is."""
+
+    exit_code = 2
+
+
 LABEL_SEPARATOR = "|"
 
 # Kinds of skipped files, as the summary line counts them.
-UNREADABLE, UNLABELLED, BAD_LABELS = "unreadable", "unlabelled", "bad_labels"
+UNREADABLE, UNLABELLED, BAD_LABELS, EXCLUDED = "unreadable", "unlabelled", "bad_labels", "excluded"
 
 LINK_OUT, BAD_NAME = "link_outside_raw", "bad_name"
 
@@ -61,15 +71,19 @@ def scan(raw: Path, data: DataConfig) -> Inventory:
     """List the raw images, give each its labels, and set aside those without usable labels."""
     if not raw.is_dir():
         raise DataError(f"paths.raw: {raw} is not a folder")
-    labels_path = raw / data.labels_file if data.labels_file else None
-    if labels_path is not None and not _inside(labels_path, raw):
-        raise DataError(f"{labels_path}: links outside paths.raw ({raw}); copy the file there instead")
-    files, aside = list_raw(raw, exclude=labels_path)
+    labels_path, exclude_path = (raw / name if name else None for name in (data.labels_file, data.exclude_file))
+    for listed in (labels_path, exclude_path):
+        if listed is not None and not _inside(listed, raw):
+            raise DataError(f"{listed}: links outside paths.raw ({raw}); copy the file there instead")
+    files, aside = list_raw(raw, exclude=(labels_path, exclude_path))
     if not files:
         example = f" (set aside: {aside[0]['path']}: {aside[0]['reason']})" if aside else ""
         raise DataError(f"paths.raw: {raw} holds no image files{example}")
     # Set-aside names count as known: a labels line naming one is fine, the file is reported once.
     entries, skipped = read_labels_file(labels_path, set(files) | {entry["path"] for entry in aside})
+    excluded = read_exclusions(exclude_path, set(files) | {entry["path"] for entry in aside})
+    skipped += [skip_record(path, reason, EXCLUDED) for path, reason in excluded.items() if path in files]
+    files = [path for path in files if path not in excluded]
     classes = list(data.classes) if data.classes is not None else infer_classes(files, entries)
     inventory = Inventory(classes=classes, paths=[], labels=[], skipped=aside + skipped)
     used = {_folder_of(path) for path in files} | {entry["path"] for entry in aside}
@@ -96,7 +110,7 @@ def list_files(raw: Path, exclude: Path | None = None) -> list[str]:
     return sorted(found)
 
 
-def list_raw(raw: Path, exclude: Path | None = None) -> tuple[list[str], list[dict]]:
+def list_raw(raw: Path, exclude: Sequence[Path | None] = ()) -> tuple[list[str], list[dict]]:
     """The non-hidden files under raw (sorted POSIX paths relative to it) and the entries set aside.
 
     Links are followed while they stay inside raw; one leading out of it, or a folder link back up
@@ -110,9 +124,26 @@ def list_raw(raw: Path, exclude: Path | None = None) -> tuple[list[str], list[di
         subfolders[:] = [name for name in subfolders if _walkable(folder / name, raw, above, loops, aside)]
         for name in names:
             path = folder / name
-            if not name.startswith(".") and path != exclude and _usable(path, raw, aside):
+            if not name.startswith(".") and path not in exclude and _usable(path, raw, aside):
                 found.append(path.relative_to(raw).as_posix())
     return sorted(found), aside
+
+
+def check_links(folder: Path) -> dict[str, int | str]:
+    """`op-classifier check-raw`: refuse a raw folder whose links lead outside it (each named on stderr),
+    before `dvc add` copies what they point to into the tracked data; what it holds otherwise."""
+    if not folder.is_dir():
+        raise RawDataError(f"{folder} is not a folder")
+    files, aside = list_raw(folder)
+    outside = [entry for entry in aside if entry["kind"] == LINK_OUT]
+    for entry in outside:
+        print(f"{entry['path']}: {entry['reason']}", file=sys.stderr)
+    if outside:
+        raise RawDataError(
+            f"{folder}: {len(outside)} link(s) lead outside it: `dvc add` would copy what they point to into "
+            "the tracked data (.dvc/cache); replace them with the files, or remove them"
+        )
+    return {"folder": str(folder), "files": len(files), "set_aside": len(aside)}
 
 
 def _walkable(path: Path, raw: Path, above: tuple[Path, ...], loops: dict, aside: list[dict]) -> bool:
@@ -157,13 +188,15 @@ def read_labels_file(path: Path | None, files: set[str]) -> tuple[dict[str, Labe
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot be read as a UTF-8 CSV ({error})") from None
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
-    if header != ["path", "labels"]:
-        raise DataError(f"{path}: the first line must be the header `path,labels`, got {','.join(header)!r}")
+    if header not in (["path", "labels"], ["path", "labels", "reason"]):  # a reason: a correction says why
+        raise DataError(f"{path}: the first line must be the header `path,labels[,reason]`, got {','.join(header)!r}")
     entries: dict[str, LabelEntry] = {}
     skipped = []
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
+        if len(row) == len(header) == 3:
+            row = row[:2]
         entry, problem = _parse_labels_row(row, f"{path.name} line {line}", line, files, entries)
         if problem is not None:
             skipped.append(problem)
@@ -188,6 +221,33 @@ def _parse_labels_row(
     if path in entries:
         return None, skip_record(path, f"{where}: already listed on line {entries[path].line}", BAD_LABELS, line)
     return LabelEntry(line, labels, where), None
+
+
+def read_exclusions(path: Path | None, files: set[str]) -> dict[str, str]:
+    """The exclusion list as {image: why}; a line that cannot be applied stops prepare in one line (exit 2):
+    a correction the user wrote must not be dropped in silence."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise RawDataError(f"{path}: cannot be read as a UTF-8 CSV ({error})") from None
+    if not rows or [cell.strip().lower() for cell in rows[0]] != ["path", "reason"]:
+        raise RawDataError(f"{path}: the first line must be the header `path,reason`")
+    excluded: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{path.name} line {line}"
+        image = _clean_path(row[0]) if len(row) == 2 else ""
+        if len(row) != 2 or not image or not row[1].strip():
+            raise RawDataError(f"{where}: expected `path,reason`, both given, got {','.join(row)!r}")
+        if image not in files:
+            raise RawDataError(f"{where}: no file {image} in paths.raw")
+        if image in excluded:
+            raise RawDataError(f"{where}: {image} is listed twice")
+        excluded[image] = f"excluded by {where}: {row[1].strip()}"
+    return excluded
 
 
 def _clean_path(text: str) -> str:

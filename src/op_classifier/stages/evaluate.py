@@ -130,7 +130,7 @@ def run(cfg: Config) -> dict:
         splits,
         probs,
         manifest["files"],
-        read_findings(audit_issues(cfg)),
+        read_findings(Path(cfg.paths.audit_issues)),  # where the audit ran: it is never a dependency
         f"model {model_dir}" + (f", training run {record['run_id']}" if record.get("run_id") else ""),
     )
     flat = flatten(metrics)
@@ -173,15 +173,6 @@ def run(cfg: Config) -> dict:
         **registry,
         "seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def audit_issues(cfg: Config) -> Path | None:
-    """The audit's issues.csv where the config names it (paths.audit_issues), else None.
-
-    Read when it is there, never a dependency: the audit runs beside training, and a gallery without its
-    findings is still a gallery."""
-    named = getattr(cfg.paths, "audit_issues", None)  # the audit stage's key: a config without it has none
-    return Path(named) if named else None
 
 
 def model_scores(flat: dict[str, Any]) -> dict[str, float]:
