@@ -115,6 +115,14 @@ def test_suggested_corrections_applied_by_prepare_leave_data_raw_unchanged(colou
     (excluded,) = [entry for entry in entries["skipped"] if entry["kind"] == "excluded"]
     assert excluded["path"] == "green/green-00.png" and excluded["reason"].endswith("a blurry one")
     assert _digest(project / "data/raw") == copied
+    # left out after the split: every other image keeps the split it had without the exclusion list
+    (project / "data/raw/exclude.csv").unlink()
+    without = json.loads(Path(prepare.run(tiny_cfg(project, *AUDIT))["manifest"]).read_text())
+    before = {entry["path"]: entry["split"] for entry in without["files"]}
+    assert {entry["path"]: entry["split"] for entry in entries["files"]} == {
+        path: split for path, split in before.items() if path != "green/green-00.png"
+    }
+    assert excluded["split"] == before["green/green-00.png"]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ Raw data contract (paths.raw):
   paths.raw): an entry replaces the folder label, e.g. `scenes/0001.jpg,Luffy|Zoro`. Files outside
   a class folder (e.g. `scenes/`) must be listed there; unlisted ones are skipped and reported.
 - `<data.exclude_file>` (optional CSV, header `path,reason`): images left out, each with why (a correction
-  drafted by `op-classifier audit --suggest`); every line must name a file here, or prepare stops.
+  drafted by `op-classifier audit --suggest`), after the split; every line must name a file here, or
+  prepare stops.
 - `data.classes` fixes the classes and their order; null infers the sorted union of all labels.
 """
 
@@ -65,6 +66,9 @@ class Inventory:
     labels: list[tuple[str, ...]]  # in class order, parallel to paths
     skipped: list[dict] = field(default_factory=list)
     empty_folders: list[str] = field(default_factory=list)
+    # The exclusion list's images and why: split with the rest, then left out, so that excluding an
+    # image moves no other image to another split (runs before and after pair on the same val and test).
+    excluded: dict[str, str] = field(default_factory=dict)
 
 
 def scan(raw: Path, data: DataConfig) -> Inventory:
@@ -82,10 +86,8 @@ def scan(raw: Path, data: DataConfig) -> Inventory:
     # Set-aside names count as known: a labels line naming one is fine, the file is reported once.
     entries, skipped = read_labels_file(labels_path, set(files) | {entry["path"] for entry in aside})
     excluded = read_exclusions(exclude_path, set(files) | {entry["path"] for entry in aside})
-    skipped += [skip_record(path, reason, EXCLUDED) for path, reason in excluded.items() if path in files]
-    files = [path for path in files if path not in excluded]
     classes = list(data.classes) if data.classes is not None else infer_classes(files, entries)
-    inventory = Inventory(classes=classes, paths=[], labels=[], skipped=aside + skipped)
+    inventory = Inventory(classes=classes, paths=[], labels=[], skipped=aside + skipped, excluded=excluded)
     used = {_folder_of(path) for path in files} | {entry["path"] for entry in aside}
     inventory.empty_folders = [folder.name for folder in _top_folders(raw) if folder.name not in used]
     for path in files:

@@ -31,6 +31,7 @@ from op_classifier.data.near_duplicates import HASH_NAME, group_ids, groups_of, 
 from op_classifier.data.raw import (
     BAD_LABELS,
     BAD_NAME,
+    EXCLUDED,
     LINK_OUT,
     UNLABELLED,
     UNREADABLE,
@@ -90,10 +91,11 @@ def prepare_into(out: Path, raw: Path, inventory: Inventory, cfg: Config) -> dic
     kept_hashes = [hashes[row] for row in kept.rows]
     groups = near_duplicate_groups(kept_hashes, cfg.data.near_duplicates)
     splits = assign_splits(kept.labels, cfg.data, cfg.seed, groups)
+    kept, splits, kept_hashes, groups, excluded = leave_out(kept, splits, kept_hashes, groups, inventory.excluded)
     write_arrays(out, staging, kept, splits, inventory.classes)
     staging.unlink()
     warnings = {"empty_classes": empty, "merged_duplicate_labels": merged}
-    skipped = inventory.skipped + unreadable
+    skipped = inventory.skipped + unreadable + excluded
     manifest = build_manifest(cfg, inventory.classes, kept, splits, skipped, duplicates, warnings)
     manifest["near_duplicates"] = near_duplicates_entry(manifest["files"], kept_hashes, groups, cfg.data)
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
@@ -234,6 +236,22 @@ def check_class_sizes(kept: Kept, inventory: Inventory, unreadable: list[dict], 
 def class_counts(labels: Sequence[tuple[str, ...]], classes: Sequence[str]) -> dict[str, int]:
     """How many images carry each class."""
     return {name: sum(name in image for image in labels) for name in classes}
+
+
+def leave_out(
+    kept: Kept, splits: list[str], hashes: list, groups: list[int], excluded: dict[str, str]
+) -> tuple[Kept, list[str], list, list[int], list[dict]]:
+    """The exclusion list's images taken out after the split (the rest keep theirs); their skip records."""
+    out = {i for i, path in enumerate(kept.paths) if path in excluded}
+    if not out:
+        return kept, splits, hashes, groups, []
+    records = [
+        {**skip_record(kept.paths[i], excluded[kept.paths[i]], EXCLUDED), "split": splits[i]} for i in sorted(out)
+    ]
+    stay = [i for i in range(len(kept.paths)) if i not in out]
+    fields = (kept.rows, kept.paths, kept.labels, kept.sha256)
+    kept = Kept(*([column[i] for i in stay] for column in fields))
+    return kept, [splits[i] for i in stay], [hashes[i] for i in stay], [groups[i] for i in stay], records
 
 
 # --- near-duplicates ---------------------------------------------------------------------------------------
