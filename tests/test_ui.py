@@ -185,12 +185,29 @@ def test_the_evaluate_runs_error_gallery_opens_a_confusion_cells_images(project:
     )
     assert "evaluation/gallery.html" in {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluation")}
     url = f"{base}/#/experiments/{experiment}/runs/{evaluated.info.run_id}/artifacts/evaluation/gallery.html"
-    seen = _click_a_cell(url, Path(SHOTS or tmp_path) / "mlflow-gallery.png")
+    seen = _in_chromium(_click_through, url, Path(SHOTS or tmp_path) / "mlflow-gallery.png")
     assert seen["cell"]["count"] > 0 and seen["before"] == {"checked": False, "images": 0}
     assert seen["after"] == {"checked": True, "images": min(seen["cell"]["count"], 200)}, seen
     if seen["cell"]["opened"]:  # the largest confusion's link, under the matrix, opens it again
         assert seen["back"]["checked"] and seen["back"]["images"] > 0, seen
         assert seen["left"] == {"checked": False, "images": 0}, seen
+
+
+def test_the_audit_run_shows_its_counts_and_its_gallery_of_flagged_images(
+    project: Path, ui: str, tmp_path: Path
+) -> None:
+    """Issue 36: `dvc repro` ran the audit stage; its MLflow run holds the counts, and its gallery opens in the
+    artifact viewer with the flagged images."""
+    base, experiment = _experiment(ui)
+    (audited, *_) = _client(project).search_runs(
+        [experiment], "tags.stage = 'audit'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    assert audited.info.run_name == "audit" and "audit.label" in audited.data.metrics
+    url = f"{base}/#/experiments/{experiment}/runs/{audited.info.run_id}/artifacts/audit/gallery.html"
+    text = _in_chromium(_read_frame, url, Path(SHOTS or tmp_path) / "mlflow-audit.png")
+    assert "Data audit" in text and "single-label images audited" in text
+    flagged = int(audited.data.metrics["audit.label"])
+    assert f"Label issues: the label given is likely wrong (the suggested one in bold) ({flagged})" in text
 
 
 # Chrome's DevTools protocol, to click inside MLflow's artifact viewer: its iframe is sandboxed (scripts, no
@@ -249,12 +266,12 @@ class _DevTools:
         except RuntimeError:  # a context gone with its frame
             return None
 
-    async def gallery(self) -> tuple[str | None, int]:
-        """The session and context of the frame whose page holds the gallery's matrix, once rendered."""
+    async def gallery(self, selector: str = "table.matrix label") -> tuple[str | None, int]:
+        """The session and context of the frame whose page holds the selector (the gallery's matrix), once rendered."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             for session, context in list(self.contexts):
-                if await self.evaluate("!!document.querySelector('table.matrix label')", session, context):
+                if await self.evaluate(f"!!document.querySelector({json.dumps(selector)})", session, context):
                     return session, context
             await asyncio.sleep(0.5)
             await self.send("Runtime.evaluate", {"expression": "1"})  # lets the frames' events arrive
@@ -305,9 +322,27 @@ async def _click_through(port: int, url: str, shot: Path) -> dict:
             return done
 
 
-def _click_a_cell(url: str, shot: Path) -> dict:
-    """In a fresh headless Chromium: open url, click a confusion cell whose images are hidden, then the link of
-    the cell the page opened on; what it saw."""
+async def _read_frame(port: int, url: str, shot: Path) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        targets = await (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
+        address = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        async with http.ws_connect(address, max_msg_size=0) as socket:
+            page = _DevTools(socket)
+            await page.send(
+                "Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False, "flatten": True}
+            )
+            await page.send("Runtime.enable")
+            await page.send("Page.navigate", {"url": url})
+            session, context = await page.gallery("#op-audit")
+            text = await page.evaluate("document.body.innerText", session, context)
+            shot.write_bytes(base64.b64decode((await page.send("Page.captureScreenshot", {"format": "png"}))["data"]))
+            return text
+
+
+def _in_chromium(run: Any, url: str, shot: Path) -> Any:
+    """In a fresh headless Chromium with its DevTools port: `run(port, url, shot)`, and what it returned."""
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
@@ -323,7 +358,7 @@ def _click_a_cell(url: str, shot: Path) -> dict:
             said = (re.search(r"ws://127.0.0.1:(\d+)/", line) for line in browser.stderr)
             port = next((int(found.group(1)) for found in said if found), None)
             assert port, "chromium printed no DevTools address"
-            return asyncio.run(_click_through(port, url, shot))
+            return asyncio.run(run(port, url, shot))
         finally:
             os.killpg(browser.pid, signal.SIGKILL)
             browser.wait()

@@ -37,7 +37,7 @@ def write_page(
         sections.append(f"<h2>{page_text(TITLES[kind])} ({len(found)})</h2>{body}")
     page = (
         f"<!doctype html><meta charset=utf-8><title>op-classifier audit</title><style>{STYLE}</style>"
-        f"<h1>Data audit</h1><p>{page_text(summary)}</p>{''.join(sections)}"
+        f'<main id="op-audit"><h1>Data audit</h1><p>{page_text(summary)}</p>{"".join(sections)}</main>'
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
