@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -278,7 +278,9 @@ class _DevTools:
         raise AssertionError("the gallery never showed in MLflow's artifact viewer")
 
 
-async def _click_through(port: int, url: str, shot: Path) -> dict:
+@contextlib.asynccontextmanager
+async def _opened(port: int, url: str) -> AsyncIterator[_DevTools]:
+    """The browser's page on url (1600 x 900), its frames attached as they come."""
     import aiohttp  # DVC's HTTP client, installed with it: a websocket client
 
     async with aiohttp.ClientSession() as http:
@@ -295,50 +297,48 @@ async def _click_through(port: int, url: str, shot: Path) -> dict:
                 {"width": 1600, "height": 900, "deviceScaleFactor": 1, "mobile": False},
             )
             await page.send("Page.navigate", {"url": url})
-            session, context = await page.gallery()
-            frame = await page.evaluate(FRAME)
+            yield page
 
-            async def seen(radio: str) -> dict:
-                return await page.evaluate(f"{SEEN}({json.dumps(radio)})", session, context)
 
-            async def click(selector: str) -> None:  # at the element's middle, as a mouse clicks
-                at = await page.evaluate(f"{AT}({json.dumps(selector)})", session, context)
-                where = {"x": frame["x"] + at["x"], "y": frame["y"] + at["y"], "button": "left", "clickCount": 1}
-                for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-                    await page.send("Input.dispatchMouseEvent", {"type": kind, **where})
-                await asyncio.sleep(1)
+async def _screenshot(page: _DevTools, shot: Path) -> None:
+    shot.write_bytes(base64.b64decode((await page.send("Page.captureScreenshot", {"format": "png"}))["data"]))
 
-            cell = await page.evaluate(PICK, session, context)
-            assert cell, "the gallery's matrix has no cell to open"
-            done = {"cell": cell, "before": await seen(cell["radio"])}
-            await click(f"table.matrix label[for={cell['radio']}]")
-            done["after"] = await seen(cell["radio"])
-            if cell["opened"]:  # back to the cell the page opened on (the largest confusion), by its link
-                await click(f".errors label[for={cell['opened']}]")
-                done["back"], done["left"] = await seen(cell["opened"]), await seen(cell["radio"])
-            await page.evaluate("window.scrollTo(0, 0)", session, context)
-            await page.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 0, "y": 0})  # no hover outline
-            shot.write_bytes(base64.b64decode((await page.send("Page.captureScreenshot", {"format": "png"}))["data"]))
-            return done
+
+async def _click_through(port: int, url: str, shot: Path) -> dict:
+    async with _opened(port, url) as page:
+        session, context = await page.gallery()
+        frame = await page.evaluate(FRAME)
+
+        async def seen(radio: str) -> dict:
+            return await page.evaluate(f"{SEEN}({json.dumps(radio)})", session, context)
+
+        async def click(selector: str) -> None:  # at the element's middle, as a mouse clicks
+            at = await page.evaluate(f"{AT}({json.dumps(selector)})", session, context)
+            where = {"x": frame["x"] + at["x"], "y": frame["y"] + at["y"], "button": "left", "clickCount": 1}
+            for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+                await page.send("Input.dispatchMouseEvent", {"type": kind, **where})
+            await asyncio.sleep(1)
+
+        cell = await page.evaluate(PICK, session, context)
+        assert cell, "the gallery's matrix has no cell to open"
+        done = {"cell": cell, "before": await seen(cell["radio"])}
+        await click(f"table.matrix label[for={cell['radio']}]")
+        done["after"] = await seen(cell["radio"])
+        if cell["opened"]:  # back to the cell the page opened on (the largest confusion), by its link
+            await click(f".errors label[for={cell['opened']}]")
+            done["back"], done["left"] = await seen(cell["opened"]), await seen(cell["radio"])
+        await page.evaluate("window.scrollTo(0, 0)", session, context)
+        await page.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 0, "y": 0})  # no hover outline
+        await _screenshot(page, shot)
+        return done
 
 
 async def _read_frame(port: int, url: str, shot: Path) -> str:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        targets = await (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
-        address = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-        async with http.ws_connect(address, max_msg_size=0) as socket:
-            page = _DevTools(socket)
-            await page.send(
-                "Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False, "flatten": True}
-            )
-            await page.send("Runtime.enable")
-            await page.send("Page.navigate", {"url": url})
-            session, context = await page.gallery("#op-audit")
-            text = await page.evaluate("document.body.innerText", session, context)
-            shot.write_bytes(base64.b64decode((await page.send("Page.captureScreenshot", {"format": "png"}))["data"]))
-            return text
+    async with _opened(port, url) as page:
+        session, context = await page.gallery("#op-audit")
+        text = await page.evaluate("document.body.innerText", session, context)
+        await _screenshot(page, shot)
+        return text
 
 
 def _in_chromium(run: Any, url: str, shot: Path) -> Any:

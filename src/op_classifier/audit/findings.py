@@ -4,6 +4,7 @@ probabilities of K-fold heads on them (a logistic regression each, trained on th
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def summary(found: Audit, classes: Sequence[str]) -> dict[str, Any]:
     return {
         "audited": found.audited,
         "left_out_multi_label": found.left_out,
-        "out_of_sample_accuracy": round(found.accuracy, 4),
+        "out_of_sample_accuracy": round(found.accuracy, 4) if math.isfinite(found.accuracy) else None,
         **{kind: sum(1 for f in found.findings if f.kind == kind) for kind in KINDS},
         "near_duplicate_across_splits": crossing,
         "per_class": per_class,

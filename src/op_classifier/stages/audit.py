@@ -21,7 +21,7 @@ from PIL import Image
 from op_classifier.audit.findings import Audit, Finding, audit, check_auditable, summary
 from op_classifier.audit.findings import Image as Audited
 from op_classifier.audit.page import write_page
-from op_classifier.config import CONF_DIR, Config, ConfigError, validate_model
+from op_classifier.config import Config, ConfigError, project_conf, validate_model
 from op_classifier.data.arrays import RowFile
 from op_classifier.data.prepared import load_manifest
 from op_classifier.data.splits import SPLITS
@@ -45,7 +45,7 @@ def run(cfg: Config) -> dict:
         print(f"note: nothing audited: {why}", file=sys.stderr)
         found = Audit([], 0, len(images), float("nan"))
     else:
-        found = audit(images, _features(cfg, prepared), cfg.audit.folds, cfg.seed)
+        found = audit(images, _features(cfg, prepared, len(manifest["classes"])), cfg.audit.folds, cfg.seed)
     counts = {**summary(found, manifest["classes"]), **({"skipped": why} if why else {})}
     written = _write(cfg, found, counts, prepared, {(e["split"], e["path"]): e["index"] for e in entries})
     tracker = make_tracker(cfg.tracking)
@@ -62,10 +62,10 @@ def _in_rows(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
     return sorted((entry for entry in manifest["files"] if entry["split"] == split), key=lambda e: e["index"])
 
 
-def _features(cfg: Config, prepared: Path) -> np.ndarray:
+def _features(cfg: Config, prepared: Path, classes: int) -> np.ndarray:
     """Every prepared image's pooled features through audit.backbone (the feature cache's, shared with
     tune and train where they use the same backbone at the same size), in split and row order."""
-    file = Path(CONF_DIR) / "model" / f"{cfg.audit.backbone}.yaml"
+    file = project_conf() / "model" / f"{cfg.audit.backbone}.yaml"
     try:
         section = (yaml.safe_load(file.read_text(encoding="utf-8")) or {})["model"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
@@ -73,9 +73,8 @@ def _features(cfg: Config, prepared: Path) -> np.ndarray:
     model_cfg = validate_model(section)
     if getattr(model_cfg, "weights", None) is None:
         raise ConfigError(f"audit.backbone: {cfg.audit.backbone} has no pretrained weights: its features mean nothing")
-    manifest = load_manifest(prepared)
     model = architecture(model_cfg.name).build(
-        len(manifest["classes"]), cfg.data.image_size, seed=cfg.seed, **hparams.model_args(model_cfg)
+        classes, cfg.data.image_size, seed=cfg.seed, **hparams.model_args(model_cfg)
     )
     found = features.of_splits(model, prepared, cfg.audit.batch_size, SPLITS)
     return np.concatenate([found[split].x for split in SPLITS])
