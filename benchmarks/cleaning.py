@@ -1,7 +1,7 @@
 """Does cleaning the training labels pay? Per seed, the README's own-images steps and `dvc repro` on FOLDER
 (prepare, audit, tune, train, evaluate), then the audit's label issues that fell in train written to
 data/raw/exclude.csv and `dvc repro` again: val and test are the same images (excluded images are split
-with the rest, then left out), so the two runs pair, and `comparison.compare` gives B - A with its
+with the rest, then left out), so the two runs pair, and `paired.compare` gives B - A with its
 bootstrap interval and McNemar's p. Usage:
 
     python benchmarks/cleaning.py FOLDER [--seeds 5] [--first 42] [--only-baseline] [--json OUT] [override ...]
@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline import copy_repo, sh  # benchmarks/ is this script's folder, first on its path
 from scipy.stats import binomtest
 
-from op_classifier import comparison
+from op_classifier.compare import paired
 
 
 def one_seed(folder: Path, work: Path, seed: int, overrides: list[str], baseline_only: bool) -> dict:
@@ -48,10 +48,10 @@ def one_seed(folder: Path, work: Path, seed: int, overrides: list[str], baseline
         writer.writerows((row["path"], f"audit: label issue {float(row['score']):.3f}") for row in suspects)
     sh(work, "dvc", "add", "data/raw")
     sh(work, "dvc", "repro")
-    a = comparison.read_predictions(kept, "before")
-    b = comparison.read_predictions(work / "experiments/predictions.csv", "after")
-    paired = {split: comparison.compare(a, b, split, seed=seed) for split in ("val", "test")}
-    return {**result, "excluded": len(suspects), "cleaned": _scores(work), "paired": paired}
+    a = paired.read_predictions(kept, "before")
+    b = paired.read_predictions(work / "experiments/predictions.csv", "after")
+    pairs = {split: paired.compare(a, b, split, seed=seed) for split in ("val", "test")}
+    return {**result, "excluded": len(suspects), "cleaned": _scores(work), "paired": pairs}
 
 
 def _scores(work: Path) -> dict[str, float]:

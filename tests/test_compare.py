@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, bootstrap
 
-from op_classifier import comparison
-from op_classifier.comparison import Predictions
+from op_classifier.compare import paired
+from op_classifier.compare.paired import Predictions
 from op_classifier.errors import DataError
 from op_classifier.tracking.registry import significance_decision
 from tests.conftest import compose
@@ -35,7 +35,7 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_images() -> None:
     a, b = both.copy(), both.copy()
     a[:9] = False  # B alone right on 9
     b[9] = False  # A alone right on 1
-    result = comparison.compare(_predictions(a), _predictions(b), "test", resamples=2000)
+    result = paired.compare(_predictions(a), _predictions(b), "test", resamples=2000)
     assert (result["only_a_right"], result["only_b_right"]) == (1, 9)
     assert result["mcnemar_p"] == pytest.approx(0.021484375)
     assert result["mcnemar_p"] == pytest.approx(binomtest(9, 10, 0.5).pvalue)
@@ -46,7 +46,7 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_images() -> None:
 def test_the_interval_is_scipys_paired_bootstrap_of_the_per_image_differences() -> None:
     rng = np.random.default_rng(3)
     a, b = rng.random(200) < 0.7, rng.random(200) < 0.8
-    result = comparison.compare(_predictions(a), _predictions(b), "test", resamples=3000, seed=5)
+    result = paired.compare(_predictions(a), _predictions(b), "test", resamples=3000, seed=5)
     expected = bootstrap(
         (b.astype(float) - a,), np.mean, n_resamples=3000, method="percentile", random_state=np.random.default_rng(5)
     ).confidence_interval
@@ -59,7 +59,7 @@ def test_the_interval_is_scipys_paired_bootstrap_of_the_per_image_differences() 
 
 def test_identical_models_are_a_tie_with_a_zero_interval() -> None:
     right = np.arange(30) % 3 != 0
-    result = comparison.compare(_predictions(right), _predictions(right, seed=1), "test", resamples=500)
+    result = paired.compare(_predictions(right), _predictions(right, seed=1), "test", resamples=500)
     assert result["mcnemar_p"] == 1.0 and result["accuracy_interval"] == [0.0, 0.0]
     assert result["verdict"].startswith("no significant difference")
 
@@ -69,24 +69,24 @@ def test_models_scored_on_different_images_are_refused() -> None:
     other = _predictions(right)
     other.image[3] = ("Zoro/elsewhere.png", "another-sha")
     with pytest.raises(DataError, match="different test images"):
-        comparison.compare(_predictions(right), other, "test")
+        paired.compare(_predictions(right), other, "test")
 
 
 def test_the_predictions_file_round_trips_and_a_wrong_file_is_one_line(tmp_path: Path) -> None:
     labels, probs = np.eye(4)[[0, 1, 2, 3]], np.random.default_rng(0).random((4, 4))
     files = [{"split": "test", "index": i, "path": f"x/{i}.png", "sha256": f"h{i}"} for i in range(4)]
-    comparison.write_predictions(tmp_path / "p.csv", CLASSES, files, {"test": (labels, probs)})
-    read = comparison.read_predictions(tmp_path / "p.csv", "A")
+    paired.write_predictions(tmp_path / "p.csv", CLASSES, files, {"test": (labels, probs)})
+    read = paired.read_predictions(tmp_path / "p.csv", "A")
     assert read.classes == CLASSES and read.image[2] == ("x/2.png", "h2")
     assert np.array_equal(read.labels, labels) and np.allclose(read.scores, probs, atol=1e-6)
     (tmp_path / "bad.csv").write_text("not,a,predictions,file\n")
     with pytest.raises(DataError, match="A: .*bad.csv is not a predictions file") as caught:
-        comparison.read_predictions(tmp_path / "bad.csv", "A")
+        paired.read_predictions(tmp_path / "bad.csv", "A")
     assert "\n" not in str(caught.value)
 
 
 def _decision(champion: np.ndarray, new: np.ndarray) -> dict:
-    result = comparison.compare(_predictions(champion), _predictions(new), "test", resamples=500)
+    result = paired.compare(_predictions(champion), _predictions(new), "test", resamples=500)
     theirs, mine = champion.mean(), new.mean()
     before = {
         "champion": mine > theirs,
@@ -129,14 +129,13 @@ def test_the_registry_promotes_only_on_a_significant_gain(tmp_path: Path) -> Non
     def evaluated(right: np.ndarray, name: str) -> dict:
         model_predictions = _predictions(right, split="val")
         path = tmp_path / name / "predictions.csv"
-        comparison.write_predictions(
-            path, CLASSES, files, {"val": (model_predictions.labels, model_predictions.scores)}
-        )
+        paired.write_predictions(path, CLASSES, files, {"val": (model_predictions.labels, model_predictions.scores)})
         with tracker.run("train") as train_id:
             uri = tracker.log_model(model, example)
         with tracker.run("evaluate", tags={"stage": "evaluate"}, parent=train_id):
             tracker.log_artifact(path, "evaluation")
-            return tracker.register(uri, float(right.mean()), 0.3, "val_accuracy", data_hash="d", predictions=path)
+            judge = paired.judge(path, "val", alpha=0.05)
+            return tracker.register(uri, float(right.mean()), 0.3, "val_accuracy", data_hash="d", judge=judge)
 
     base = np.arange(200) % 2 == 0
     assert evaluated(base, "first")["champion"]
@@ -157,7 +156,7 @@ def test_the_registry_promotes_only_on_a_significant_gain(tmp_path: Path) -> Non
 
 def test_the_spread_of_seeds_is_the_mean_sd_and_t_interval() -> None:
     """Hand-checked: 0.8 and 0.9: sd 0.0707, t(0.975, 1) = 12.706, so 0.85 +- 0.6353."""
-    from op_classifier.repeat import spread
+    from op_classifier.compare.repeat import spread
 
     found = spread([0.8, 0.9])
     assert found["mean"] == pytest.approx(0.85) and found["sd"] == pytest.approx(0.0707107, abs=1e-6)
@@ -207,14 +206,14 @@ def test_models_of_other_classes_are_refused() -> None:
     other = _predictions(right)
     other.classes = ["cat", "dog", "fish", "bird"]
     with pytest.raises(DataError, match="different classes"):
-        comparison.compare(_predictions(right), other, "test")
+        paired.compare(_predictions(right), other, "test")
 
 
 def _written(tmp_path: Path, name: str = "p.csv") -> Path:
     """A predictions file as evaluate writes it: four test images, four classes."""
     labels, probs = np.eye(4), np.full((4, 4), 0.25)
     files = [{"split": "test", "index": i, "path": f"x/{i}.png", "sha256": f"h{i}"} for i in range(4)]
-    comparison.write_predictions(tmp_path / name, CLASSES, files, {"test": (labels, probs)})
+    paired.write_predictions(tmp_path / name, CLASSES, files, {"test": (labels, probs)})
     return tmp_path / name
 
 
@@ -245,13 +244,13 @@ def test_a_score_that_is_no_probability_or_a_malformed_row_is_one_line(tmp_path:
     one row was a reshape traceback, and four rows each one short were read as two rows."""
     path = _edited(_written(tmp_path), 3, HOSTILE[hostile])
     with pytest.raises(DataError, match=r"A: .*p\.csv is not a predictions file.*line 3") as caught:
-        comparison.read_predictions(path, "A")
+        paired.read_predictions(path, "A")
     assert "\n" not in str(caught.value)
     single = tmp_path / "single.csv"
     lines = _written(tmp_path).read_text(encoding="utf-8").splitlines()[:2]
     single.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="line 2"):
-        comparison.read_predictions(_edited(single, 2, HOSTILE[hostile]), "A")
+        paired.read_predictions(_edited(single, 2, HOSTILE[hostile]), "A")
 
 
 def test_every_row_one_score_short_is_not_read_as_fewer_rows(tmp_path: Path) -> None:
@@ -259,7 +258,7 @@ def test_every_row_one_score_short_is_not_read_as_fewer_rows(tmp_path: Path) -> 
     for line in range(2, 6):
         _edited(path, line, lambda fields: fields[:-1])
     with pytest.raises(DataError, match="line 2 has 8 fields, its header 9"):
-        comparison.read_predictions(path, "A")
+        paired.read_predictions(path, "A")
 
 
 def _evaluated_run(root: Path, predictions: Path) -> str:

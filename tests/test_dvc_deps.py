@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from op_classifier.sources import closure
+from op_classifier.training.sources import closure
 from tests.conftest import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from op_classifier import gallery
 from op_classifier.data.prepared import Split
 from op_classifier.errors import DataError
-from op_classifier.gallery import Finding, gallery_page, read_findings
+from op_classifier.reports import gallery
+from op_classifier.reports.gallery import Finding, gallery_page, read_findings
 
 CLASSES = ["Luffy", "Na<mi>", 'San"ji']
 # val: actual -> predicted, single-label; two scenes at the end.

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from op_classifier import sources
+from op_classifier.training import sources
 from tests.conftest import REPO
 
 PACKAGE = REPO / "src" / "op_classifier"
@@ -82,7 +82,6 @@ ALLOWED = {
         "audit",
         "choices",
         "compare",
-        "repeat",
         "config",
         "data",
         "defaults",
@@ -97,30 +96,28 @@ ALLOWED = {
         "weights",
     },
     "choices": {"config", "errors"},
-    "audit": {"config", "data", "errors", "pages"},
-    "compare": {"comparison", "config", "data", "errors", "tracking"},
-    "repeat": {"config", "errors", "figures", "tracking"},
+    "audit": {"config", "data", "errors", "reports"},
+    "compare": {"config", "data", "errors", "reports", "tracking"},
     "stages": {
         "audit",
-        "comparison",
+        "compare",
         "config",
         "data",
         "errors",
-        "figures",
         "files",
-        "gallery",
         "metric_names",
         "models",
         "progress",
+        "reports",
         "runner",
         "schema",
         "tracking",
         "training",
     },
-    "serving": {"config", "data", "defaults", "errors", "files", "models", "pages", "progress", "quiet", "tracking"},
-    "tracking": {"comparison", "config", "defaults", "errors", "models", "net"},
+    "serving": {"config", "data", "defaults", "errors", "files", "models", "progress", "quiet", "reports", "tracking"},
+    "tracking": {"config", "defaults", "errors", "metric_names", "models", "net"},
     "training": {
-        "comparison",
+        "compare",
         "config",
         "data",
         "errors",
@@ -129,12 +126,9 @@ ALLOWED = {
         "net",
         "progress",
         "schema",
-        "sources",
         "weights",
     },
-    "figures": {"data"},
-    "gallery": {"data", "errors", "pages"},
-    "comparison": {"errors"},
+    "reports": {"data", "errors"},
     "runner": {"config", "errors"},
     "data": {"config", "errors", "files"},
     "config": {"errors", "metric_names", "models", "schema"},

@@ -133,7 +133,7 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
 
 def test_the_confusion_matrix_counts_its_images_as_the_split_does() -> None:
     """It said "test, 160 images" where the data set said 180 (issue 26): 20 were scenes, not counted."""
-    from op_classifier.figures import single_count
+    from op_classifier.reports.figures import single_count
 
     scenes = np.array([[1, 1, 0, 0]] * 20)
     assert single_count(np.vstack([np.eye(4)[np.arange(160) % 4], scenes])) == "160 single-character images of 180"

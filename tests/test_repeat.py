@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from op_classifier import repeat
+from op_classifier.compare import repeat
 from op_classifier.errors import OpClassifierError
 from tests.conftest import REPO, TINY
 

@@ -139,14 +139,14 @@ def _ui(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from op_classifier import compare
+    from op_classifier.compare import evaluations as compare
 
     cfg = config.validate(config.compose(tuple(args.overrides)))
     print(compare.run(cfg, args.a, args.b, args.split, args.json))
 
 
 def _repeat(args: argparse.Namespace) -> None:
-    from op_classifier import repeat
+    from op_classifier.compare import repeat
 
     summary = repeat.run(args.overrides, args.seeds, args.jobs)
     if args.json:
@@ -387,7 +387,7 @@ def _stop_with_repeat() -> None:
     """A stage `repeat` started stops once repeat is gone, as a DVC stage does with `dvc repro`."""
     import os
 
-    from op_classifier.repeat import STAGE_ENV
+    from op_classifier.compare.repeat import STAGE_ENV
 
     if os.environ.get(STAGE_ENV) == "1":
         stop_with_parent()

@@ -41,3 +41,9 @@ def describe(class_names: Sequence[str] | None) -> str:
 def is_loss(name: str) -> bool:
     """Lower is better for a loss, higher for every other reported metric."""
     return name.removeprefix(VALIDATION_PREFIX) == LOSS
+
+
+def metric_split(metric: str) -> str | None:
+    """The split a champion metric is measured on (val_accuracy: val), None for other metrics."""
+    split, _, rest = metric.partition("_")
+    return split if split in ("val", "test") and rest == "accuracy" else None

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from op_classifier.audit.findings import KINDS, Finding
-from op_classifier.pages import jpeg_base64, page_text
+from op_classifier.reports.pages import jpeg_base64, page_text
 
 THUMB_SIDE = 112  # px
 TITLES = {

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from op_classifier.errors import ConfigError, OpClassifierError
-from op_classifier.pages import shown  # noqa: F401  (predict's import: names shown on one line)
+from op_classifier.reports.pages import shown  # noqa: F401  (predict's import: names shown on one line)
 
 
 class WriteError(OpClassifierError):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageOps
 
 from op_classifier.data.images import to_rgb
-from op_classifier.pages import class_colours, ink, jpeg_base64, page_text
+from op_classifier.reports.pages import class_colours, ink, jpeg_base64, page_text
 
 if TYPE_CHECKING:  # predict imports this module: the type only, no import cycle at run time
     from op_classifier.serving.predict import Result

@@ -14,13 +14,15 @@ import keras
 import numpy as np
 
 from op_classifier import progress
-from op_classifier.comparison import per_class, write_predictions
+from op_classifier.compare import paired
+from op_classifier.compare.paired import per_class, write_predictions
 from op_classifier.config import Config, ConfigError
 from op_classifier.data.prepared import RUN_FILE, Split, data_hash, load_manifest, load_split, single_label, top1
 from op_classifier.data.stream import image_stream
 from op_classifier.errors import DataError
-from op_classifier.gallery import read_findings, write_gallery
+from op_classifier.metric_names import metric_split
 from op_classifier.models.common import load_model
+from op_classifier.reports.gallery import read_findings, write_gallery
 from op_classifier.runner import stage_main
 from op_classifier.tracking import PREDICTIONS_ARTIFACT, flatten, make_tracker
 
@@ -87,7 +89,7 @@ def draw_figures(
     history: Path,
 ) -> list[Path]:
     """The PNGs attached to the run: learning curves, confusion matrix, per-class scores, worst images."""
-    from op_classifier import figures
+    from op_classifier.reports import figures
 
     test, val = splits["test"], splits["val"]
     drawn = [
@@ -161,7 +163,7 @@ def run(cfg: Config) -> dict:
                 cfg.tracking.champion_metric,
                 data_hash=data_hash(prepared),
                 description=describe(record, metrics, splits),
-                predictions=predictions,
+                judge=_judge(predictions, cfg.tracking.champion_metric, cfg.tracking.alpha),
             )
     if "promotion" in registry:  # the significance test's numbers, beside the scores they judged
         metrics_path.write_text(json.dumps({**metrics, "promotion": registry["promotion"]}, indent=2), encoding="utf-8")
@@ -175,6 +177,12 @@ def run(cfg: Config) -> dict:
     }
 
 
+def _judge(predictions: Path, metric: str, alpha: float) -> paired.Judge | None:
+    """The paired test that promotes this model over the champion, on the champion metric's split."""
+    split = metric_split(metric)
+    return paired.judge(predictions, split, alpha) if split else None
+
+
 def model_scores(flat: dict[str, Any]) -> dict[str, float]:
     """What the logged model carries: val and test accuracy and each class's test F1."""
     return {
@@ -186,7 +194,7 @@ def describe(record: dict[str, Any], metrics: dict[str, Any], splits: dict[str, 
     """A registered version's description: what the model is and how it was scored."""
     classes, size = ", ".join(record["classes"]), record["image_size"]
     data = record.get("dataset") or {}
-    from op_classifier.figures import single_count
+    from op_classifier.reports.figures import single_count
 
     scored = ", ".join(
         f"{name}_accuracy {metrics[f'{name}_accuracy']:.4f} on {single_count(split.labels)}"

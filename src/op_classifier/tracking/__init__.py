@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ _ENV_URI = os.environ.get("MLFLOW_TRACKING_URI")
 # In a stage's state folder (paths.tuning, paths.checkpoints): the tracker's run an interrupted stage continues.
 RUN_ID_FILE = "mlflow_run_id"
 PREDICTIONS_ARTIFACT = "evaluation/predictions.csv"  # evaluate's kept predictions, in its run
+# A model's paired test against another's predictions file (compare.paired.judge): the promotion rule's evidence.
+Judge = Callable[[Path], Mapping[str, Any]]
 
 
 class TrackingError(OpClassifierError):
@@ -176,8 +178,12 @@ class Tracker(Protocol):
         metric: str,
         data_hash: str | None = None,
         description: str | None = None,
+        judge: Judge | None = None,
     ) -> dict[str, Any]:
-        """Register a logged model (with a description); whether it became the champion, and why."""
+        """Register a logged model (with a description); whether it became the champion, and why.
+
+        `judge`: this model's paired test against the champion, given the champion's predictions file
+        (tracking.promotion=significant; None: the champion metric is no split's accuracy)."""
 
 
 class Served(Protocol):
@@ -318,6 +324,7 @@ class NullTracker:
         metric: str,
         data_hash: str | None = None,
         description: str | None = None,
+        judge: Judge | None = None,
     ) -> dict[str, Any]:
         """No registry: an empty summary."""
         return {}

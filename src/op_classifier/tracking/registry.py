@@ -50,12 +50,6 @@ def champion_tags(client: Any, name: str) -> dict[str, str] | None:
         return None
 
 
-def metric_split(metric: str) -> str | None:
-    """The split a champion metric is measured on (val_accuracy: val), None for other metrics."""
-    split, _, rest = metric.partition("_")
-    return split if split in ("val", "test") and rest == "accuracy" else None
-
-
 def significance_decision(
     decision: Mapping[str, Any], result: Mapping[str, Any] | None, why_not: str = ""
 ) -> dict[str, Any]:

@@ -16,12 +16,11 @@ import numpy as np
 
 from op_classifier.config import CHAMPION, TrackingConfig
 from op_classifier.errors import DataError, OpClassifierError
-from op_classifier.tracking import TrackingError, tracking_uri
+from op_classifier.tracking import Judge, TrackingError, tracking_uri
 from op_classifier.tracking.registry import (
     DATA_HASH_TAG,
     champion_decision,
     champion_tags,
-    metric_split,
     significance_decision,
 )
 from op_classifier.tracking.store import (
@@ -290,16 +289,16 @@ class MlflowTracker:
         metric: str,
         data_hash: str | None = None,
         description: str | None = None,
-        predictions: Path | None = None,
+        judge: Judge | None = None,
     ) -> dict[str, Any]:
         """Register the model; move the champion alias to it only if it meets target and beats it.
 
         Scores are compared only when both were measured on the same prepared data (same files, same
         split): a champion scored on other data keeps its alias, and the summary says why. Under
-        tracking.promotion=significant, beating it also takes a paired test on the same images
-        (`predictions` against the champion's) with McNemar p < tracking.alpha.
+        tracking.promotion=significant, beating it also takes a paired test on the same images: `judge`
+        of the champion's predictions file, whose McNemar p must be < tracking.alpha.
         """
-        return store_call(lambda: self._register(model_uri, score, target, metric, data_hash, description, predictions))
+        return store_call(lambda: self._register(model_uri, score, target, metric, data_hash, description, judge))
 
     def _register(
         self,
@@ -309,7 +308,7 @@ class MlflowTracker:
         metric: str,
         data_hash: str | None,
         description: str | None,
-        predictions: Path | None,
+        judge: Judge | None,
     ) -> dict[str, Any]:
         import mlflow
 
@@ -325,7 +324,7 @@ class MlflowTracker:
         decision = champion_decision(score, target, data_hash, metric, current)
         if self.cfg.promotion == "significant":
             beats = decision["champion"] and "previous_champion_score" in decision  # else no test to make
-            result, why_not = self._paired_with_champion(predictions, metric) if beats else (None, "")
+            result, why_not = self._paired_with_champion(judge, metric) if beats else (None, "")
             decision = significance_decision(decision, result, why_not)
             tags = {"promotion": "significant", "champion_reason": decision["champion_reason"]}
             for key in ("difference", "interval", "mcnemar_p"):
@@ -337,29 +336,24 @@ class MlflowTracker:
             client.set_registered_model_alias(self.cfg.model_name, CHAMPION, version)
         return {"registered_version": int(version), **decision}
 
-    def _paired_with_champion(self, predictions: Path | None, metric: str) -> tuple[dict[str, Any] | None, str]:
-        """This model's predictions against the champion's on the metric's split; or None and why not."""
+    def _paired_with_champion(self, judge: Judge | None, metric: str) -> tuple[dict[str, Any] | None, str]:
+        """`judge` of the champion's predictions; or None and why no test could be made."""
         import tempfile
 
-        from op_classifier.comparison import compare, read_predictions
-        from op_classifier.tracking.model_store import evaluation_of
-
-        split = metric_split(metric)
-        if split is None:
-            return None, f"tracking.champion_metric {metric} is not a split's accuracy"
-        if predictions is None or not predictions.is_file():
-            return None, "this model's predictions file is missing"
         import mlflow
 
+        from op_classifier.tracking.model_store import evaluation_of
+
+        if judge is None:
+            return None, f"tracking.champion_metric {metric} is not a split's accuracy"
         client = mlflow.MlflowClient()
         with tempfile.TemporaryDirectory() as tmp:
             champion = client.get_model_version_by_alias(self.cfg.model_name, CHAMPION)
             found = evaluation_of(client, champion.run_id, Path(tmp))
             if found is None:
                 return None, f"the champion (version {champion.version}) has no predictions: evaluate it again"
-            theirs, mine = read_predictions(found[0], "the champion"), read_predictions(predictions, "this model")
             try:
-                return compare(theirs, mine, split, alpha=self.cfg.alpha), ""
+                return dict(judge(found[0])), ""
             except DataError as error:  # other images: the data-hash rule says so first, this is the backstop
                 return None, str(error)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from op_classifier import comparison
+from op_classifier.compare import paired
 from op_classifier.data.prepared import single_label
 
 
@@ -64,7 +64,7 @@ def mark_noise(tuner: Any, rows: list[dict[str, Any]], data: SearchData, alpha: 
         elif answers is None:
             row["vs_best"] = "no kept model to test"
         else:
-            row["mcnemar_p_vs_best"] = round(comparison.mcnemar(best, answers), 4)
+            row["mcnemar_p_vs_best"] = round(paired.mcnemar(best, answers), 4)
             row["vs_best"] = "worse" if row["mcnemar_p_vs_best"] < alpha else "within noise"
 
 

@@ -21,7 +21,7 @@ FINGERPRINT_FILE = "fingerprint.json"
 def code_hash(module: str | None = None, source: Path | None = None) -> str:
     """Hash of the source files `python -m <module>` can run (all of the package's without one): an
     edit to code the stage never runs keeps its state."""
-    from op_classifier import sources
+    from op_classifier.training import sources
 
     root = source or sources.SOURCE
     files = sources.closure(module, root) if module else (root / sources.PACKAGE).rglob("*.py")

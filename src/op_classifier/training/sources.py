@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = "op_classifier"
-SOURCE = Path(__file__).resolve().parents[1]  # src/
+SOURCE = Path(__file__).resolve().parents[2]  # src/
 # Packages that import their modules by name at run time (the model registry loads every models/*.py).
 DISCOVERING = (f"{PACKAGE}.models",)
 

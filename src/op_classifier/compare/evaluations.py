@@ -1,4 +1,4 @@
-"""`op-classifier compare A B`: two evaluated models, paired on the same images (comparison.py).
+"""`op-classifier compare A B`: two evaluated models, paired on the same images (paired.py).
 
 A and B each name an evaluation: `workspace` (this folder's last `dvc repro`), a DVC experiment (its
 name or revision), an MLflow run id (training or evaluate), a registered version (`v3`, models:/...)
@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from op_classifier import comparison, tracking
+from op_classifier import tracking
+from op_classifier.compare import paired
 from op_classifier.config import Config
 from op_classifier.data.prepared import RUN_FILE
 from op_classifier.errors import DataError, OpClassifierError
@@ -39,9 +40,9 @@ def run(cfg: Config, a: str, b: str, split: str, as_json: bool = False) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             first, second = (_resolve(cfg, ref, Path(tmp) / side) for ref, side in ((a, "a"), (b, "b")))
-            result = comparison.compare(
-                comparison.read_predictions(first.path, a),
-                comparison.read_predictions(second.path, b),
+            result = paired.compare(
+                paired.read_predictions(first.path, a),
+                paired.read_predictions(second.path, b),
                 split,
                 alpha=cfg.tracking.alpha,
                 seed=cfg.seed,
@@ -49,11 +50,11 @@ def run(cfg: Config, a: str, b: str, split: str, as_json: bool = False) -> str:
         except OpClassifierError as error:
             raise CompareError(str(error)) from None
         result = {"a": {"ref": a, "label": first.label}, "b": {"ref": b, "label": second.label}, **result}
-        text = json.dumps(result, indent=2) if as_json else comparison.table(result, first.label, second.label)
+        text = json.dumps(result, indent=2) if as_json else paired.table(result, first.label, second.label)
         newer = max((first, second), key=lambda side: side.started if side.run_id else -1)
         if newer.run_id and cfg.tracking.kind != "none":
             out = Path(tmp) / f"compare-{split}-{_safe(a)}-vs-{_safe(b)}.txt"
-            out.write_text(comparison.table(result, first.label, second.label) + "\n", encoding="utf-8")
+            out.write_text(paired.table(result, first.label, second.label) + "\n", encoding="utf-8")
             out.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
             store = tracking.open_store(cfg.tracking)
             for path in (out, out.with_suffix(".json")):

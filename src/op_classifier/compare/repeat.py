@@ -175,7 +175,7 @@ def _log_spread(tracker: tracking.Tracker, done: dict[int, dict]) -> dict[str, d
     tracker.set_tags({"seeds_finished": json.dumps(seeds)})
     tracker.log_metrics({f"{key}_{stat}": value for key, stats in summary.items() for stat, value in stats.items()})
     with tempfile.TemporaryDirectory() as tmp:
-        from op_classifier import figures
+        from op_classifier.reports import figures
 
         tracker.log_artifact(figures.seed_scores(scores, seeds, Path(tmp) / "seed_scores.png"), "figures")
     return summary
@@ -296,7 +296,7 @@ class _Watchdog:
         if run_id is None:
             return
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "op_classifier.repeat", WATCH, str(os.getpid())],
+            [sys.executable, "-m", "op_classifier.compare.repeat", WATCH, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -317,7 +317,7 @@ class _Watchdog:
 
 
 def _watch(pid: str) -> None:
-    """The watchdog's side (`python -m op_classifier.repeat --watch-run PID`): see _Watchdog."""
+    """The watchdog's side (`python -m op_classifier.compare.repeat --watch-run PID`): see _Watchdog."""
     uri, run_id = sys.stdin.readline().strip(), sys.stdin.readline().strip()
     if not run_id or sys.stdin.readline().strip() == "done":
         return

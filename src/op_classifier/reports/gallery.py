@@ -22,7 +22,7 @@ from PIL import Image
 
 from op_classifier.data.prepared import Split, single_label
 from op_classifier.errors import DataError
-from op_classifier.pages import class_colours, ink, jpeg_base64, page_text
+from op_classifier.reports.pages import class_colours, ink, jpeg_base64, page_text
 
 THUMB_SIDE = 96  # px: enough to recognise a character, ~3 KB each
 MAX_PER_CELL = 200  # images shown per cell (the most doubtful first); a line says how many more

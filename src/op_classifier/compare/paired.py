@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,20 @@ def _scores(numbered: Sequence[tuple[int, list[str]]], classes: Sequence[str]) -
         score = numbered[row][1][len(FIXED) + column][:24]  # the text as written, not a float's rounding
         raise ValueError(f"line {numbered[row][0]}: {classes[column]}'s score {score} is not a probability in [0, 1]")
     return scores
+
+
+Judge = Callable[[Path], dict[str, Any]]  # tracking.Judge: what Tracker.register takes
+
+
+def judge(predictions: Path, split: str, alpha: float) -> Judge:
+    """This model's paired test against another's predictions file: B (this one) against A (that one)."""
+
+    def against(theirs: Path) -> dict[str, Any]:
+        return compare(
+            read_predictions(theirs, "the champion"), read_predictions(predictions, "this model"), split, alpha
+        )
+
+    return against
 
 
 def compare(

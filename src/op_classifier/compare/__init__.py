@@ -1,0 +1,2 @@
+"""Is a difference real? Two evaluations paired on the same images (paired.py), `op-classifier compare`'s
+references resolved to their predictions (evaluations.py), and the pipeline over several seeds (repeat.py)."""
