@@ -39,7 +39,7 @@ def timed_fit(overrides: tuple[str, ...], images: Path, labels: np.ndarray, step
     """One fresh model: compile on a first epoch, then seconds per step over `steps` steps."""
     import keras
 
-    cfg = config.validate(config.compose(overrides, conf_dir=REPO / "conf"))
+    cfg = config.load(overrides, conf_dir=REPO / "conf")
     scope, device, policy = pick_device(cfg.train)
     args, learning_rate = hparams.final_args(cfg.model, cfg.train, {})
     with scope:
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=efficientnet_v2_b0")
     args = parser.parse_args()
     overrides = tuple(args.overrides)
-    cfg = config.validate(config.compose(overrides, conf_dir=REPO / "conf"))
+    cfg = config.load(overrides, conf_dir=REPO / "conf")
     batch_size = args.batch_size or cfg.train.batch_size
     rows = batch_size * args.steps
     rng = np.random.default_rng(0)

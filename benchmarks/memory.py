@@ -42,8 +42,8 @@ def rss_mb():
 
 def cfg(work, *overrides):
     root = Path(work)
-    paths = [f"paths.{{k}}={{root / v}}" for k, v in vars(config.validate(config.compose((), conf_dir=Path({conf!r}))).paths).items()]
-    return config.validate(config.compose((*paths, "tracking=none", *overrides), conf_dir=Path({conf!r})))
+    paths = [f"paths.{{k}}={{root / v}}" for k, v in vars(config.load((), conf_dir=Path({conf!r})).paths).items()]
+    return config.load((*paths, "tracking=none", *overrides), conf_dir=Path({conf!r}))
 """
 
 PREPARE = """

@@ -86,7 +86,7 @@ def inject(folder: Path, raw: Path, copies: int, seed: int) -> dict[str, str]:
 
 def compose(*overrides: str) -> config.Config:
     """The repository's conf/ with overrides, validated, as a stage receives it."""
-    return config.validate(config.compose(overrides, conf_dir=REPO / config.CONF_DIR))
+    return config.load(overrides, conf_dir=REPO / config.CONF_DIR)
 
 
 def run_prepare(raw: Path, out: Path, overrides: list[str]) -> tuple[dict, float]:

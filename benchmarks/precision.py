@@ -31,8 +31,8 @@ from op_classifier.stages import train
 from op_classifier.data.stream import split_stream
 
 root = Path({work!r})
-paths = [f"paths.{{k}}={{root / v}}" for k, v in vars(config.validate(config.compose((), conf_dir=Path({conf!r}))).paths).items()]
-cfg = config.validate(config.compose((*paths, "tracking=none", "train.device=cpu", "train.mixed_precision={setting}"), conf_dir=Path({conf!r})))
+paths = [f"paths.{{k}}={{root / v}}" for k, v in vars(config.load((), conf_dir=Path({conf!r})).paths).items()]
+cfg = config.load((*paths, "tracking=none", "train.device=cpu", "train.mixed_precision={setting}"), conf_dir=Path({conf!r}))
 classes = json.loads((root / "data/prepared/manifest.json").read_text())["classes"]
 model, described = train.build(cfg, classes, {{}})
 

@@ -74,7 +74,7 @@ def register_untrained(root: Path) -> None:
     from op_classifier.models.seed_cnn import build_model
     from op_classifier.tracking.runs import MlflowTracker
 
-    cfg = config.validate(config.compose((f"tracking.uri=sqlite:///{root / 'mlflow.db'}",), conf_dir=root / "conf"))
+    cfg = config.load((f"tracking.uri=sqlite:///{root / 'mlflow.db'}",), conf_dir=root / "conf")
     model = compile_model(build_model(4, SIZE, resize=96, seed=0), 1e-3, ["Luffy", "Nami", "Sanji", "Zoro"])
     tracker = MlflowTracker(cfg.tracking)
     example = np.zeros((1, SIZE, SIZE, 3), dtype="float32")

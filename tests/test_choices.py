@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from op_classifier import choices, config
+from op_classifier import config
+from op_classifier.cli import compose as choices
 from op_classifier.errors import ConfigError
 from tests.conftest import REPO, run_in
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -369,11 +369,20 @@ def _model_schema(name: Any) -> type:
     return models.get(name).params
 
 
-def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> DictConfig:
-    """Compose conf/ with Hydra overrides, exactly as DVC's Hydra composition does, and validate it.
+def compose(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> DictConfig:
+    """Compose conf/ with Hydra overrides, exactly as DVC's Hydra composition does; checked against the schema.
 
-    DVC's composition (`dvc exp run -S`) validates too: see src/hydra_plugins/op_classifier_compose.py.
+    DVC's composition (`dvc exp run -S`) is checked too: see src/hydra_plugins/op_classifier_compose.py.
     """
+    return _composed(overrides, conf_dir)[0]
+
+
+def load(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> Config:
+    """conf/ composed with the overrides, as the typed config a command runs with (validated once)."""
+    return _composed(overrides, conf_dir)[1]
+
+
+def _composed(overrides: Sequence[str], conf_dir: Path | None) -> tuple[DictConfig, Config]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -385,8 +394,7 @@ def compose(overrides: tuple[str, ...] = (), conf_dir: Path | None = None) -> Di
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(composition_error(error)) from None
-    validate(cfg)  # also where the Hydra plugin is not installed
-    return cfg
+    return cfg, validate(cfg)  # validated here too: the Hydra plugin may not be installed
 
 
 def project_conf(conf_dir: Path | None = None) -> Path:

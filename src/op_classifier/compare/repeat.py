@@ -76,7 +76,7 @@ def run(overrides: Sequence[str], seeds: int, jobs: int = 1) -> dict[str, Any]:
         raise ConfigError("--seeds must be at least 2: one seed has no spread")
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
-    cfg = config.validate(config.compose(tuple(overrides)))
+    cfg = config.load(tuple(overrides))
     started, first = time.perf_counter(), cfg.seed
     folder = own_folder(Path(cfg.paths.repeats))
     chosen = [first + i for i in range(seeds)]

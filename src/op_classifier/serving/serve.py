@@ -261,7 +261,7 @@ def run(
     """Check the limit, the model and the port, load the model, then serve until stopped (Ctrl-C, SIGTERM)."""
     if not (math.isfinite(max_body_mb) and max_body_mb > 0):
         raise ServeError(f"--max-body-mb must be a positive number of MiB, not {max_body_mb}")
-    cfg = config.validate(config.compose(tuple(overrides)))
+    cfg = config.load(tuple(overrides))
     store = tracking.open_store(cfg.tracking)
     model_uri = model_uri or default_model(cfg)
     if ":/" not in model_uri and not Path(model_uri).is_dir():  # else MLflow: "downloading ... from /:"

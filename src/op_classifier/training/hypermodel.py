@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from op_classifier.config import ARCHITECTURE, Config, ModelBase, TrainConfig, compose, validate
+from op_classifier.config import ARCHITECTURE, Config, ModelBase, TrainConfig, load
 from op_classifier.data.prepared import load_manifest
 from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX
 from op_classifier.models import get as architecture
@@ -126,7 +126,7 @@ def candidates(cfg: Config) -> tuple[dict[str, Candidate], dict[str, SearchParam
         if name == cfg.model.name:
             found[name] = Candidate(cfg.model, own)
             continue
-        other = validate(compose((f"model={name}", f"data.image_size={cfg.data.image_size}")))
+        other = load((f"model={name}", f"data.image_size={cfg.data.image_size}"))
         found[name] = Candidate(
             other.model, {k: v for k, v in other.tuner.search_space.items() if k in other.model.args()}
         )

@@ -1,4 +1,4 @@
-"""The choices `op-classifier compose KEY=VALUE` saves, in conf/ itself, so `dvc exp run -S` keeps them.
+"""`op-classifier compose KEY=VALUE`: the choices it saves, in conf/ itself, so `dvc exp run -S` keeps them.
 
 DVC composes params.yaml from conf/ plus its `-S` overrides alone: values that lived only in
 params.yaml were lost at the first experiment. So compose writes its overrides into
@@ -9,6 +9,7 @@ the file's defaults list, a value (`data.image_size=224`) a value of the file.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,24 @@ HEADER = """# @package _global_
 # win over the groups and presets, and `dvc exp run -S ...` composes them too; a `-S` override still wins.
 # Change them with `op-classifier compose KEY=VALUE`, drop them all with `op-classifier compose --reset`.
 """
+
+
+ORDER = 10
+
+
+def add(sub: Any, common: argparse.ArgumentParser) -> None:
+    """compose [--reset] [KEY=VALUE ...]"""
+    parser = sub.add_parser(
+        "compose", parents=[common], help="save overrides in conf/project/composed.yaml, compose conf/ into params.yaml"
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides to keep, e.g. data.val_fraction=0.25")
+    parser.add_argument("--reset", action="store_true", help="drop the choices saved before (then apply the overrides)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Save the choices and write params.yaml; say so."""
+    print(compose(args.overrides, args.reset))
 
 
 def compose(overrides: Sequence[str], reset: bool = False) -> str:
