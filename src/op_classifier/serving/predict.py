@@ -72,6 +72,7 @@ from op_classifier.files import cpu_count
 from op_classifier.serving import litert
 from op_classifier.serving.output import check_target, shown, write_whole
 from op_classifier.serving.report import percent, report_page
+from op_classifier.serving.result import Result
 
 if TYPE_CHECKING:
     from op_classifier.tracking import ModelStore
@@ -117,24 +118,6 @@ class Classifier:
     classes: list[str]
     image_size: int
     source: str
-
-
-@dataclass(frozen=True)
-class Result:
-    """One input file: its class probabilities, or the reason it has none."""
-
-    path: str
-    probabilities: dict[str, float] | None = None
-    error: str | None = None
-
-    def predicted(self, threshold: float) -> list[str]:
-        """The classes at or above the threshold, in class order."""
-        return [name for name, p in (self.probabilities or {}).items() if p >= threshold]
-
-    @property
-    def top(self) -> str | None:
-        """The most probable class."""
-        return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
 
 
 # --- inputs --------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from PIL import Image, ImageOps
 from op_classifier.data.images import to_rgb
 from op_classifier.reports.pages import class_colours, ink, jpeg_base64, page_text
 
-if TYPE_CHECKING:  # predict imports this module: the type only, no import cycle at run time
-    from op_classifier.serving.predict import Result
+if TYPE_CHECKING:
+    from op_classifier.serving.result import Result
 
 
 def percent(fraction: float) -> str:

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from op_classifier.errors import first_line
-from op_classifier.tracking import PREDICTIONS_ARTIFACT, Evaluated, TrackingError, missing_sqlite, registered
+from op_classifier.tracking.naming import PREDICTIONS_ARTIFACT
+from op_classifier.tracking.protocols import Evaluated, Served, TrackingError
 from op_classifier.tracking.store import SHARED_VIEW_KEY, client_env
+from op_classifier.tracking.uris import missing_sqlite, registered
 
 # Registry lookups that mean "no such model, version or alias" rather than a broken store.
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
@@ -155,7 +157,7 @@ class MlflowModelStore:
         except Exception as error:  # MLflow raises many types for a store it cannot write
             raise TrackingError(f"MLflow store {self.uri} cannot store {path.name} ({first_line(error)})") from None
 
-    def served(self, model_uri: str, trust_code: bool = False) -> Any:
+    def served(self, model_uri: str, trust_code: bool = False) -> Served:
         """The model model_uri (models:/, runs:/, a path) names, loaded to serve (served.ServedModel)."""
         from op_classifier.tracking.served import served_model
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from op_classifier.config import CHAMPION, TrackingConfig
 from op_classifier.errors import DataError, OpClassifierError
-from op_classifier.tracking import Judge, TrackingError, tracking_uri
+from op_classifier.tracking.protocols import Judge, TrackingError
 from op_classifier.tracking.registry import (
     DATA_HASH_TAG,
     champion_decision,
@@ -43,6 +43,7 @@ from op_classifier.tracking.store import (
     tag_experiment,
     unfinished_run,
 )
+from op_classifier.tracking.uris import tracking_uri
 
 LOGGED_MODEL_CODE = Path(__file__).with_name("logged_model.py")
 
@@ -240,7 +241,7 @@ class MlflowTracker:
         import mlflow
         from mlflow.models import infer_signature
 
-        from op_classifier.tracking.served import PixelClassifier
+        from op_classifier.tracking.pyfunc import PixelClassifier
 
         signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,69 +1,29 @@
-"""The logged model as MLflow holds it (a pyfunc checking raw pixels) and as it is served."""
+"""The model `op-classifier serve` holds: a logged model loaded from a store, behind the pixel checks.
+
+served_model downloads what a models:/ or runs:/ URI (or a folder) names and loads an op-classifier
+model's Keras file only (no code of its folder runs); any other pyfunc only when trusted. ServedModel
+answers raw pixels (checked) and decoded images through forward.py's traced forward pass.
+
+PixelClassifier (pyfunc.py) is imported here: logged_model.py, the code every model is logged with,
+names it as op_classifier.tracking.served.PixelClassifier, and so do the models logged before.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-from mlflow.pyfunc import PythonModel  # the served wrapper's base class must exist at import
 
 from op_classifier.errors import first_line
 from op_classifier.models.common import load_model
-from op_classifier.tracking import TrackingError
+from op_classifier.tracking.forward import CHUNK, checked_pixels, serving_function
+from op_classifier.tracking.protocols import TrackingError
+from op_classifier.tracking.pyfunc import PixelClassifier
 from op_classifier.tracking.store import client_env
 
-
-class PixelClassifier(PythonModel):
-    """The served model: checks (batch, S, S, 3) raw 0..255 pixels, answers per-class probabilities."""
-
-    ARTIFACT = "keras_model"
-    CHUNK = 64  # images per forward pass: a large request must not take all the memory at once
-
-    def load_context(self, context: Any) -> None:
-        """Load the Keras model (without its training metrics, which serving never needs)."""
-        self.model = load_model(context.artifacts[self.ARTIFACT])
-        self.shape = tuple(self.model.input_shape[1:])
-
-    # model_input stays np.ndarray, a hint MLflow derives no schema from: a type-hint schema would
-    # make the server accept only `{"inputs": ...}`, not TensorFlow Serving's `{"instances": ...}`.
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Per-class probabilities, (batch, classes); a bad input raises a 400-mapped MlflowException."""
-        images = _checked_pixels(model_input, self.shape)
-        chunks = [self.model.predict_on_batch(images[i : i + self.CHUNK]) for i in range(0, len(images), self.CHUNK)]
-        return np.concatenate([np.asarray(c) for c in chunks]).astype("float32")
-
-
-def _checked_pixels(data: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """data as float32 (batch, *shape) raw pixels, or an INVALID_PARAMETER_VALUE error saying what is wrong.
-
-    Every message is short and quotes no data: a server sends it back to its client.
-    """
-    from mlflow.exceptions import MlflowException
-
-    expected = f"(batch, {', '.join(map(str, shape))}) raw RGB pixel values 0..255"
-    try:
-        found = np.asarray(data)  # its own dtype first: float32 would take "7", None and True as numbers
-    except (TypeError, ValueError):  # numpy refuses ragged nested lists
-        raise MlflowException.invalid_parameter_value(f"instances must be a regular array: {expected}") from None
-    if found.dtype == bool:
-        raise MlflowException.invalid_parameter_value(f"instances contain true/false, not pixels: {expected}")
-    if found.dtype.kind not in "iuf":  # strings, JSON null (object), ragged lists of lists (object)
-        raise MlflowException.invalid_parameter_value(
-            f"instances must be a regular array of numbers (no strings or null): {expected}"
-        )
-    if found.ndim != len(shape) + 1 or found.shape[1:] != shape or len(found) == 0:
-        got = str(found.shape) if found.ndim <= len(shape) + 2 else f"{found.ndim} axes"
-        raise MlflowException.invalid_parameter_value(f"instances have shape {got}, expected {expected}")
-    images = found.astype("float32", copy=False)
-    if not np.isfinite(images).all():  # JSON NaN and Infinity (Python's json reads them); huge numbers overflow
-        raise MlflowException.invalid_parameter_value(f"instances contain NaN or infinite values: {expected}")
-    low, high = float(images.min()), float(images.max())
-    if low < 0 or high > 255:
-        raise MlflowException.invalid_parameter_value(f"instances range {low:g}..{high:g}, expected {expected}")
-    return images
+__all__ = ["PixelClassifier", "ServedModel", "served_model", "serving_function"]
 
 
 class ServedModel:
@@ -78,7 +38,7 @@ class ServedModel:
         self.shape = shape  # of one image, (S, S, 3)
         keras_model = _keras_model_of(model)
         self.forward = (
-            serving_function(keras_model, shape, PixelClassifier.CHUNK)
+            serving_function(keras_model, shape, CHUNK)
             if keras_model is not None
             else lambda images: np.asarray(model.predict(images.astype(np.float32, copy=False)))
         )
@@ -86,17 +46,9 @@ class ServedModel:
     def predict(self, instances: Any) -> np.ndarray:
         """(batch, classes) probabilities of (batch, *shape) raw 0..255 pixels, nested lists or an array.
 
-        A bad input raises DataError with _checked_pixels' short message.
+        A bad input raises DataError with forward.checked_pixels' short message.
         """
-        from mlflow.exceptions import MlflowException
-
-        from op_classifier.errors import DataError
-
-        try:
-            images = _checked_pixels(instances, self.shape)
-        except MlflowException as error:
-            raise DataError(error.message) from None
-        return self.forward(images)
+        return self.forward(checked_pixels(instances, self.shape))
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """(batch, classes) probabilities of decoded uint8 (batch, *shape) images (images.decode_image's)."""
@@ -112,35 +64,6 @@ def _keras_model_of(model: Any) -> keras.Model | None:
     except Exception:  # not a Python-function model (another flavor): MLflow raises its own error
         return None
     return getattr(inner, "model", None) if isinstance(inner, PixelClassifier) else None
-
-
-def serving_function(model: keras.Model, shape: tuple[int, ...], chunk: int) -> Callable[[np.ndarray], np.ndarray]:
-    """float32 (batch, classes) probabilities of (batch, *shape) pixels (any real dtype), chunk images a call.
-
-    Under TensorFlow, the model traced once into a graph for any batch size (a tf.function with an input
-    signature, traced here): about 0.5 ms a call less than predict_on_batch, which converts and checks
-    its input on every call, and never retraced. Other backends call predict_on_batch.
-    """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        graph = tf.function(
-            lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)]
-        ).get_concrete_function()
-
-        def call(x: np.ndarray) -> np.ndarray:
-            return graph(tf.constant(x, tf.float32)).numpy()
-    else:
-        call = model.predict_on_batch
-
-    def forward(images: np.ndarray) -> np.ndarray:
-        # float32 one chunk at a time: a large batch of uint8 images never doubles as floats at once.
-        parts = [
-            np.asarray(call(images[i : i + chunk].astype(np.float32, copy=False))) for i in range(0, len(images), chunk)
-        ]
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(np.float32, copy=False)
-
-    return forward
 
 
 def served_model(model_uri: str, store: str, trust_code: bool = False) -> ServedModel:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from op_classifier.errors import first_line
-from op_classifier.tracking import TrackingError, sqlite_file
+from op_classifier.tracking.protocols import TrackingError
+from op_classifier.tracking.uris import sqlite_file
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # Our marks on a run: whether a later stage may continue it (set when a stage starts it with a resume
