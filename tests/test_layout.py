@@ -189,6 +189,54 @@ def test_the_loop_check_sees_a_loop_through_a_function_level_import(tmp_path: Pa
     assert {"models", "weights"} <= set(_loops(_edges(copy)))
 
 
+def _module(path: Path, source: Path) -> str:
+    parts = path.relative_to(source).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_loops(package: Path = PACKAGE) -> list[list[str]]:
+    """Groups of modules whose imports (module level or inside functions) lead back to themselves.
+
+    A module's parent packages run before it but are not its imports: `from a.b import c` of the
+    module a.b.c is an edge to a.b.c alone (sources.imports).
+    """
+    source = package.parent
+    edges = {_module(path, source): sources.imports(path, source) for path in package.rglob("*.py")}
+    reach = {name: _reach(edges, name) for name in edges}
+    groups = {frozenset({m, *(n for n in reach[m] if m in reach[n])}) for m in edges if m in reach[m]}
+    return sorted(sorted(group) for group in groups)
+
+
+def _reach(edges: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), set()) - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_no_import_loop_between_modules() -> None:
+    assert _module_loops() == []
+
+
+def test_the_module_loop_check_sees_a_lazy_loop(tmp_path: Path) -> None:
+    copy = tmp_path / "src" / "op_classifier"
+    shutil.copytree(PACKAGE, copy)
+    with (copy / "tracking/uris.py").open("a") as handle:
+        handle.write("\n\ndef _late() -> None:\n    from op_classifier.tracking import make_tracker  # noqa: F401\n")
+    loops = _module_loops(copy)
+    assert any({"op_classifier.tracking", "op_classifier.tracking.uris"} <= set(loop) for loop in loops), loops
+
+
+LOOSE_MAX = 10  # modules at the package's top, beside its subpackages
+
+
+def test_few_modules_loose_at_the_top() -> None:
+    loose = sorted(path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py")
+    assert len(loose) <= LOOSE_MAX, loose
+
+
 MODULE_MAX_LINES = 450  # a module longer than this does more than one job: split it by job
 
 

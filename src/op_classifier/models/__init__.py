@@ -1,7 +1,7 @@
 """The model registry: `model.name` picks an architecture module of this package.
 
 An architecture is one module here registering its typed parameters and its builder with
-`@register(<name>, ...)`, plus one `conf/model/<name>.yaml`; a keras.applications backbone is one line
+`@registry.register(<name>, ...)`, plus one `conf/model/<name>.yaml`; a keras.applications backbone is one line
 of applications.py. Nothing else names it.
 
 Architecture modules import Keras inside their builders, never at the top: every composition
@@ -13,39 +13,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from op_classifier.errors import ConfigError
+from op_classifier.models.registry import REGISTERED, Architecture
 
-NOT_ARCHITECTURES = frozenset({"common", "pretrained"})  # shared pieces, not architectures
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """One registered architecture: its config schema and its builder."""
-
-    name: str
-    params: type  # a dataclass subclassing schema.ModelBase: the model section's schema
-    build: Callable[..., Any]  # build(num_classes, image_size, seed, **args) -> keras.Model
-
-    def args(self) -> tuple[str, ...]:
-        """The builder's keyword arguments taken from config: the schema's keys, augment's flat."""
-        return self.params.args()
-
-
-_REGISTRY: dict[str, Architecture] = {}
-
-
-def register(name: str, params: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register `build` as architecture `name` with its schema `params`."""
-
-    def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[name] = Architecture(name, params, build)
-        return build
-
-    return decorate
+# Modules of this package that are not architectures: shared pieces and the registry itself.
+NOT_ARCHITECTURES = frozenset({"common", "pretrained", "registry"})
 
 
 def names() -> list[str]:
@@ -53,13 +26,13 @@ def names() -> list[str]:
     for module in pkgutil.iter_modules(__path__):
         if module.name not in NOT_ARCHITECTURES:
             importlib.import_module(f"{__name__}.{module.name}")
-    return sorted(_REGISTRY)
+    return sorted(REGISTERED)
 
 
 def get(name: str) -> Architecture:
     """The architecture registered as `name`; one line naming the key if unknown."""
-    if name not in _REGISTRY:
+    if name not in REGISTERED:
         known = names()
-        if name not in _REGISTRY:
+        if name not in REGISTERED:
             raise ConfigError(f"model.name: unknown architecture '{name}' (known: {', '.join(known)})")
-    return _REGISTRY[name]
+    return REGISTERED[name]

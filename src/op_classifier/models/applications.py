@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from op_classifier.models import pretrained, register
+from op_classifier.models import pretrained
+from op_classifier.models.registry import register
 
 if TYPE_CHECKING:
     import keras

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, ClassVar, Dict, Optional
 
 from omegaconf import MISSING
 
-from op_classifier.models import pretrained, register
+from op_classifier.models import pretrained
+from op_classifier.models.registry import register
 from op_classifier.schema import Range, Rule
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional
 from omegaconf import MISSING
 
 from op_classifier import schema
-from op_classifier.models import register
+from op_classifier.models.registry import register
 from op_classifier.schema import AT_LEAST_1, ModelBase, Range, Rule
 
 if TYPE_CHECKING:

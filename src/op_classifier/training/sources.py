@@ -31,8 +31,11 @@ def imports(path: Path, source: Path = SOURCE) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+            # `from a.b import c`: the module a.b.c when c is one (a.b's __init__ runs as its parent), else a.b.
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names}
+            found |= {name for name in submodules if module_file(name, source)}
+            if any(not module_file(name, source) for name in submodules):
+                found.add(node.module)
     for package in DISCOVERING:
         if module_file(package, source) == path:
             found |= {f"{package}.{file.stem}" for file in path.parent.glob("*.py") if file.stem != "__init__"}
