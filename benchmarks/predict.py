@@ -129,6 +129,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
 def throughputs(classifier: Any, files: list[str], ready: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
     """Images/s: the CLI path, decoding alone, and the model alone on ready arrays."""
     from op_classifier.data.images import load_image
+    from op_classifier.defaults import MAX_IMAGE_PIXELS
     from op_classifier.serving import predict
 
     model, n = classifier.model, len(files)
@@ -142,7 +143,7 @@ def throughputs(classifier: Any, files: list[str], ready: np.ndarray, batch: int
 
     def decode() -> None:
         for file in files:
-            load_image(Path(file), classifier.image_size, predict.MAX_PIXELS)
+            load_image(Path(file), classifier.image_size, MAX_IMAGE_PIXELS)
 
     cli_path(), model.predict(ready[:batch], batch_size=batch, verbose=0), on_batches()  # warm-up: tracing
     return {

@@ -124,13 +124,14 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
     import orjson
 
     from op_classifier.data.images import decode_image
+    from op_classifier.defaults import MAX_IMAGE_PIXELS
     from op_classifier.serving import request
     from op_classifier.tracking import served as serving_model
 
     nested = orjson.loads(pixels_body)["instances"]
     array = np.asarray(nested)
     b64 = orjson.loads(b64_body)["instances"][0]["b64"]
-    image = decode_image(jpeg, SIZE, request.MAX_PIXELS)[None]
+    image = decode_image(jpeg, SIZE, MAX_IMAGE_PIXELS)[None]
     return [
         ("pixels: request.pixel_array (the server's)", lambda: request.pixel_array(pixels_body, served.shape)),
         ("pixels: checks (dtype, NaN, range)", lambda: serving_model._checked_pixels(array, served.shape)),
@@ -140,7 +141,7 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
         ("pixels, before: json.loads", lambda: json.loads(pixels_body.decode())),
         ("b64: request.read_request (orjson)", lambda: request.read_request(b64_body, served.shape)),
         ("b64: base64 decode", lambda: base64.b64decode(b64, validate=True)),
-        ("b64: images.decode_image (as prepare)", lambda: decode_image(jpeg, SIZE, request.MAX_PIXELS)),
+        ("b64: images.decode_image (as prepare)", lambda: decode_image(jpeg, SIZE, MAX_IMAGE_PIXELS)),
         ("the model: ServedModel.predict_images", lambda: served.predict_images(image)),
     ]
 

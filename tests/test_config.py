@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from op_classifier import config
+from op_classifier.defaults import MAX_IMAGE_PIXELS
 from op_classifier.errors import ConfigError
 from tests.conftest import REPO, compose
 
@@ -44,6 +45,11 @@ def test_composed_config_is_typed() -> None:
     # the model file's list replaces the tuner file's (lists are not merged)
     assert cfg.tuner.search_space["learning_rate"].values == [3e-2, 1e-2, 3e-3, 1e-3, 3e-4]
     assert compose("model=resnet").tuner.search_space["learning_rate"].values == [1e-2, 1e-3, 1e-4]
+
+
+def test_prepare_refuses_what_predict_and_serve_refuse() -> None:
+    # predict and serve read no project config: their limit is the default prepare composes to.
+    assert compose().data.max_image_pixels == MAX_IMAGE_PIXELS
 
 
 def test_params_yaml_validates() -> None:

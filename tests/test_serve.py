@@ -29,6 +29,7 @@ from PIL import Image
 
 from op_classifier import cli
 from op_classifier.data.images import load_image
+from op_classifier.defaults import MAX_IMAGE_PIXELS
 from op_classifier.models.common import compile_model
 from op_classifier.models.seed_cnn import build_model
 from op_classifier.tracking import served as serving_model
@@ -42,7 +43,6 @@ START_TIMEOUT = 90  # seconds for the server to load TensorFlow and the model
 LIMIT_MB = 2  # the test server's --max-body-mb: small, so that crossing it costs little
 LIMIT = LIMIT_MB * 2**20
 MESSAGE_MAX = 200  # characters of an error message, at most
-MAX_PIXELS = 89_478_485  # data.max_image_pixels in conf/
 NAME = "op-classifier"  # tracking.model_name in conf/
 ANSWER_MAX = 400  # bytes of a whole error answer, at most: a request is never echoed
 
@@ -235,7 +235,7 @@ def test_b64_images_get_the_probabilities_of_the_same_files_decoded_as_prepare_d
     for index, data in enumerate(files):
         path = tmp_path / f"image-{index}"
         path.write_bytes(data)
-        decoded.append(load_image(path, SIZE, MAX_PIXELS))  # what prepare and predict make of the file
+        decoded.append(load_image(path, SIZE, MAX_IMAGE_PIXELS))  # what prepare and predict make of the file
     expected = np.asarray(model(np.stack(decoded).astype("float32"), training=False))
     for path in ("/invocations", f"/v1/models/{NAME}:predict"):
         status, answer = _post(server, _b64(*files), path)

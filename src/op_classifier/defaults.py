@@ -12,3 +12,6 @@ MAX_BODY_MB = 16  # request bodies over this get HTTP 413: about 30 images of 18
 PREDICT_THRESHOLD = 0.5  # a class counts from this probability
 PREDICT_BATCH = 64  # images per model call
 SAMPLE_OUT = "data/raw"
+# Images with more pixels are refused as decompression bombs (Pillow's own default) by predict and serve,
+# which read no project config; conf/data's max_image_pixels says the same for prepare (tests/test_config.py).
+MAX_IMAGE_PIXELS = 89_478_485

@@ -66,7 +66,7 @@ from op_classifier.config import PARAMS_FILE, ConfigError
 from op_classifier.data.images import ImageError, load_image
 from op_classifier.data.prepared import RUN_FILE
 from op_classifier.data.raw import list_files
-from op_classifier.defaults import PREDICT_BATCH, PREDICT_THRESHOLD
+from op_classifier.defaults import MAX_IMAGE_PIXELS, PREDICT_BATCH, PREDICT_THRESHOLD
 from op_classifier.errors import DataError, first_line
 from op_classifier.files import cpu_count
 from op_classifier.serving import litert
@@ -78,7 +78,6 @@ if TYPE_CHECKING:
     from op_classifier.tracking import ModelStore
 
 FALLBACK_MODEL = "experiments/model"
-MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, data.max_image_pixels' default
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 # The names Pillow gives the files of the formats images.load_image decodes (images._FORMATS):
 # a folder or a pattern brings only these, so labels.csv or notes.txt beside the pictures are no errors.
@@ -293,7 +292,7 @@ def _decode(item: Result | str, size: int) -> Result | tuple[str, np.ndarray]:
     if isinstance(item, Result):
         return item
     try:
-        return item, load_image(Path(item), size, MAX_PIXELS)
+        return item, load_image(Path(item), size, MAX_IMAGE_PIXELS)
     except ImageError as error:
         return Result(item, error=str(error))
 

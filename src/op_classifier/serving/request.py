@@ -18,7 +18,6 @@ import orjson
 from op_classifier.data.images import ImageError, declared_pixels, decode_image
 from op_classifier.serving.guard import BadRequest
 
-MAX_PIXELS = 89_478_485  # of one b64 image: data.max_image_pixels' default (Pillow's decompression-bomb limit)
 INPUT_KEYS = ("instances", "inputs")  # TensorFlow Serving's row and columnar bodies: one input, the same here
 
 

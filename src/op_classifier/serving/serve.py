@@ -64,7 +64,7 @@ import orjson
 
 from op_classifier import config, tracking
 from op_classifier.config import CHAMPION
-from op_classifier.defaults import HOST, MAX_BODY_MB, SERVE_PORT
+from op_classifier.defaults import HOST, MAX_BODY_MB, MAX_IMAGE_PIXELS, SERVE_PORT
 from op_classifier.errors import DataError, OpClassifierError
 from op_classifier.serving.guard import (
     HEADER_SECONDS,
@@ -75,7 +75,7 @@ from op_classifier.serving.guard import (
     error_body,
     json_protocol,
 )
-from op_classifier.serving.request import MAX_PIXELS, decoded_images, max_images, read_request
+from op_classifier.serving.request import decoded_images, max_images, read_request
 from op_classifier.tracking import ModelStore, Served
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def score(
-    served: Served, body: bytes, *, tf_serving: bool = False, most: int | None = None, max_pixels: int = MAX_PIXELS
+    served: Served,
+    body: bytes,
+    *,
+    tf_serving: bool = False,
+    most: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[int, bytes]:
     """(HTTP status, JSON answer) to a request body: the probabilities, or a short error.
 
@@ -198,7 +203,7 @@ def _score(served: Served, body: bytes, tf_serving: bool, most: int, max_pixels:
     return 200, orjson.dumps({out: np.asarray(probabilities).tolist()})
 
 
-def app(served: Served, max_body: int, name: str, version: str = "1", max_pixels: int = MAX_PIXELS) -> ASGIApp:
+def app(served: Served, max_body: int, name: str, version: str = "1", max_pixels: int = MAX_IMAGE_PIXELS) -> ASGIApp:
     """The scoring app, guarded: POST /invocations and TensorFlow Serving's /v1/models/<name>:predict,
     GET /v1/models/<name> (its model status), /ping and /health."""
     from starlette.applications import Starlette
