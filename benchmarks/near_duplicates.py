@@ -35,7 +35,9 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from op_classifier import config
 from op_classifier.data import near_duplicates
+from op_classifier.data.decode import decode_all
 from op_classifier.data.images import ImageError, load_image, to_rgb
+from op_classifier.data.manifest import MANIFEST
 from op_classifier.data.raw import scan
 from op_classifier.stages import prepare
 
@@ -95,7 +97,7 @@ def run_prepare(raw: Path, out: Path, overrides: list[str]) -> tuple[dict, float
     started = time.perf_counter()
     prepare.run(cfg)
     seconds = time.perf_counter() - started
-    return json.loads((out / prepare.MANIFEST).read_text(encoding="utf-8")), seconds
+    return json.loads((out / MANIFEST).read_text(encoding="utf-8")), seconds
 
 
 def copies_report(manifest: dict, made: dict[str, str]) -> tuple[int, int]:
@@ -127,7 +129,7 @@ def sweep(raw: Path, made: dict[str, str], distances: list[int], overrides: list
     cfg = compose(f"paths.raw={raw}", "data.classes=null", "data.near_duplicates=1", *overrides)
     inventory = scan(raw, cfg.data)
     with tempfile.TemporaryDirectory() as scratch:
-        _, hashes, reasons = prepare.decode_all(raw, inventory.paths, Path(scratch) / "staging.npy", cfg.data)
+        _, hashes, reasons = decode_all(raw, inventory.paths, Path(scratch) / "staging.npy", cfg.data)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
     hashes, paths = [hashes[i] for i in kept], [inventory.paths[i] for i in kept]
     labels = [inventory.labels[i] for i in kept]

@@ -95,7 +95,7 @@ ALLOWED = {
         "weights",
     },
     "audit": {"config", "data", "errors", "reports"},
-    "compare": {"config", "data", "errors", "reports", "tracking"},
+    "compare": {"config", "data", "errors", "metric_names", "reports", "tracking"},
     "stages": {
         "audit",
         "compare",

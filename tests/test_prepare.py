@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from op_classifier import config
+from op_classifier.data import manifest as manifests
 from op_classifier.data import raw as raw_folder
 from op_classifier.data import splits
 from op_classifier.data.images import ImageError, read_file
@@ -74,7 +75,7 @@ def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
 
 
 def load_manifest(cfg: config.Config) -> dict:
-    return json.loads((Path(cfg.paths.prepared) / prepare.MANIFEST).read_text(encoding="utf-8"))
+    return json.loads((Path(cfg.paths.prepared) / manifests.MANIFEST).read_text(encoding="utf-8"))
 
 
 def skipped(manifest: dict, path: str) -> dict:
@@ -277,7 +278,7 @@ def test_link_to_an_image_outside_raw_is_skipped(make_cfg, raw: Path, tmp_path: 
     assert "link points outside paths.raw" in entry["reason"] and entry["kind"] == raw_folder.LINK_OUT
     assert "Luffy/secret.png" not in {e["path"] for e in manifest["files"]}
     assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 1
-    assert "1 links not followed" in prepare.summary_line(manifest, Path("m.json"))
+    assert "1 links not followed" in manifests.summary_line(manifest, Path("m.json"))
 
 
 def test_link_to_a_folder_outside_raw_is_skipped(make_cfg, raw: Path, tmp_path: Path) -> None:
@@ -316,7 +317,7 @@ def test_a_link_into_another_class_folder_is_named_in_the_summary(make_cfg, raw:
     write_dataset(raw)
     (raw / "Nami" / "uplink").symlink_to("../Luffy")
     _, summary, manifest = run_prepare(make_cfg)
-    line = prepare.summary_line(manifest, Path("manifest.json"))
+    line = manifests.summary_line(manifest, Path("manifest.json"))
     assert "; 3 relabelled by copies in other class folders (Luffy/ now Luffy+Nami: 3)" in line
     assert summary["relabelled"] == 3
 
@@ -324,9 +325,9 @@ def test_a_link_into_another_class_folder_is_named_in_the_summary(make_cfg, raw:
 def test_the_summary_names_every_relabelling_grouped_by_folder() -> None:
     merged = [{"path": f"Luffy/{i}.png", "labels": ["Luffy", "Nami"]} for i in range(17)]
     merged += [{"path": "Zoro/a/b.png", "labels": ["Sanji", "Zoro"]}]
-    assert prepare.relabellings(merged) == "Luffy/ now Luffy+Nami: 17, Zoro/a/ now Sanji+Zoro: 1"
+    assert manifests.relabellings(merged) == "Luffy/ now Luffy+Nami: 17, Zoro/a/ now Sanji+Zoro: 1"
     many = [{"path": f"c{i}/x.png", "labels": ["A", "B"]} for i in range(8)]
-    assert prepare.relabellings(many).endswith(", and 2 more groups (manifest: warnings)")
+    assert manifests.relabellings(many).endswith(", and 2 more groups (manifest: warnings)")
 
 
 def test_check_raw_refuses_links_out_before_dvc_add_copies_them(raw: Path, tmp_path: Path) -> None:
@@ -354,7 +355,7 @@ def test_non_utf8_file_name_is_skipped_and_named(make_cfg, raw: Path) -> None:
         entry = skipped(manifest, path)
         assert "not valid UTF-8" in entry["reason"] and entry["kind"] == raw_folder.BAD_NAME
     assert sum(manifest["counts"].values()) == 12 and summary["skipped"] == 2
-    text = (Path(cfg.paths.prepared) / prepare.MANIFEST).read_bytes().decode("utf-8")
+    text = (Path(cfg.paths.prepared) / manifests.MANIFEST).read_bytes().decode("utf-8")
     json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
 
 

@@ -142,3 +142,10 @@ def groups_of(ids: Sequence[int]) -> list[list[int]]:
 def max_distance(hashes: Sequence[bytes], members: Sequence[int]) -> int:
     """The largest distance between two members of a group (a chain's ends can be far apart)."""
     return max((int(apart.max()) for _, apart in blocks(as_words([hashes[i] for i in members]))), default=0)
+
+
+def near_duplicate_groups(hashes: Sequence[bytes | None], distance: int | None) -> list[int]:
+    """Each kept image's near-duplicate group (data.near_duplicates 0 or null: every image alone)."""
+    if not distance:
+        return list(range(len(hashes)))
+    return group_ids(hashes, distance)
