@@ -26,7 +26,7 @@ import numpy as np
 from op_classifier import config
 from op_classifier.data.stream import ImageStream
 from op_classifier.models import get as architecture
-from op_classifier.models.common import compile_model
+from op_classifier.models.common.compile import compile_model
 from op_classifier.stages.train import pick_device
 from op_classifier.training import hparams
 

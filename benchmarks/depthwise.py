@@ -17,16 +17,17 @@ PROBE = """
 import json, sys, time
 import numpy as np
 import keras
-from op_classifier.models import common
+from op_classifier.models.common import convolutions
+from op_classifier.models.common.compile import compile_model
 from op_classifier.models.efficientnet_lite import build_model
 from op_classifier.stages.train import unfreeze_top
 
 side, batch, steps, top, plain = json.loads(sys.argv[1])
 if plain:  # XLA's own convolutions, as Keras runs them
-    common._jax_on_cpu = lambda layer: False
+    convolutions._jax_on_cpu = lambda layer: False
 model = build_model(4, side, resize=None, weights=None, seed=1)
 unfreeze_top(model.get_layer("backbone"), top)
-common.compile_model(model, 1e-4, ["a", "b", "c", "d"])
+compile_model(model, 1e-4, ["a", "b", "c", "d"])
 rng = np.random.default_rng(0)
 x = rng.uniform(0, 255, size=(batch, side, side, 3)).astype("float32")
 y = np.eye(4, dtype="float32")[rng.integers(0, 4, batch)]

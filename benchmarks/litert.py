@@ -71,7 +71,7 @@ def main() -> None:
 
     tf = importlib.import_module("tensorflow")
     from op_classifier.data.prepared import load_split
-    from op_classifier.models.common import load_model
+    from op_classifier.models.common.saving import load_model
     from op_classifier.serving import export, litert
 
     folder = Path(args.model)

@@ -70,7 +70,7 @@ def show(label: str, times: list[float]) -> None:
 def register_untrained(root: Path) -> None:
     """An untrained default-size model, registered as champion in root/mlflow.db."""
     from op_classifier import config
-    from op_classifier.models.common import compile_model
+    from op_classifier.models.common.compile import compile_model
     from op_classifier.models.seed_cnn import build_model
     from op_classifier.tracking.runs import MlflowTracker
 

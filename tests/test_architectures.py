@@ -292,7 +292,7 @@ def test_our_multi_label_auc_counts_exactly_as_keras_does() -> None:
     its confusion counts and result equal Keras's, batch after batch."""
     import keras
 
-    from op_classifier.models.common import MultiLabelAUC
+    from op_classifier.models.common.metrics import MultiLabelAUC
 
     rng = np.random.default_rng(0)
     truth = (rng.random((300, 4)) < 0.3).astype("float32")
@@ -319,7 +319,7 @@ def test_the_shifted_depthwise_convolution_is_keras_s_own(side: int, kernel: int
     sides, both strides: TensorFlow's asymmetric "same" padding included."""
     from keras import ops
 
-    from op_classifier.models.common import shifted_depthwise
+    from op_classifier.models.common.convolutions import shifted_depthwise
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, side, side + 1, 6)).astype("float32")

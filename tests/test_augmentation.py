@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from op_classifier.models.common import RandomAffine, augmentation
+from op_classifier.models.common.layers import RandomAffine, augmentation
 
 SIDE = 16
 

@@ -56,7 +56,7 @@ def int8(project: Path) -> tuple[Path, dict]:
 
 
 def _keras_probabilities(root: Path, images: np.ndarray) -> np.ndarray:
-    from op_classifier.models.common import load_model
+    from op_classifier.models.common.saving import load_model
 
     return np.asarray(load_model(root / "experiments/model/model.keras").predict_on_batch(images))
 

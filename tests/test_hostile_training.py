@@ -64,7 +64,7 @@ def test_evaluate_refuses_a_model_answering_nan_and_registers_nothing(project: P
 
 def test_a_truncated_model_file_says_so(project: Path, tmp_path: Path) -> None:
     """Case 18: a truncated model.keras gave Keras's "File not found" from evaluate and predict."""
-    from op_classifier.models.common import load_model
+    from op_classifier.models.common.saving import load_model
 
     whole = tmp_path / "whole.keras"
     _tiny_model().save(whole)

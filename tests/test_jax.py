@@ -52,7 +52,7 @@ def test_stages_import_seed_stream_and_train_under_jax_without_tensorflow(tmp_pa
         from op_classifier.serving import predict
         from op_classifier.stages import evaluate, prepare, train, tune
         from op_classifier.training.backend import set_random_seed
-        from op_classifier.models.common import compile_model
+        from op_classifier.models.common.compile import compile_model
         from op_classifier.models.seed_cnn import build_model
         from op_classifier.data.stream import ImageStream
         from op_classifier.tracking.runs import pip_requirements
@@ -154,7 +154,8 @@ def test_efficientnet_lite_s_convolutions_take_the_fast_path_under_jax_on_a_cpu(
         f"""
         import numpy as np
         from keras import ops
-        from op_classifier.models.common import Conv2D, DepthwiseConv2D, _jax_on_cpu, load_model
+        from op_classifier.models.common.convolutions import Conv2D, DepthwiseConv2D, _jax_on_cpu
+        from op_classifier.models.common.saving import load_model
         from op_classifier.models.efficientnet_lite import build_model
 
         model = build_model(4, 40, resize=None, weights=None, seed=1)

@@ -588,7 +588,7 @@ def test_a_stage_whose_parent_is_killed_stops_and_its_run_says_killed(project: P
 def test_each_training_epoch_is_one_short_line(capsys) -> None:
     """Keras's lines carried some 20 per-class metrics an epoch (about 300 characters, issue 26)."""
     from op_classifier import progress
-    from op_classifier.models.common import compile_model
+    from op_classifier.models.common.compile import compile_model
     from op_classifier.models.seed_cnn import build_model
 
     classes = ["Luffy", "Nami", "Sanji", "Zoro"]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from op_classifier import cli
-from op_classifier.models.common import compile_model
+from op_classifier.models.common.compile import compile_model
 from op_classifier.models.seed_cnn import build_model
 from tests.conftest import compose, png_header_only
 

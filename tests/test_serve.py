@@ -30,7 +30,7 @@ from PIL import Image
 from op_classifier import cli
 from op_classifier.data.images import load_image
 from op_classifier.defaults import MAX_IMAGE_PIXELS
-from op_classifier.models.common import compile_model
+from op_classifier.models.common.compile import compile_model
 from op_classifier.models.seed_cnn import build_model
 from op_classifier.tracking import served as serving_model
 from op_classifier.tracking.runs import MlflowTracker

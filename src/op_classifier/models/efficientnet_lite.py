@@ -79,7 +79,7 @@ def _conv_bn(
 ) -> keras.KerasTensor:
     from keras import layers
 
-    from op_classifier.models.common import Conv2D
+    from op_classifier.models.common.convolutions import Conv2D
 
     x = Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
@@ -91,7 +91,7 @@ def _block(
 ) -> keras.KerasTensor:
     from keras import layers
 
-    from op_classifier.models.common import DepthwiseConv2D
+    from op_classifier.models.common.convolutions import DepthwiseConv2D
 
     name = f"block{i}"
     y = _conv_bn(x, f"{name}_expand", filters_in * expand, 1) if expand != 1 else x

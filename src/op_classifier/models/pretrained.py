@@ -78,7 +78,7 @@ def assemble(
     import keras
     from keras import layers
 
-    from op_classifier.models.common import augmentation, pixels
+    from op_classifier.models.common.layers import augmentation, pixels
 
     inputs, x = pixels(image_size, resize, rescale=False)
     x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
@@ -97,9 +97,9 @@ def top(x: keras.KerasTensor, num_classes: int, dropout: float, seed: int | None
     """What follows the pooled features: dropout, then one sigmoid per class."""
     from keras import layers
 
-    from op_classifier.models.common import head
+    from op_classifier.models.common.layers import probabilities
 
-    return head(layers.Dropout(dropout, seed=seed)(x), num_classes)
+    return probabilities(layers.Dropout(dropout, seed=seed)(x), num_classes)
 
 
 def application_backbone(application: str, side: int, weights: str | None) -> keras.Model:

@@ -97,7 +97,7 @@ def build_model(
     import keras
     from keras import layers
 
-    from op_classifier.models.common import augmentation, head, pixels
+    from op_classifier.models.common.layers import augmentation, pixels, probabilities
 
     inputs, x = pixels(image_size, resize)
     x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
@@ -107,4 +107,4 @@ def build_model(
             x = residual_block(x, width, 2 if i == 0 else 1, bn_momentum)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(dropout, seed=seed)(x)
-    return keras.Model(inputs, head(x, num_classes), name="resnet")
+    return keras.Model(inputs, probabilities(x, num_classes), name="resnet")

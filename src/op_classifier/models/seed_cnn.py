@@ -70,7 +70,7 @@ def build_model(
     import keras
     from keras import layers
 
-    from op_classifier.models.common import augmentation, head, pixels
+    from op_classifier.models.common.layers import augmentation, pixels, probabilities
 
     inputs, x = pixels(image_size, resize)
     x = augmentation(x, flip=flip, rotation=rotation, zoom=zoom, seed=seed)
@@ -83,4 +83,4 @@ def build_model(
     x = layers.Flatten()(x)
     x = layers.Dense(units, activation="relu", kernel_regularizer=keras.regularizers.L2(l2))(x)
     x = layers.Dropout(dropout, seed=seed)(x)
-    return keras.Model(inputs, head(x, num_classes), name="seed_cnn")
+    return keras.Model(inputs, probabilities(x, num_classes), name="seed_cnn")

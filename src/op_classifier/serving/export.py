@@ -108,7 +108,7 @@ def convert(model: Any, quantize: str, calibration: np.ndarray | None = None) ->
     """The model as LiteRT flatbuffer bytes, LiteRT's builtin ops only; ExportError naming the layer if not."""
     import tensorflow as tf
 
-    from op_classifier.models.common import export_saved_model
+    from op_classifier.models.common.saving import export_saved_model
 
     with tempfile.TemporaryDirectory(prefix="op-classifier-export-") as tmp:
         export_saved_model(model, Path(tmp))  # the SavedModel TensorFlow Serving gets: training=False

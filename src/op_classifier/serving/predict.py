@@ -243,7 +243,7 @@ def _from_mlflow(uri: str, store: ModelStore | None) -> Classifier:
 
 
 def _loaded(keras_file: Path, classes: Sequence[str], source: str) -> Classifier:
-    from op_classifier.models.common import load_model
+    from op_classifier.models.common.saving import load_model
 
     try:
         model = load_model(keras_file)

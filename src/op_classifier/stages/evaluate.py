@@ -26,7 +26,7 @@ from op_classifier.config import Config
 from op_classifier.data.prepared import RUN_FILE, data_hash, load_manifest, load_split
 from op_classifier.data.stream import image_stream
 from op_classifier.errors import DataError
-from op_classifier.models.common import load_model
+from op_classifier.models.common.saving import load_model
 from op_classifier.reports.evaluation import draw_figures, write_confusion
 from op_classifier.reports.gallery import read_findings, write_gallery
 from op_classifier.runner import stage_main

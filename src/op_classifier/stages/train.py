@@ -20,7 +20,7 @@ from op_classifier.data.stream import split_stream
 from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.models import get as architecture
-from op_classifier.models.common import export_saved_model
+from op_classifier.models.common.saving import export_saved_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
 from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, git_commit, make_tracker, run_name

@@ -13,7 +13,7 @@ import numpy as np
 from mlflow.pyfunc import PythonModel  # the served wrapper's base class must exist at import
 
 from op_classifier.errors import DataError
-from op_classifier.models.common import load_model
+from op_classifier.models.common.saving import load_model
 from op_classifier.tracking.forward import CHUNK, checked_pixels
 
 

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from op_classifier.errors import first_line
-from op_classifier.models.common import load_model
+from op_classifier.models.common.saving import load_model
 from op_classifier.tracking.forward import CHUNK, checked_pixels, serving_function
 from op_classifier.tracking.protocols import TrackingError
 from op_classifier.tracking.pyfunc import PixelClassifier

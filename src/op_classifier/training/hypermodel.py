@@ -18,7 +18,7 @@ from op_classifier.config import ARCHITECTURE, Config, ModelBase, TrainConfig, l
 from op_classifier.data.prepared import load_manifest
 from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX
 from op_classifier.models import get as architecture
-from op_classifier.models.common import compile_model
+from op_classifier.models.common.compile import compile_model
 from op_classifier.schema import SearchParam
 from op_classifier.training import features, hparams, recipe
 

@@ -11,7 +11,7 @@ from typing import Any
 import keras
 
 from op_classifier.config import TrainConfig
-from op_classifier.models.common import compile_model
+from op_classifier.models.common.compile import compile_model
 
 
 def learning_rate_schedule(cfg: TrainConfig, peak: float, steps_per_epoch: int) -> Any:
