@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +15,15 @@ from op_classifier import progress
 from op_classifier.config import Config, ConfigError, ModelBase, TrainConfig, as_dict
 from op_classifier.data.prepared import RUN_FILE, Split, data_hash, dvc_hash, load_manifest, load_split
 from op_classifier.data.stream import split_stream
-from op_classifier.errors import OpClassifierError
 from op_classifier.metric_names import is_loss, metric_names
 from op_classifier.models import get as architecture
-from op_classifier.models.common import export_saved_model
 from op_classifier.models.pretrained import BACKBONE
 from op_classifier.runner import stage_main
 from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, git_commit, make_tracker, run_name
-from op_classifier.training import distributed, features, hparams, recipe, state
+from op_classifier.training import distributed, features, hparams, recipe, saving, state
 from op_classifier.training.backend import set_random_seed
 from op_classifier.training.callbacks import AtomicBackup, HistoryLog, StopOnNonFinite
+from op_classifier.training.device import pick_device
 from op_classifier.training.distributed import SINGLE, Cluster
 
 # The params sections this stage declares in dvc.yaml: its checkpoint belongs to their values.
@@ -35,55 +32,6 @@ STAGE = "op_classifier.stages.train"  # its state belongs to the code this modul
 HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
 BACKUP, FINE_BACKUP = "backup", "backup-fine"  # in paths.checkpoints: each phase's resumable state
 PHASE_ONE_FILE = "phase-one.json"  # in paths.checkpoints: the head's phase ended after this many epochs
-
-
-def pick_device(cfg: TrainConfig) -> tuple[AbstractContextManager, str, str]:
-    """(scope to build the model in, device description, Keras dtype policy set) from train.device."""
-    gpus = _gpus()
-    if cfg.device == "gpu" and not gpus:
-        raise OpClassifierError("train.device=gpu but no GPU is visible (check the CUDA install: make GPU=1)")
-    if cfg.device == "cpu":
-        gpus = _hide_gpus()
-    policy = precision_policy(cfg.mixed_precision, gpu=bool(gpus))
-    keras.mixed_precision.set_global_policy(policy)
-    if len(gpus) > 1 and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy().scope(), f"{len(gpus)} GPUs (MirroredStrategy)", policy
-    return contextlib.nullcontext(), ("GPU" if gpus else "CPU"), policy
-
-
-def precision_policy(setting: str, gpu: bool) -> str:
-    """The Keras dtype policy for train.mixed_precision (auto, on, off) on this device.
-
-    GPUs compute float16 fast. On a CPU, mixed precision means bfloat16, and `auto` keeps float32: on
-    the CPUs we measured, bfloat16 trained slower and no better (docs/decisions.md, benchmarks/precision.py).
-    """
-    if setting == "off":
-        return "float32"
-    if gpu:
-        return "mixed_float16"
-    return "mixed_bfloat16" if setting == "on" else "float32"
-
-
-def _gpus() -> list[Any]:
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.config.list_physical_devices("GPU")
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return [d for d in jax.devices() if d.platform == "gpu"]
-    return []
-
-
-def _hide_gpus() -> list[Any]:
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.set_visible_devices([], "GPU")
-    return []
 
 
 def callbacks(
@@ -122,18 +70,6 @@ def _plateau(cfg: TrainConfig, mode: str) -> list[keras.callbacks.Callback]:
             monitor=cfg.monitor, factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=1e-5, mode=mode
         )
     ]
-
-
-def export(model: keras.Model, out: Path) -> dict[str, str]:
-    """model.keras, and the TensorFlow Serving SavedModel at saved_model/1/ (TensorFlow backend)."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model.keras")
-    written = {"keras": str(out / "model.keras")}
-    if keras.backend.backend() == "tensorflow":
-        written["saved_model"] = export_saved_model(model, out / "saved_model" / "1")
-    else:
-        print(f"note: no SavedModel under the {keras.backend.backend()} backend; export needs TensorFlow")
-    return written
 
 
 def fit(
@@ -328,7 +264,7 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
         model = distributed.local_copy(model, cluster)
         with progress.bar(2, "export", unit="step") as bar:  # seconds each: tracing, saving, MLflow's checks
             bar.set_postfix_str("model.keras, SavedModel")
-            written = export(model, Path(cfg.paths.model))
+            written = saving.save(model, Path(cfg.paths.model))
             bar.update()
             bar.set_postfix_str("MLflow model")
             model_uri = tracker.log_model(model, _example(load_split(prepared, "val")))
