@@ -130,7 +130,8 @@ def _line(done: dict, architecture: str, folder: Path) -> str:
     fine = f" + {done['fine_tune_epochs_run']} fine-tuning" if "fine_tune_epochs_run" in done else ""
     resumed = " (resumed)" if done["resumed"] else ""
     saved = "model.keras and a SavedModel" if "saved_model" in done else "model.keras"
-    took = f"{done['epochs_run']} epochs{fine} on {done['device']} in {done['seconds']:.0f} s{resumed}"
+    epochs = f"{done['epochs_run']} epoch{'s' if done['epochs_run'] != 1 else ''}"
+    took = f"{epochs}{fine} on {done['device']} in {done['seconds']:.0f} s{resumed}"
     return f"trained {architecture} for {took}: {saved} in {folder}"
 
 
