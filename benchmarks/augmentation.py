@@ -27,8 +27,8 @@ from op_classifier import config
 from op_classifier.data.stream import ImageStream
 from op_classifier.models import get as architecture
 from op_classifier.models.common.compile import compile_model
-from op_classifier.stages.train import pick_device
 from op_classifier.training import hparams
+from op_classifier.training.device import pick_device
 
 REPO = Path(__file__).resolve().parent.parent
 OFF = ("model.augment.flip=false", "model.augment.rotation=0", "model.augment.zoom=0")

@@ -20,7 +20,7 @@ import keras
 from op_classifier.models.common import convolutions
 from op_classifier.models.common.compile import compile_model
 from op_classifier.models.efficientnet_lite import build_model
-from op_classifier.stages.train import unfreeze_top
+from op_classifier.training.phases import unfreeze_top
 
 side, batch, steps, top, plain = json.loads(sys.argv[1])
 if plain:  # XLA's own convolutions, as Keras runs them

@@ -78,16 +78,18 @@ print(json.dumps({{"seconds": round(seconds, 1), "peak_rss_mb": own}}))
 """
 
 TRAIN = """
-from op_classifier.stages import train
+from op_classifier.training import phases
+from op_classifier.training.build import build
 from op_classifier.data.prepared import load_labels
 from op_classifier.tracking import make_tracker
 c = cfg({work!r}, "train.epochs=1", "train.warmup_epochs=0")
 classes = json.loads((Path(c.paths.prepared) / "manifest.json").read_text())["classes"]
-model, described = train.build(c, classes, {{}})
+model, described = build(c, classes, {{}})
+plan = phases.plan(c, model, described["learning_rate_used"])
 tracker = make_tracker(c.tracking)
 started = time.perf_counter()
 with tracker.run("memory benchmark"):
-    train.fit(c, model, tracker)
+    phases.fit(c, model, plan, tracker.epoch_callback(), classes)
 seconds = time.perf_counter() - started
 n = len(load_labels(Path(c.paths.prepared), "train"))
 own, workers = rss_mb()

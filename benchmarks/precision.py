@@ -27,14 +27,14 @@ sys.path.insert(0, {src!r})
 from pathlib import Path
 import keras
 from op_classifier import config
-from op_classifier.stages import train
+from op_classifier.training.build import build
 from op_classifier.data.stream import split_stream
 
 root = Path({work!r})
 paths = [f"paths.{{k}}={{root / v}}" for k, v in vars(config.load((), conf_dir=Path({conf!r})).paths).items()]
 cfg = config.load((*paths, "tracking=none", "train.device=cpu", "train.mixed_precision={setting}"), conf_dir=Path({conf!r}))
 classes = json.loads((root / "data/prepared/manifest.json").read_text())["classes"]
-model, described = train.build(cfg, classes, {{}})
+model, described = build(cfg, classes, {{}})
 
 class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):

@@ -13,6 +13,7 @@ from op_classifier.config import Config, ConfigError
 from op_classifier.errors import DataError
 from op_classifier.stages import train, tune
 from op_classifier.training import hparams, recipe
+from op_classifier.training.build import build
 from op_classifier.weights.pytorch import read_state_dict
 from tests.conftest import DATA, REPO, compose, mlflow_client, paths_under, tiny_cfg
 
@@ -265,7 +266,7 @@ def test_imagenet_weights_offline_is_one_line_naming_the_alternatives(project: P
     monkeypatch.setattr(file_utils, "get_file", offline)
     cfg = tiny_cfg(project, "model=mobilenet_v3_small", "model.weights=imagenet", "model.resize=null", "tuner=none")
     with pytest.raises(ConfigError, match=r"^model.weights=imagenet: the ImageNet weights cannot be downloaded .*null"):
-        train.build(cfg, ["a", "b"], {})
+        build(cfg, ["a", "b"], {})
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from op_classifier.config import Config, ConfigError, to_yaml
 from op_classifier.data.prepared import load_labels
 from op_classifier.errors import DataError
 from op_classifier.metric_names import metric_names
-from op_classifier.models.common import metrics
+from op_classifier.models.common.metrics import metrics
 from op_classifier.stages import evaluate, train, tune
 from op_classifier.tracking import TrackingError
 from op_classifier.training import hparams

@@ -12,7 +12,7 @@ from op_classifier.data import arrays
 from op_classifier.data.stream import ImageStream
 from op_classifier.errors import DataError
 from op_classifier.models.seed_cnn import build_model
-from op_classifier.stages.train import precision_policy
+from op_classifier.training.device import precision_policy
 
 
 def _images(n: int, size: int = 4) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The final training's own callbacks: a stop at the first non-finite number, a backup a kill or a full disk
-cannot corrupt, and the whole history across resumes."""
+"""The final training's callbacks: the list each phase fits with (callbacks), and its own ones: a stop at the
+first non-finite number, a backup a kill or a full disk cannot corrupt, and the whole history across resumes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,53 @@ from typing import Any
 
 import keras
 
+from op_classifier import progress
+from op_classifier.config import Config, TrainConfig
 from op_classifier.errors import OpClassifierError
+from op_classifier.metric_names import is_loss
 from op_classifier.training import distributed
+from op_classifier.training.distributed import SINGLE, Cluster
+
+HISTORY_FILE = "history.jsonl"  # in paths.checkpoints: every epoch's metrics, across resumes
+
+
+def callbacks(
+    cfg: Config, logged: keras.callbacks.Callback, backup: str, cluster: Cluster = SINGLE
+) -> list[keras.callbacks.Callback]:
+    """Whole history, checkpoint-and-resume (in paths.checkpoints/`backup`), early stopping with best
+    weights, LR decay, and `logged` (the tracker's epoch callback).
+
+    In a multi-process run only the chief writes the history and the checkpoint; all restore the checkpoint.
+    """
+    # Keras cannot tell the direction of our custom `accuracy`; losses fall, every other metric rises.
+    mode = "min" if is_loss(cfg.train.monitor) else "max"
+    checkpoints = Path(cfg.paths.checkpoints)
+    # First: an epoch is in the history before its backup exists, so no resume can lose a row.
+    history = [HistoryLog(checkpoints / HISTORY_FILE, Path(cfg.paths.history))] if cluster.chief else []
+    return [
+        StopOnNonFinite(),  # first: a NaN epoch reaches neither the history nor the backup
+        *history,
+        # Every process restores the backup (their variables change together), only the chief writes it.
+        AtomicBackup(str(checkpoints / backup), writes=cluster.chief),
+        *distributed.check_callbacks(cluster),
+        keras.callbacks.EarlyStopping(
+            monitor=cfg.train.monitor, patience=cfg.train.patience, restore_best_weights=True, mode=mode
+        ),
+        *_plateau(cfg.train, mode),
+        logged,
+        *([progress.epoch_lines(cfg.train.monitor)] if cluster.chief else []),
+    ]
+
+
+def _plateau(cfg: TrainConfig, mode: str) -> list[keras.callbacks.Callback]:
+    if cfg.schedule != "plateau":  # a cosine schedule owns the learning rate
+        return []
+    # A tuned learning rate that is right for 8 epochs can be too high for 60: decay on plateaus.
+    return [
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=cfg.monitor, factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=1e-5, mode=mode
+        )
+    ]
 
 
 class Diverged(OpClassifierError):
