@@ -78,6 +78,7 @@ SMOKE_BUDGET = (  # the tiny project's 32-pixel data, one-epoch trials, 4 traini
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_experiment_preset_runs_tune_and_train(project: Path, tmp_path: Path, preset: str) -> None:
     """Each conf/experiment file (tiny is every other test's) composes and trains on the tiny project."""
@@ -116,6 +117,7 @@ def test_the_search_picks_the_architecture_with_a_sub_space_each(project: Path, 
     assert model.name == drawn
 
 
+@pytest.mark.slow
 def test_a_searched_architecture_other_than_model_name_is_what_train_builds(project: Path, tmp_path: Path) -> None:
     """model.name is resnet, the search may only draw seed_cnn: seed_cnn's conf/model section is trained."""
     moved = paths_under(tmp_path, skip=DATA)
@@ -135,6 +137,7 @@ def test_a_searched_architecture_other_than_model_name_is_what_train_builds(proj
     assert params["architecture_used"] == "seed_cnn" and params["model.name"] == "resnet"
 
 
+@pytest.mark.slow
 def test_train_refuses_tuned_values_from_another_search(project: Path, tmp_path: Path) -> None:
     """Stage by stage, a search made with other settings does not hand its values to this config."""
     moved = paths_under(tmp_path, skip=DATA)
@@ -164,6 +167,7 @@ def test_cosine_schedule_warms_up_then_decays_to_a_hundredth() -> None:
     assert recipe.learning_rate_schedule(compose("train.schedule=plateau").train, 1e-2, 5) == 1e-2  # a constant
 
 
+@pytest.mark.slow
 def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path, capsys) -> None:
     """dvc.yaml declares the search folder, best_hparams.yaml and the leaderboard: all three exist, the
     folder not empty (DVC warned on every run), and no earlier search in it passes for this config's."""
@@ -225,6 +229,7 @@ def test_a_backbone_from_a_weights_file_trains_its_head_then_fine_tunes_its_top(
     assert not any(isinstance(original.get_layer(name), keras.layers.BatchNormalization) for name in moved_layers)
 
 
+@pytest.mark.slow
 def test_efficientnet_lite_starts_from_the_installed_imagenet_weights_and_fine_tunes(
     project: Path, tmp_path: Path, monkeypatch
 ) -> None:

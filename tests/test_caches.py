@@ -48,6 +48,7 @@ def _entry(cache: Path, split: str = "train") -> Path:
     return entry
 
 
+@pytest.mark.slow
 def test_a_training_gives_the_same_weights_with_an_empty_cache_and_a_warm_one(
     project: Path, tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -183,7 +184,15 @@ def pristine(project: Path, lite0, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder, made
 
 
-@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+# Each case computes the features again: one of each kind in the default suite, the rest `slow`.
+QUICK_DAMAGE = ("truncated", "a folder in its place", "rows shuffled, re-signed", "a NaN, re-signed")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [damage if damage in QUICK_DAMAGE else pytest.param(damage, marks=pytest.mark.slow) for damage in DAMAGE],
+    ids=list(DAMAGE),
+)
 def test_a_damaged_or_forged_entry_is_discarded_with_a_note_and_computed_again(
     damage: str, project: Path, cache: Path, lite0, pristine, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -113,12 +113,14 @@ def test_a_missing_variable_is_one_line(tmp_path: Path) -> None:
     _bad_input_fails_in_one_line(tmp_path, {COUNT_ENV: "2", RANK_ENV: "1"}, f"{ADDRESS_ENV} not set")
 
 
+@pytest.mark.slow
 def test_an_unreachable_coordinator_fails_within_the_timeout(tmp_path: Path) -> None:
     env = {ADDRESS_ENV: f"127.0.0.1:{free_port()}", COUNT_ENV: "2", RANK_ENV: "1", TIMEOUT_ENV: "3"}
     seconds = _bad_input_fails_in_one_line(tmp_path, env, "unreachable after 3 s")
     assert seconds < 60  # the start-up (Keras, JAX) plus the 3 s wait, not JAX's default minutes
 
 
+@pytest.mark.slow
 def test_a_taken_coordinator_port_is_one_line(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
@@ -130,11 +132,13 @@ def test_a_batch_that_does_not_split_is_refused_before_launching(tmp_path: Path)
     _bad_input_fails_in_one_line(tmp_path, {}, "does not split across 3 processes", "--processes", "3")
 
 
+@pytest.mark.slow
 def test_processes_with_the_join_variables_set_is_refused(tmp_path: Path) -> None:
     env = {ADDRESS_ENV: "127.0.0.1:1", COUNT_ENV: "2", RANK_ENV: "0"}
     _bad_input_fails_in_one_line(tmp_path, env, "--processes starts its own run", "--processes", "2")
 
 
+@pytest.mark.slow
 def test_a_failing_process_stops_the_launch_in_one_line(tmp_path: Path) -> None:
     """Both processes join, then find no prepared data: the launch reports one process's error line."""
     _bad_input_fails_in_one_line(tmp_path, {}, "training process", "--processes", "2", "paths.prepared=missing")

@@ -61,6 +61,7 @@ def _keras_probabilities(root: Path, images: np.ndarray) -> np.ndarray:
     return np.asarray(load_model(root / "experiments/model/model.keras").predict_on_batch(images))
 
 
+@pytest.mark.slow
 def test_int8_agrees_with_the_keras_model_on_its_test_split(project: Path, int8: tuple[Path, dict]) -> None:
     path, summary = int8
     test = load_split(project / "data/prepared", "test")
@@ -74,6 +75,7 @@ def test_int8_agrees_with_the_keras_model_on_its_test_split(project: Path, int8:
     assert litert.metadata(path.read_bytes())["classes"] == list(sample.CLASSES)
 
 
+@pytest.mark.slow
 def test_float16_is_half_the_float32_file_and_agrees(project: Path, int8: tuple[Path, dict]) -> None:
     cfg = compose(*_overrides(project))
     sizes = {}

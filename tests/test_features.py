@@ -43,6 +43,7 @@ def test_the_head_phase_on_features_trains_the_models_own_head(project: Path, tm
     assert len(history) == 4 and not model.get_layer("backbone").trainable_weights
 
 
+@pytest.mark.slow
 def test_a_search_of_the_head_alone_runs_on_features_with_a_line_and_a_run_per_trial(
     project: Path, tmp_path: Path, feature_cache, capsys: pytest.CaptureFixture[str]
 ) -> None:

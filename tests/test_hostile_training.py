@@ -44,6 +44,7 @@ def test_a_diverging_training_stops_at_its_first_nan_epoch_and_keeps_nothing(pro
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_model_answering_nan_and_registers_nothing(project: Path, tmp_path: Path) -> None:
     """Case 4: a NaN model was evaluated (exit 0) and registered as a version."""
     import keras
@@ -106,6 +107,7 @@ def _unshare_works() -> bool:
     return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"]).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` (a user and mount namespace) for a small disk")
 def test_a_full_disk_during_training_is_one_line_and_the_run_ends_failed(project: Path, tmp_path: Path) -> None:
     """Case 13: a full disk ended the training in a segmentation fault after h5py and sqlite tracebacks,

@@ -124,6 +124,7 @@ def test_the_tiny_pipeline_runs_and_logs_under_jax_each_stage_in_its_own_process
     assert "jax==" in requirements and "tensorflow" not in requirements
 
 
+@pytest.mark.slow
 def test_efficientnet_lite_imagenet_weights_load_and_answer_under_jax(tmp_path: Path) -> None:
     """The converted ImageNet backbone under JAX (converted there too, into a fresh cache): same answer."""
     out = _run_under_jax(
@@ -147,6 +148,7 @@ def test_efficientnet_lite_imagenet_weights_load_and_answer_under_jax(tmp_path: 
     assert "LITE_OK" in out
 
 
+@pytest.mark.slow
 def test_efficientnet_lite_s_convolutions_take_the_fast_path_under_jax_on_a_cpu(tmp_path: Path) -> None:
     """Under JAX on a CPU the depthwise layers run as shifted products and the 1 x 1 ones as matrix
     products, with Keras's outputs, and a saved model loads back with them."""
@@ -207,6 +209,7 @@ def jax_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 def test_a_fresh_process_loads_a_saved_model_under_jax(loader: str, jax_saved_model: Path) -> None:
     """Under DVC every stage is its own process: evaluate, predict and serve load train's model.keras

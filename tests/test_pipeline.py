@@ -611,6 +611,7 @@ def test_each_training_epoch_is_one_short_line(capsys) -> None:
     assert lines[0].endswith(" - lr 0.001")
 
 
+@pytest.mark.slow
 def test_a_failing_evaluate_never_changes_the_finished_training_run(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -642,6 +643,7 @@ def test_a_failing_evaluate_never_changes_the_finished_training_run(
     assert steps == [0, 1]  # its two epochs, logged once
 
 
+@pytest.mark.slow
 def test_compare_pairs_the_workspace_with_a_run_and_refuses_bad_references(project: Path, pipeline: tuple) -> None:
     """`op-classifier compare` (issue 23): the same model twice is a tie, kept with its evaluate run;
     an unknown run, version or experiment, or a run that kept no predictions, is one line and exit 2."""

@@ -181,6 +181,7 @@ def test_image_suffixes_cover_every_format_predict_decodes() -> None:
     assert {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"} <= IMAGE_SUFFIXES
 
 
+@pytest.mark.slow
 def test_verbose_shows_tensorflows_start_up_lines(model_dir: Path, images: Path) -> None:
     """The quiet default is checked by every other run_cli test; --verbose brings the lines back."""
     done = run_cli(str(images / "good" / "photo.jpg"), "--model", str(model_dir), "--verbose")
@@ -386,6 +387,7 @@ def _files_of_at_most(size: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 
+@pytest.mark.slow
 def test_a_report_cut_short_leaves_no_file_behind(model_dir: Path, images: Path, tmp_path: Path) -> None:
     """A write that fails halfway (a full disk; here a file size limit) left half a page (issue 35, case 17)."""
     folder = tmp_path / "out"
