@@ -10,6 +10,7 @@ from typing import Any
 
 from op_classifier.compare import paired
 from op_classifier.data.prepared import single_label
+from op_classifier.errors import OpClassifierError
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,25 @@ class SearchData:
     val: Any  # a stream of (images, labels), or (features, labels)
     val_x: Any  # what a trial's model predicts the val split from: the image stream, or the features
     val_labels: Any
+
+
+def outcome(tuner: Any, data: SearchData, alpha: float) -> dict[str, Any]:
+    """A finished tuner's leaderboard (each trial against the best), its best values (by their config
+    names: the hypermodel's `searched`) and score."""
+    rows = leaderboard(tuner)
+    require_a_result(tuner, rows)
+    mark_noise(tuner, rows, data, alpha)
+    best = tuner.hypermodel.searched(tuner.get_best_hyperparameters(1)[0].values)
+    return {"rows": rows, "best": best, "score": rows[0]["score"]}
+
+
+def require_a_result(tuner: Any, rows: list[dict[str, Any]]) -> None:
+    """No trial with a score means every one failed: say why rather than train on a guess."""
+    if rows and rows[0]["score"] is not None:
+        return
+    messages = [t.message for t in tuner.oracle.trials.values() if getattr(t, "message", None)]
+    why = messages[-1].strip().splitlines()[-1] if messages else "no trial ran"
+    raise OpClassifierError(f"no tuning trial finished with a score ({why})")
 
 
 def leaderboard(tuner: Any) -> list[dict[str, Any]]:
