@@ -41,9 +41,32 @@ PARENT_POLL_SECONDS = 1.0
 
 
 def stage_main(run: Callable[[config.Config], dict]) -> None:
-    """Entry point of a DVC stage: run it with the validated params.yaml, for as long as its parent lives."""
+    """Entry point of a DVC stage: run it with the validated params.yaml, for as long as its parent lives.
+
+    The console gets one human line (stage_line); the summary itself is in the stage's outputs and runs.
+    """
     stop_with_parent()
-    sys.exit(guarded(lambda: report(run(config.load_params()))))
+    stage = run.__module__.rsplit(".", 1)[-1]
+    sys.exit(guarded(lambda: print(stage_line(stage, run(config.load_params())), flush=True)))
+
+
+LINE = 120  # the most characters of a console line
+
+
+def stage_line(stage: str, summary: dict) -> str:
+    """A stage's summary in one line of at most LINE characters: `<stage>: <did>; wrote <wrote> (<s> s)`.
+
+    A stage says what it did in the summary's "did" and where it wrote in "wrote"; without "did", its
+    summary's plain values (numbers, words) stand in for it.
+    """
+    did = summary.get("did")
+    if did is None:
+        plain = {k: v for k, v in summary.items() if k not in ("seconds", "wrote") and isinstance(v, (int, float, str))}
+        did = ", ".join(f"{k} {v}" for k, v in plain.items()) or "done"
+    wrote = summary.get("wrote")
+    tail = (f"; wrote {wrote}" if wrote else "") + (f" ({summary['seconds']:g} s)" if "seconds" in summary else "")
+    room = LINE - len(stage) - 2 - len(tail)  # what did says is cut short, not where or how long
+    return f"{stage}: {did if len(did) <= room else did[: max(room - 3, 0)] + '...'}{tail}"[:LINE]
 
 
 def stop_with_parent() -> None:
