@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import run_in
+from tests.test_quiet import assert_short
 
 STAGES = ("prepare", "tune", "train", "evaluate")
 
@@ -38,6 +39,8 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
     assert _ran(first.stdout) == set(STAGES)
     # TensorFlow's oneDNN logged an error line for Keras's AUC update in every training (issue 26)
     assert "oneDNN supports" not in first.stdout + first.stderr, first.stderr
+    assert_short((first.stdout + first.stderr).splitlines())  # one voice (issue 37): short lines, no banners
+    assert any(line.startswith("tune: 2 trials (random)") for line in first.stdout.splitlines()), first.stdout
     for path in (
         "experiments/tuning/best_hparams.yaml",
         "experiments/tuning/leaderboard.csv",

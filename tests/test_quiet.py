@@ -121,3 +121,28 @@ def test_the_ui_prints_its_link_and_no_noise(tmp_path: Path) -> None:
         lines[0] == f"runs of sqlite:///{tmp_path.resolve()}/mlflow.db, compared: http://127.0.0.1:{port}/#/experiments"
     )
     assert [line for line in lines[1:] if not line.startswith("[MLflow] Security middleware")] == [], lines
+
+
+def test_a_whole_model_search_says_one_line_a_trial_and_short_epoch_lines(
+    tiny_project: Path, tmp_path: Path, capsys
+) -> None:
+    """experiment=tiny's search (issue 37): no Keras Tuner banner, no Keras epoch wall of per-class metrics."""
+    from op_classifier.stages import tune
+    from tests.conftest import DATA, paths_under, tiny_cfg
+
+    cfg = tiny_cfg(
+        tiny_project, "tuner.max_trials=2", "tuner.epochs=1", "tracking=none", *paths_under(tmp_path, skip=DATA)
+    )
+    assert tune.run(cfg)["trials"] == 2
+    said = capsys.readouterr()
+    lines = (said.out + said.err).splitlines()
+    assert_short(lines)
+    assert len([line for line in lines if line.startswith("trial ")]) == 2, lines
+    assert len([line for line in lines if line.startswith("epoch 1/1 - ")]) == 2, lines
+
+
+def assert_short(lines: list[str]) -> None:
+    """No console line past 120 characters, none of Keras Tuner's banners."""
+    assert [line for line in lines if len(line) > 120] == []
+    banners = ("Search: Running Trial", "Best Value So Far", "Trial 1 Complete", "So Far:", "Reloading Tuner")
+    assert [line for line in lines if any(banner in line for banner in banners)] == []
