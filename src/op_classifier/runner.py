@@ -46,7 +46,8 @@ def stage_main(run: Callable[[config.Config], dict]) -> None:
     The console gets one human line (stage_line); the summary itself is in the stage's outputs and runs.
     """
     stop_with_parent()
-    stage = run.__module__.rsplit(".", 1)[-1]
+    module = sys.modules[run.__module__]  # under `python -m`, __main__: its spec still names the stage
+    stage = (module.__spec__.name if module.__spec__ else run.__module__).rsplit(".", 1)[-1]
     sys.exit(guarded(lambda: print(stage_line(stage, run(config.load_params())), flush=True)))
 
 
@@ -61,7 +62,7 @@ def stage_line(stage: str, summary: dict) -> str:
     """
     did = summary.get("did")
     if did is None:
-        plain = {k: v for k, v in summary.items() if k not in ("seconds", "wrote") and isinstance(v, (int, float, str))}
+        plain = {k: v for k, v in summary.items() if k not in ("seconds", "wrote") and _plain(v)}
         did = ", ".join(f"{k} {v}" for k, v in plain.items()) or "done"
     wrote = summary.get("wrote")
     tail = (f"; wrote {wrote}" if wrote else "") + (f" ({summary['seconds']:g} s)" if "seconds" in summary else "")
@@ -108,6 +109,13 @@ def _interrupt_again(previous: Callable[[Any], object]) -> Callable[[Any], objec
         previous(unraisable)
 
     return hook
+
+
+def _plain(value: object) -> bool:
+    """A value a person reads in a line: a number, or a word (not a digest, not a path)."""
+    if isinstance(value, str):
+        return len(value) <= 24 and "/" not in value
+    return isinstance(value, (int, float))
 
 
 def report(summary: dict) -> None:

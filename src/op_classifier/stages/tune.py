@@ -96,7 +96,7 @@ def _record(cfg: Config, hypermodel: SearchModel, outcome: dict, run_id: str | N
         "score": score,
         "within_noise_of_best": [row["trial_id"] for row in rows if row.get("vs_best") == "within noise"],
         "did": f"{len(rows)} trials ({cfg.tuner.kind}), best {cfg.tuner.objective} {score:.4f}",
-        "wrote": f"{path} and {cfg.paths.leaderboard}",
+        "wrote": f"{path}, {cfg.paths.leaderboard}".replace(f", {path.parent}/", ", "),  # its folder once
         "seconds": round(time.perf_counter() - started, 1),
     }
 
