@@ -59,8 +59,7 @@ def run(cfg: Config) -> dict:
         hypermodel = of_config(cfg, classes, data)
         tuner = tuners.search(tuners.make(cfg.tuner, hypermodel, folder, cfg.seed, tracker), data, cfg.seed)
         outcome = leaderboard.outcome(tuner, data, cfg.tracking.alpha)
-        score = outcome["score"]
-        tracker.log_metrics({f"best_{cfg.tuner.objective}": score} if score is not None else {})
+        tracker.log_metrics({f"best_{cfg.tuner.objective}": outcome["score"]})  # a score: outcome refuses none
     state.mark_complete(folder)
     return _record(cfg, hypermodel, outcome, run_id, started)
 
@@ -71,7 +70,8 @@ def _reuse(cfg: Config, classes: list[str], folder: Path, started: float) -> dic
     Under `dvc repro`, a change of a key tune declares but this search does not read (the head phase's
     train.* keys beside a search of whole models) re-runs the stage; searching again would give the same.
     """
-    print(f"note: reusing the finished search in {folder} (delete it to search again)", file=sys.stderr, flush=True)
+    said = f"note: reusing the finished search in {folder}: same config, data and code (delete it to search again)"
+    print(said, file=sys.stderr, flush=True)
     data = search_data(cfg, classes)
     hypermodel = of_config(cfg, classes, data)
     tuner = tuners.make(cfg.tuner, hypermodel, folder, cfg.seed, NullTracker())
