@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,14 @@ def mark_noise(tuner: Any, rows: list[dict[str, Any]], data: SearchData, alpha: 
                 model = tuner.load_model(tuner.oracle.get_trial(trial_id))
         except Exception:
             return None
-        probs = model.predict(data.val_x, verbose=0)
+        # A model each trial: TensorFlow warns, in 600 characters, of the predict functions it retraces.
+        tf_log = logging.getLogger("tensorflow")
+        level = tf_log.level
+        tf_log.setLevel(logging.ERROR)
+        try:
+            probs = model.predict(data.val_x, verbose=0)
+        finally:
+            tf_log.setLevel(level)
         return probs[single].argmax(1) == truth
 
     best = right(rows[0]["trial_id"]) if rows else None
