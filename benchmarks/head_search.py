@@ -28,9 +28,10 @@ import numpy as np
 from op_classifier.config import compose, validate
 from op_classifier.data.prepared import load_manifest, top1
 from op_classifier.models import get as architecture
-from op_classifier.stages import tune
 from op_classifier.tracking import NullTracker
-from op_classifier.training import features, hparams
+from op_classifier.training import features, hparams, tuners
+from op_classifier.training.hypermodel import SearchModel, of_config, search_data
+from op_classifier.training.leaderboard import SearchData
 
 
 def configs(prepared: Path, overrides: list[str], kind: str, budget: int) -> object:
@@ -50,7 +51,7 @@ def configs(prepared: Path, overrides: list[str], kind: str, budget: int) -> obj
     )
 
 
-def untuned(cfg: object, hypermodel: tune.SearchModel, data: tune.SearchData) -> keras.Model:
+def untuned(cfg: object, hypermodel: SearchModel, data: SearchData) -> keras.Model:
     """The head with the configured learning rate and dropout, trained as a trial (best epoch restored)."""
     hp = kt.HyperParameters()
     hp.Fixed("learning_rate", cfg.train.learning_rate)
@@ -63,7 +64,7 @@ def untuned(cfg: object, hypermodel: tune.SearchModel, data: tune.SearchData) ->
     return model
 
 
-def scores(model: keras.Model, data: tune.SearchData, test: features.Features) -> tuple[float, float]:
+def scores(model: keras.Model, data: SearchData, test: features.Features) -> tuple[float, float]:
     """(val, test) top-1 accuracy of a head on the features."""
     return (
         top1(data.val_labels, model.predict(data.val_x, verbose=0)),
@@ -85,19 +86,20 @@ def one_folder(prepared: Path, overrides: list[str], kinds: list[str], budgets: 
     for kind in kinds:
         for budget in [budgets[-1]] if kind == "hyperband" else budgets:
             cfg = configs(prepared, overrides, kind, budget if kind != "hyperband" else base.train.epochs)
-            hypermodel = tune.hypermodel_of(cfg, classes)
-            data = tune.search_data(cfg, hypermodel)
+            data = search_data(cfg, classes)
+            hypermodel = of_config(cfg, classes, data)
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as folder:
-                tuner = tune.search(cfg, NullTracker(), hypermodel, data, Path(folder) / "search")
+                made = tuners.make(cfg.tuner, hypermodel, Path(folder) / "search", cfg.seed, NullTracker())
+                tuner = tuners.search(made, data, cfg.seed)
                 best = tuner.get_best_models(1)[0]
                 pick = tuner.get_best_hyperparameters(1)[0].values
                 trials = len(tuner.oracle.trials)
             name = f"{kind} {trials} trials" if kind != "hyperband" else f"hyperband ({trials} trials)"
             out[name] = (*scores(best, data, test), time.perf_counter() - started, pick)
     cfg = configs(prepared, overrides, "random", budgets[0])
-    hypermodel = tune.hypermodel_of(cfg, classes)
-    data = tune.search_data(cfg, hypermodel)
+    data = search_data(cfg, classes)
+    hypermodel = of_config(cfg, classes, data)
     started = time.perf_counter()
     out["untuned (configured)"] = (
         *scores(untuned(cfg, hypermodel, data), data, test),

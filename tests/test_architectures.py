@@ -176,7 +176,8 @@ def test_tuner_none_leaves_the_outputs_dvc_expects(project: Path, tmp_path: Path
     assert any(Path(tmp_path / "tuning").glob("trial_*"))
     capsys.readouterr()
     cfg = tiny_cfg(project, "tuner=none", *moved)
-    assert tune.run(cfg) == {"tuner": "none", "best": {}}
+    summary = tune.run(cfg)
+    assert (summary["tuner"], summary["best"], summary["did"]) == ("none", {}, "no search (tuner=none)")
     assert "tuner=none searches nothing" in capsys.readouterr().err
     assert [p.name for p in Path(cfg.paths.tuning).iterdir()] == ["fingerprint.json"]  # the search is gone
     assert Path(cfg.paths.leaderboard).is_file()

@@ -8,8 +8,9 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import run_in
+from tests.test_quiet import assert_short
 
-STAGES = ("prepare", "tune", "train", "evaluate")
+STAGES = ("prepare", "audit", "tune", "train", "evaluate")
 
 
 def _ran(output: str) -> set[str]:
@@ -38,6 +39,11 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
     assert _ran(first.stdout) == set(STAGES)
     # TensorFlow's oneDNN logged an error line for Keras's AUC update in every training (issue 26)
     assert "oneDNN supports" not in first.stdout + first.stderr, first.stderr
+    # One voice (issue 37): short lines, no banners, a line a stage.
+    assert_short(first.stdout.splitlines() + first.stderr.splitlines())
+    for stage in STAGES:
+        assert sum(line.startswith(f"{stage}: ") for line in first.stdout.splitlines()) == 1, first.stdout
+    assert any(line.startswith("tune: 2 trials (random)") for line in first.stdout.splitlines()), first.stdout
     for path in (
         "experiments/tuning/best_hparams.yaml",
         "experiments/tuning/leaderboard.csv",

@@ -9,7 +9,8 @@ import pytest
 
 from op_classifier.data.prepared import load_split, top1
 from op_classifier.stages import train, tune
-from op_classifier.training import features, hparams
+from op_classifier.training import features, hparams, tuners
+from op_classifier.training.hypermodel import candidates
 from tests.conftest import DATA, compose, mlflow_client, paths_under, tiny_cfg
 
 LITE = ("model=efficientnet_lite0", "model.resize=32", "train.warmup_epochs=0", "train.fine_tune_epochs=0")
@@ -60,7 +61,7 @@ def test_a_search_of_the_head_alone_runs_on_features_with_a_line_and_a_run_per_t
     client = mlflow_client(project)
     (search,) = client.search_runs(
         [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
-        f"tags.stage = 'tune' and params.state_fingerprint = '{tune.search_fingerprint(cfg, tune.hypermodel_of(cfg, ['Luffy', 'Nami', 'Sanji', 'Zoro']))['id']}'",
+        f"tags.stage = 'tune' and params.state_fingerprint = '{tuners.fingerprint(cfg, candidates(cfg)[0], tune.STAGE)['id']}'",
     )
     trials = client.search_runs([search.info.experiment_id], f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")
     assert len(trials) == 3 and all({"objective", "epoch_val_accuracy"} <= set(t.data.metrics) for t in trials)

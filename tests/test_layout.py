@@ -229,6 +229,17 @@ def test_the_module_loop_check_sees_a_lazy_loop(tmp_path: Path) -> None:
     assert any({"op_classifier.tracking", "op_classifier.tracking.uris"} <= set(loop) for loop in loops), loops
 
 
+STAGE_MAX_LINES = 150  # a stage reads top to bottom at once: load, build, fit, record; its machinery lives elsewhere
+
+
+def test_every_stage_reads_as_one_story() -> None:
+    lengths = {
+        path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in (PACKAGE / "stages").glob("*.py")
+    }
+    assert {"prepare.py", "tune.py", "train.py", "evaluate.py"} <= set(lengths)
+    assert {name: n for name, n in lengths.items() if n > STAGE_MAX_LINES} == {}
+
+
 LOOSE_MAX = 10  # modules at the package's top, beside its subpackages
 
 

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from op_classifier import quiet
+from op_classifier.runner import stage_line
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 NOISE = [  # as TensorFlow 2.21 printed them on a machine without a GPU driver
@@ -121,3 +124,37 @@ def test_the_ui_prints_its_link_and_no_noise(tmp_path: Path) -> None:
         lines[0] == f"runs of sqlite:///{tmp_path.resolve()}/mlflow.db, compared: http://127.0.0.1:{port}/#/experiments"
     )
     assert [line for line in lines[1:] if not line.startswith("[MLflow] Security middleware")] == [], lines
+
+
+def test_a_whole_model_search_says_one_line_a_trial_and_short_epoch_lines(
+    tiny_project: Path, tmp_path: Path, capsys
+) -> None:
+    """experiment=tiny's search (issue 37): no Keras Tuner banner, no Keras epoch wall of per-class metrics."""
+    from op_classifier.stages import tune
+    from tests.conftest import DATA, paths_under, tiny_cfg
+
+    cfg = tiny_cfg(
+        tiny_project, "tuner.max_trials=2", "tuner.epochs=1", "tracking=none", *paths_under(tmp_path, skip=DATA)
+    )
+    assert tune.run(cfg)["trials"] == 2
+    said = capsys.readouterr()
+    lines = (said.out + said.err).splitlines()
+    assert_short(lines)
+    assert len([line for line in lines if line.startswith("trial ")]) == 2, lines
+    assert len([line for line in lines if line.startswith("epoch 1/1 - ")]) == 2, lines
+
+
+def assert_short(lines: list[str]) -> None:
+    """No console line past 120 characters, none of Keras Tuner's banners."""
+    assert [line for line in lines if len(line) > 120] == []
+    banners = ("Search: Running Trial", "Best Value So Far", "Trial 1 Complete", "So Far:", "Reloading Tuner")
+    assert [line for line in lines if any(banner in line for banner in banners)] == []
+
+
+@pytest.mark.parametrize("did_chars, wrote_chars", [(30, 30), (200, 20), (20, 200), (300, 300)])
+def test_a_stage_line_fits_and_keeps_what_matters(did_chars: int, wrote_chars: int) -> None:
+    did, wrote = "d" * (did_chars - 4) + "DONE", "/w" + "w" * (wrote_chars - 7) + ".json"
+    line = stage_line("train", {"did": did, "wrote": wrote, "seconds": 12.5})
+    assert len(line) <= 120 and line.startswith("train: dd") and line.endswith(".json (12.5 s)")
+    if did_chars + wrote_chars < 100:  # room for both: nothing is cut
+        assert line == f"train: {did}; wrote {wrote} (12.5 s)"

@@ -19,6 +19,7 @@ from op_classifier import cli
 from op_classifier.data import sample
 from op_classifier.stages import prepare
 from tests.conftest import REPO, compose, free_port, paths_under
+from tests.test_quiet import assert_short
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 TINY = ("experiment=tiny",)
@@ -91,6 +92,8 @@ def test_a_chief_and_two_workers_finish_six_trials_as_one_tracked_search(project
         timeout=900,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert_short(done.stdout.splitlines())  # the workers' lines: one a trial, no Keras Tuner banner (issue 37)
+    assert len([line for line in done.stdout.splitlines() if line.startswith("trial ")]) == 6, done.stdout
     rows = _leaderboard(project)
     assert len(rows) == 6 and {row["status"] for row in rows} == {"COMPLETED"}
     assert "dropout" in (project / "experiments/tuning/best_hparams.yaml").read_text()

@@ -41,9 +41,41 @@ PARENT_POLL_SECONDS = 1.0
 
 
 def stage_main(run: Callable[[config.Config], dict]) -> None:
-    """Entry point of a DVC stage: run it with the validated params.yaml, for as long as its parent lives."""
+    """Entry point of a DVC stage: run it with the validated params.yaml, for as long as its parent lives.
+
+    The console gets one human line (stage_line); the summary itself is in the stage's outputs and runs.
+    """
     stop_with_parent()
-    sys.exit(guarded(lambda: report(run(config.load_params()))))
+    module = sys.modules[run.__module__]  # under `python -m`, __main__: its spec still names the stage
+    stage = (module.__spec__.name if module.__spec__ else run.__module__).rsplit(".", 1)[-1]
+    sys.exit(guarded(lambda: print(stage_line(stage, run(config.load_params())), flush=True)))
+
+
+LINE = 120  # the most characters of a console line
+
+
+WHERE_MIN = 40  # characters of the line's `; wrote ...` kept when the line is too long
+
+
+def stage_line(stage: str, summary: dict) -> str:
+    """A stage's summary in one line of at most LINE characters: `<stage>: <did>; wrote <wrote> (<s> s)`.
+
+    A stage says what it did in the summary's "did" and where it wrote in "wrote"; without "did", its
+    summary's plain values (numbers, words) stand in for it.
+    """
+    did = summary.get("did")
+    if did is None:
+        plain = {k: v for k, v in summary.items() if k not in ("seconds", "wrote") and _plain(v)}
+        did = ", ".join(f"{k} {v}" for k, v in plain.items()) or "done"
+    head = f"{stage}: {did}"
+    where = f"; wrote {summary['wrote']}" if summary.get("wrote") else ""
+    room = LINE - len(f" ({summary['seconds']:g} s)" if "seconds" in summary else "")
+    if len(head) + len(where) > room and len(where) > WHERE_MIN:  # where is cut first, keeping its file names
+        cut = max(WHERE_MIN, room - len(head))
+        where = "; wrote ..." + where[len(where) - (cut - len("; wrote ...")) :]
+    if len(head) + len(where) > room:
+        head = head[: room - len(where) - 3] + "..."
+    return f"{head}{where}" + (f" ({summary['seconds']:g} s)" if "seconds" in summary else "")
 
 
 def stop_with_parent() -> None:
@@ -85,6 +117,13 @@ def _interrupt_again(previous: Callable[[Any], object]) -> Callable[[Any], objec
         previous(unraisable)
 
     return hook
+
+
+def _plain(value: object) -> bool:
+    """A value a person reads in a line: a number, or a word (not a digest, not a path)."""
+    if isinstance(value, str):
+        return len(value) <= 24 and "/" not in value
+    return isinstance(value, (int, float))
 
 
 def report(summary: dict) -> None:

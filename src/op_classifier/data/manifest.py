@@ -80,29 +80,40 @@ def write_manifest(out: Path, manifest: dict) -> None:
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-def summary_line(manifest: dict, manifest_path: Path) -> str:
-    """The one line printed at the end of the stage."""
+def summary_line(manifest: dict) -> str:
+    """What prepare did, for its one line: the images kept and split, what was skipped, the groups."""
     counts = manifest["counts"]
     kinds = [entry["kind"] for entry in manifest["skipped"]]
     total = sum(counts.values())
-    text = (
-        f"prepared {total:,} images (train {counts['train']:,} / val {counts['val']:,} / test {counts['test']:,}), "
-        f"{len(manifest['classes'])} classes; skipped {kinds.count(UNREADABLE):,} unreadable, "
-        f"{len(manifest['duplicates']):,} duplicates, {kinds.count(UNLABELLED):,} unlabelled"
-    )
-    others = ((BAD_LABELS, "bad labels-file lines"), (LINK_OUT, "links not followed"), (BAD_NAME, "non-UTF-8 names"))
-    for kind, what in others:
-        if kinds.count(kind):
-            text += f", {kinds.count(kind):,} {what}"
+    text = f"{total:,} images, {len(manifest['classes'])} classes (train {counts['train']:,} / val {counts['val']:,} / test {counts['test']:,})"
+    skipped = [
+        f"{n:,} {what}"
+        for n, what in (
+            (kinds.count(UNREADABLE), "unreadable"),
+            (len(manifest["duplicates"]), "duplicates"),
+            (kinds.count(UNLABELLED), "unlabelled"),
+            (kinds.count(BAD_LABELS), "bad labels-file lines"),
+            (kinds.count(LINK_OUT), "links not followed"),
+            (kinds.count(BAD_NAME), "non-UTF-8 names"),
+        )
+        if n
+    ]
+    text += f"; skipped {', '.join(skipped)}" if skipped else ""
     near = manifest["near_duplicates"]
     if near["distance"]:
-        text += f"; {near['images']:,} images in {len(near['groups']):,} near-duplicate groups"
+        text += f"; {near['images']:,} in {len(near['groups']):,} near-duplicate groups"
+    return text
+
+
+def warning_lines(manifest: dict) -> list[str]:
+    """What a user must not miss, a note each: classes left empty, images relabelled by copies."""
+    notes = []
     if manifest["warnings"]["empty_classes"]:
-        text += f"; empty: {', '.join(manifest['warnings']['empty_classes'])}"
+        notes.append(f"note: classes with no image: {', '.join(manifest['warnings']['empty_classes'])}")
     merged = manifest["warnings"].get("merged_duplicate_labels") or []
     if merged:  # a copy (or a link) in another class's folder adds that class: say so, not only in the manifest
-        text += f"; {len(merged):,} relabelled by copies in other class folders ({relabellings(merged)})"
-    return f"{text}: see {manifest_path}"
+        notes.append(f"note: {len(merged):,} relabelled by copies in other class folders ({relabellings(merged)})")
+    return notes
 
 
 def relabellings(merged: list[dict], most: int = 6) -> str:

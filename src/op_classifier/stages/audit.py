@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from op_classifier.audit.findings import Audit, Finding, audit, check_auditable, summary
+from op_classifier.audit.findings import KINDS, Audit, Finding, audit, check_auditable, summary
 from op_classifier.audit.findings import Image as Audited
 from op_classifier.audit.page import write_page
 from op_classifier.config import Config, ConfigError, project_conf, validate_model
@@ -54,7 +54,15 @@ def run(cfg: Config) -> dict:
         for path in written:
             tracker.log_artifact(path, "audit")
     shown = {key: value for key, value in counts.items() if key != "per_class"}
-    return {**shown, **{p.suffix[1:]: str(p) for p in written}, "seconds": round(time.perf_counter() - started, 1)}
+    found_kinds = ", ".join(f"{counts[kind]} {kind.replace('_', ' ')}" for kind in KINDS if counts[kind])
+    did = f"nothing audited ({why})" if why else f"{counts['audited']} images: {found_kinds or 'no issue found'}"
+    return {
+        "did": did,
+        "wrote": ", ".join(map(str, written)),
+        **shown,
+        **{p.suffix[1:]: str(p) for p in written},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _in_rows(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:

@@ -106,6 +106,8 @@ def run(cfg: Config) -> dict:
     if "promotion" in registry:  # the significance test's numbers, beside the scores they judged
         metrics_path.write_text(json.dumps({**metrics, "promotion": registry["promotion"]}, indent=2), encoding="utf-8")
     return {
+        "did": f"val {metrics['val_accuracy']:.3f}, test {metrics['test_accuracy']:.3f}{_registered(registry)}",
+        "wrote": f"{metrics_path}, {predictions}, {gallery}",
         "val_accuracy": metrics["val_accuracy"],
         "test_accuracy": metrics["test_accuracy"],
         "scenes": metrics["scenes"],
@@ -113,6 +115,13 @@ def run(cfg: Config) -> dict:
         **registry,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _registered(registry: dict[str, Any]) -> str:
+    """The registry's verdict in a few words: the version, and whether it is the champion now."""
+    if "registered_version" not in registry:
+        return ""
+    return f"; registered v{registry['registered_version']}" + (", the champion" if registry["champion"] else "")
 
 
 def main() -> None:

@@ -17,7 +17,14 @@ from pathlib import Path
 from op_classifier.config import Config
 from op_classifier.data.decode import decode_all
 from op_classifier.data.kept import check_class_sizes, deduplicate, leave_out
-from op_classifier.data.manifest import MANIFEST, build_manifest, near_duplicates_entry, summary_line, write_manifest
+from op_classifier.data.manifest import (
+    MANIFEST,
+    build_manifest,
+    near_duplicates_entry,
+    summary_line,
+    warning_lines,
+    write_manifest,
+)
 from op_classifier.data.near_duplicates import near_duplicate_groups
 from op_classifier.data.raw import UNREADABLE, Inventory, scan, skip_record
 from op_classifier.data.split_arrays import write_arrays
@@ -33,8 +40,11 @@ def run(cfg: Config) -> dict:
     with staged_output(prepared) as out:
         manifest = prepare_into(out, raw, inventory, cfg)
     seconds = time.perf_counter() - started
-    print(summary_line(manifest, prepared / MANIFEST), file=sys.stderr)
+    for note in warning_lines(manifest):
+        print(note, file=sys.stderr)
     return {
+        "did": summary_line(manifest),
+        "wrote": str(prepared / MANIFEST),
         **manifest["counts"],
         "classes": len(manifest["classes"]),
         "skipped": len(manifest["skipped"]),

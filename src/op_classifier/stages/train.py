@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -100,8 +99,7 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
     (Path(cfg.paths.model) / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
     done = {**summary, "device": described["device"], "weights_sha256": digest, **written, "run_id": run_id}
     done["seconds"] = round(time.perf_counter() - started, 1)
-    print(_line(done, described["architecture_used"], Path(cfg.paths.model)), file=sys.stderr)
-    return done
+    return {**done, "did": _did(done, described["architecture_used"]), "wrote": f"{cfg.paths.model}/"}
 
 
 def claim_checkpoints(
@@ -125,14 +123,13 @@ def _settings(cfg: Config) -> dict[str, Any]:
     return {"model": cfg.model.name, "image_size": cfg.data.image_size, **chosen, "epochs": epochs, "seed": cfg.seed}
 
 
-def _line(done: dict, architecture: str, folder: Path) -> str:
-    """The one line the stage ends with: what it trained, where it wrote the model, how long it took."""
+def _did(done: dict, architecture: str) -> str:
+    """What the stage trained, for its one line: the architecture, its epochs, the device, whether resumed."""
     fine = f" + {done['fine_tune_epochs_run']} fine-tuning" if "fine_tune_epochs_run" in done else ""
     resumed = " (resumed)" if done["resumed"] else ""
     saved = "model.keras and a SavedModel" if "saved_model" in done else "model.keras"
     epochs = f"{done['epochs_run']} epoch{'s' if done['epochs_run'] != 1 else ''}"
-    took = f"{epochs}{fine} on {done['device']} in {done['seconds']:.0f} s{resumed}"
-    return f"trained {architecture} for {took}: {saved} in {folder}"
+    return f"trained {architecture}, {epochs}{fine} on {done['device']}{resumed}: {saved}"
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""The search's hypermodel: the architectures a trial may build, and the values Keras Tuner draws onto them.
+"""The search's hypermodel: the architectures a trial may build, the values Keras Tuner draws onto them,
+and how a trial trains (HyperModel.fit: quiet Keras, one short line an epoch, stopped early).
 
 A search of a pretrained model's head alone (HeadTrials) builds the head by itself over the frozen
-backbone's features, compiled as train's head phase is.
+backbone's features, compiled as train's head phase is; the features come first (search_data), so the
+hypermodel is whole once made (of_config).
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from op_classifier import progress
 from op_classifier.config import ARCHITECTURE, Config, ModelBase, TrainConfig, load
 from op_classifier.data.prepared import load_manifest
+from op_classifier.data.stream import split_stream
 from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX
 from op_classifier.models import get as architecture
 from op_classifier.models.common.compile import compile_model
 from op_classifier.schema import SearchParam
 from op_classifier.training import features, hparams, recipe
+from op_classifier.training.leaderboard import SearchData
 
 
 @dataclass(frozen=True)
@@ -38,15 +43,47 @@ class HeadTrials:
     train: TrainConfig
     steps: int  # batches an epoch
     objective: str  # the one metric a trial must report (with accuracy)
-    dim: int = 0  # the features' width, known once they are computed (search_data)
+    dim: int  # the features' width (search_data computed them)
 
 
-def head_trials(cfg: Config) -> HeadTrials | None:
-    """The head's training for a search of the head alone (hparams.searches_head); None for any other."""
+def search_data(cfg: Config, classes: Sequence[str]) -> SearchData:
+    """The prepared splits; for a search of the head alone, their features through the frozen backbone."""
+    prepared = Path(cfg.paths.prepared)
     if not hparams.searches_head(cfg):
-        return None
-    rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
-    return HeadTrials(cfg.train, -(-rows // cfg.train.batch_size), cfg.tuner.objective)
+        val = split_stream(prepared, "val", cfg.tuner.batch_size)
+        return SearchData(split_stream(prepared, "train", cfg.tuner.batch_size, seed=cfg.seed), val, val, val.labels)
+    args = {**hparams.model_args(cfg.model), **fixed_args(cfg, classes)}
+    train, val = features.compute_all(architecture(cfg.model.name).build(**args), prepared, cfg.train.batch_size)
+    return SearchData(features.FeatureStream(train, cfg.train.batch_size, cfg.seed), (val.x, val.y), val.x, val.y)
+
+
+def fixed_args(cfg: Config, classes: Sequence[str]) -> dict[str, Any]:
+    """The builder's arguments no trial draws."""
+    return {"num_classes": len(classes), "image_size": cfg.data.image_size, "seed": cfg.seed}
+
+
+def of_config(cfg: Config, classes: Sequence[str], data: SearchData) -> SearchModel:
+    """The search's hypermodel, whole: every candidate architecture composed and checked, a head's
+    features' width (from `data`), and a trial's epochs and patience (the head phase's for a head)."""
+    found, shared, choice = candidates(cfg)
+    head = None
+    if hparams.searches_head(cfg):
+        rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
+        head = HeadTrials(cfg.train, -(-rows // cfg.train.batch_size), cfg.tuner.objective, data.val_x.shape[1])
+    training = cfg.train if head else cfg.tuner  # a head's trial trains as the head phase; any other, as tuner.*
+    trials = Trials(training.epochs, training.patience, cfg.tuner.objective, cfg.tuner.direction)
+    return SearchModel(found, shared, choice, fixed_args(cfg, classes), cfg.tuner.learning_rate, classes, trials, head)
+
+
+@dataclass(frozen=True)
+class Trials:
+    """How long a trial trains: its epochs (Hyperband sets its own), stopped after `patience` epochs
+    without a better `objective`."""
+
+    epochs: int
+    patience: int
+    objective: str
+    direction: str
 
 
 class SearchModel(kt.HyperModel):
@@ -64,6 +101,7 @@ class SearchModel(kt.HyperModel):
         fixed: Mapping[str, Any],
         learning_rate: float,
         class_names: Sequence[str],
+        trials: Trials,
         head: HeadTrials | None = None,
     ) -> None:
         super().__init__()
@@ -74,6 +112,7 @@ class SearchModel(kt.HyperModel):
         self.fixed = dict(fixed)  # num_classes, image_size, seed
         self.learning_rate = learning_rate
         self.class_names = list(class_names)
+        self.trials = trials
 
     def draw(self, hp: Any) -> tuple[str, dict[str, Any]]:
         """The architecture and the values Keras Tuner drew (unprefixed)."""
@@ -101,6 +140,24 @@ class SearchModel(kt.HyperModel):
             )
 
         return compile_model(architecture(name).build(**args), learning_rate, self.class_names)
+
+    def fit(self, hp: Any, model: keras.Model, *args: Any, **kwargs: Any) -> keras.callbacks.History:
+        """One trial's training: Keras quiet, stopped early, one short line an epoch (none for a head's
+        trial, which takes seconds: the tuner prints its one line)."""
+        trials = self.trials
+        stop = keras.callbacks.EarlyStopping(monitor=trials.objective, mode=trials.direction, patience=trials.patience)
+        lines = [] if self.head else [progress.epoch_lines(trials.objective)]
+        kwargs |= {"verbose": 0, "callbacks": [*kwargs.get("callbacks", []), stop, *lines]}
+        kwargs.setdefault("epochs", trials.epochs)
+        return model.fit(*args, **kwargs)
+
+    def searched(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Drawn values by their config names (Hyperband adds `tuner/...` bookkeeping; dropped)."""
+        shared = {key: value for key, value in values.items() if key in self.shared}
+        if self.choice is None:
+            return shared
+        name = values[ARCHITECTURE]
+        return {ARCHITECTURE: name, **shared, **own_values(values, name)}
 
 
 def own_values(values: Mapping[str, Any], name: str) -> dict[str, Any]:

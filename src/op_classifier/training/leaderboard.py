@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from op_classifier.compare import paired
 from op_classifier.data.prepared import single_label
+from op_classifier.errors import OpClassifierError
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,25 @@ class SearchData:
     val: Any  # a stream of (images, labels), or (features, labels)
     val_x: Any  # what a trial's model predicts the val split from: the image stream, or the features
     val_labels: Any
+
+
+def outcome(tuner: Any, data: SearchData, alpha: float) -> dict[str, Any]:
+    """A finished tuner's leaderboard (each trial against the best), its best values (by their config
+    names: the hypermodel's `searched`) and score."""
+    rows = leaderboard(tuner)
+    require_a_result(tuner, rows)
+    mark_noise(tuner, rows, data, alpha)
+    best = tuner.hypermodel.searched(tuner.get_best_hyperparameters(1)[0].values)
+    return {"rows": rows, "best": best, "score": rows[0]["score"]}
+
+
+def require_a_result(tuner: Any, rows: list[dict[str, Any]]) -> None:
+    """No trial with a score means every one failed: say why rather than train on a guess."""
+    if rows and rows[0]["score"] is not None:
+        return
+    messages = [t.message for t in tuner.oracle.trials.values() if getattr(t, "message", None)]
+    why = messages[-1].strip().splitlines()[-1] if messages else "no trial ran"
+    raise OpClassifierError(f"no tuning trial finished with a score ({why})")
 
 
 def leaderboard(tuner: Any) -> list[dict[str, Any]]:
@@ -53,7 +74,14 @@ def mark_noise(tuner: Any, rows: list[dict[str, Any]], data: SearchData, alpha: 
                 model = tuner.load_model(tuner.oracle.get_trial(trial_id))
         except Exception:
             return None
-        probs = model.predict(data.val_x, verbose=0)
+        # A model each trial: TensorFlow warns, in 600 characters, of the predict functions it retraces.
+        tf_log = logging.getLogger("tensorflow")
+        level = tf_log.level
+        tf_log.setLevel(logging.ERROR)
+        try:
+            probs = model.predict(data.val_x, verbose=0)
+        finally:
+            tf_log.setLevel(level)
         return probs[single].argmax(1) == truth
 
     best = right(rows[0]["trial_id"]) if rows else None

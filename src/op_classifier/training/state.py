@@ -98,7 +98,9 @@ def _why_not_resumed(recorded: Mapping[str, Any] | None, new: Mapping[str, Any])
         return "it carries no fingerprint"
     if recorded.get("id") == new["id"]:
         return "it finished"
-    return f"{', '.join(differences(recorded, new)[:6]) or 'its inputs'} changed"
+    changed = differences(recorded, new)
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""  # the line stays short; all are in the file
+    return f"{', '.join(changed[:3]) or 'its inputs'}{more} changed"
 
 
 def finished(folder: Path, new: Mapping[str, Any]) -> bool:
