@@ -21,7 +21,7 @@ _FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "I
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _REASON_CHARS = 160
-_HEAD_BYTES = 512  # what Pillow's format checks look at (each reads at most the first few dozen)
+_START_BYTES = 512  # what Pillow's format checks look at (each reads at most the first few dozen)
 MAX_FILE_BYTES = 256 * 2**20  # data.max_file_mb's default: larger image files are refused unread
 
 
@@ -99,10 +99,10 @@ def read_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
                 raise ImageError(f"not a regular file ({_special_kind(info.st_mode)}); not read")
             if info.st_size > max_bytes:
                 raise ImageError(f"{info.st_size:,} bytes, over the {max_bytes:,}-byte limit (data.max_file_mb); not read")
-            head = handle.read(_HEAD_BYTES)
-            if head and not any(Image.OPEN[name][1](head) for name in _formats() if Image.OPEN[name][1]):
-                raise ImageError(_not_an_image(head))
-            return head + handle.read(max_bytes - len(head))
+            start = handle.read(_START_BYTES)
+            if start and not any(Image.OPEN[name][1](start) for name in _formats() if Image.OPEN[name][1]):
+                raise ImageError(_not_an_image(start))
+            return start + handle.read(max_bytes - len(start))
     except OSError as error:
         raise ImageError(f"cannot read file: {error.strerror or error}") from None
 
@@ -153,10 +153,10 @@ def _bomb_reason(error: BaseException) -> str:
 
 
 def _not_an_image(data: bytes) -> str:
-    head = data[:1024]
-    if b"\x00" not in head:
+    start = data[:1024]
+    if b"\x00" not in start:
         try:
-            text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+            text = codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
         except UnicodeDecodeError:
             text = None
         if text is not None:

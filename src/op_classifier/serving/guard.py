@@ -14,9 +14,9 @@ log = logging.getLogger(__name__)
 MESSAGE_MAX = 200  # characters of an error message, at most
 # A request's whole body must arrive within this: 1,100 half-sent bodies were held open for over 70 s.
 BODY_SECONDS = 30.0
-# A request's head (its line and headers) must arrive within this, counted from the connection or from the
+# A request's line and headers must arrive within this, counted from the connection or from the
 # previous answer: 40 connections sending a header line a second were held for as long as they went on.
-# A client's head is a few hundred bytes, sent at once; uvicorn closes an idle kept-alive connection at 5 s.
+# A client's request line and headers are a few hundred bytes, sent at once; uvicorn closes an idle kept-alive connection at 5 s.
 HEADER_SECONDS = 10.0
 # Connections open at once, at most: each costs a file descriptor and memory, however slow its client.
 MAX_CONNECTIONS = 512
@@ -232,25 +232,25 @@ def _raw_answer(status: int, message: str) -> bytes:
     """A whole HTTP/1.1 answer with the short JSON of an error, closing the connection: for what the
     protocol answers itself, before (or instead of) any request the app sees."""
     body = error_body(status, message)
-    head = f"HTTP/1.1 {status} {_phrase(status)}\r\ncontent-type: application/json\r\n".encode()
-    return head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
+    status_lines = f"HTTP/1.1 {status} {_phrase(status)}\r\ncontent-type: application/json\r\n".encode()
+    return status_lines + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
 
 
 def json_protocol(header_seconds: float = HEADER_SECONDS, max_connections: int = MAX_CONNECTIONS) -> type:
-    """uvicorn's own HTTP protocol, with what it lacks: a request's head must arrive within header_seconds
+    """uvicorn's own HTTP protocol, with what it lacks: a request's line and headers must arrive within header_seconds
     (else 408, or a silent close if nothing came), at most max_connections are open at once (a new one past
     them is answered 503), and what uvicorn cannot parse (a Content-Length of 30 digits, a request line of
     noise) gets the same short JSON as every other refusal, not its plain text.
 
-    uvicorn's keep-alive timeout ends when a byte arrives, so a client sending its head a line a second held
+    uvicorn's keep-alive timeout ends when a byte arrives, so a client sending its headers a line a second held
     its connection for as long as it went on; and its limit_concurrency counts connections only once a
-    request's head is read, answering in plain text.
+    request's headers are read, answering in plain text.
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class JsonRefusals(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-        head_timer: asyncio.TimerHandle | None = None
-        head_started = False  # bytes of the next request's head have arrived
+        headers_timer: asyncio.TimerHandle | None = None
+        headers_started = False  # bytes of the next request's line or headers have arrived
         refused = False  # answered already: what the client still sends is read and dropped
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -259,40 +259,38 @@ def json_protocol(header_seconds: float = HEADER_SECONDS, max_connections: int =
                 log.warning("refused a connection: %d are open, the most this server holds", max_connections)
                 self._refuse(503, f"this server holds at most {max_connections} connections: try again in a moment")
                 return
-            self._await_head()
+            self._await_headers()
 
         def data_received(self, data: bytes) -> None:
             if self.refused:
                 return
-            self.head_started = self.head_started or self._between_requests()
+            self.headers_started = self.headers_started or self._between_requests()
             super().data_received(data)
 
         def on_response_complete(self) -> None:
-            self.head_started = False
+            self.headers_started = False
             super().on_response_complete()
-            self._await_head()
+            self._await_headers()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self.head_timer is not None:
-                self.head_timer.cancel()
+            if self.headers_timer is not None:
+                self.headers_timer.cancel()
             super().connection_lost(exc)
 
         def _between_requests(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
 
-        def _await_head(self) -> None:
-            if self.head_timer is not None:
-                self.head_timer.cancel()
+        def _await_headers(self) -> None:
+            if self.headers_timer is not None:
+                self.headers_timer.cancel()
             if not self.transport.is_closing():
-                self.head_timer = self.loop.call_later(header_seconds, self._head_late)
+                self.headers_timer = self.loop.call_later(header_seconds, self._headers_late)
 
-        def _head_late(self) -> None:
+        def _headers_late(self) -> None:
             if self.transport.is_closing() or not self._between_requests():
-                return  # a request's head arrived in time: the guard times its body
-            if self.head_started:
-                self._refuse(
-                    408, f"the request's head (its line and headers) did not arrive within {header_seconds:g} s"
-                )
+                return  # a request's headers arrived in time: the guard times its body
+            if self.headers_started:
+                self._refuse(408, f"the request's line and headers did not arrive within {header_seconds:g} s")
             else:
                 self.transport.close()  # nothing sent: closed as uvicorn closes an idle kept-alive connection
 

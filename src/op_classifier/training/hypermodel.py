@@ -66,13 +66,15 @@ def of_config(cfg: Config, classes: Sequence[str], data: SearchData) -> SearchMo
     """The search's hypermodel, whole: every candidate architecture composed and checked, a head's
     features' width (from `data`), and a trial's epochs and patience (the head phase's for a head)."""
     found, shared, choice = candidates(cfg)
-    head = None
+    head_search = None
     if hparams.searches_head(cfg):
         rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
-        head = HeadTrials(cfg.train, -(-rows // cfg.train.batch_size), cfg.tuner.objective, data.val_x.shape[1])
-    training = cfg.train if head else cfg.tuner  # a head's trial trains as the head phase; any other, as tuner.*
+        head_search = HeadTrials(cfg.train, -(-rows // cfg.train.batch_size), cfg.tuner.objective, data.val_x.shape[1])
+    training = cfg.train if head_search else cfg.tuner  # a head's trial trains as the head phase; any other, as tuner.*
     trials = Trials(training.epochs, training.patience, cfg.tuner.objective, cfg.tuner.direction)
-    return SearchModel(found, shared, choice, fixed_args(cfg, classes), cfg.tuner.learning_rate, classes, trials, head)
+    return SearchModel(
+        found, shared, choice, fixed_args(cfg, classes), cfg.tuner.learning_rate, classes, trials, head_search
+    )
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,12 @@ class SearchModel(kt.HyperModel):
         learning_rate: float,
         class_names: Sequence[str],
         trials: Trials,
-        head: HeadTrials | None = None,
+        head_search: HeadTrials | None = None,
     ) -> None:
         super().__init__()
-        self.head = head  # each candidate is the head alone, trained on the backbone's features (else None)
+        self.head_search = (
+            head_search  # each candidate is the head alone, trained on the backbone's features (else None)
+        )
         self.candidates = dict(candidates)
         self.shared = dict(shared)
         self.choice = choice
@@ -129,14 +133,16 @@ class SearchModel(kt.HyperModel):
         """Build and compile one candidate with the values Keras Tuner drew."""
         name, values = self.draw(hp)
         # Unsearched, a head's trial takes the head phase's rate; any other candidate, the tuner's.
-        learning_rate = values.pop("learning_rate", self.head.train.learning_rate if self.head else self.learning_rate)
+        learning_rate = values.pop(
+            "learning_rate", self.head_search.train.learning_rate if self.head_search else self.learning_rate
+        )
         args = {**hparams.model_args(self.candidates[name].section), **self.fixed, **values}
-        if self.head is not None:
-            head = features.head_model(self.head.dim, args["num_classes"], args["dropout"], args["seed"])
+        if self.head_search is not None:
+            head = features.head_model(self.head_search.dim, args["num_classes"], args["dropout"], args["seed"])
             # Only the objective (and accuracy) is computed: the per-class metrics would double a trial's time.
-            wanted = {ACCURACY, self.head.objective.removeprefix(VALIDATION_PREFIX)}
+            wanted = {ACCURACY, self.head_search.objective.removeprefix(VALIDATION_PREFIX)}
             return recipe.compile_as_trained(
-                head, self.head.train, self.class_names, learning_rate, self.head.steps, only=wanted
+                head, self.head_search.train, self.class_names, learning_rate, self.head_search.steps, only=wanted
             )
 
         return compile_model(architecture(name).build(**args), learning_rate, self.class_names)
@@ -146,7 +152,7 @@ class SearchModel(kt.HyperModel):
         trial, which takes seconds: the tuner prints its one line)."""
         trials = self.trials
         stop = keras.callbacks.EarlyStopping(monitor=trials.objective, mode=trials.direction, patience=trials.patience)
-        lines = [] if self.head else [progress.epoch_lines(trials.objective)]
+        lines = [] if self.head_search else [progress.epoch_lines(trials.objective)]
         kwargs |= {"verbose": 0, "callbacks": [*kwargs.get("callbacks", []), stop, *lines]}
         kwargs.setdefault("epochs", trials.epochs)
         return model.fit(*args, **kwargs)
