@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from op_classifier import quiet
-from op_classifier.runner import stage_line
+from op_classifier.runner import stage_line, written
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 NOISE = [  # as TensorFlow 2.21 printed them on a machine without a GPU driver
@@ -158,3 +158,9 @@ def test_a_stage_line_fits_and_keeps_what_matters(did_chars: int, wrote_chars: i
     assert len(line) <= 120 and line.startswith("train: dd") and line.endswith(".json (12.5 s)")
     if did_chars + wrote_chars < 100:  # room for both: nothing is cut
         assert line == f"train: {did}; wrote {wrote} (12.5 s)"
+
+
+def test_files_in_one_folder_name_it_once() -> None:
+    assert written("out/a.json", "out/b.csv") == "a.json, b.csv in out/"
+    assert written("out/a.json", "elsewhere/b.csv") == "out/a.json, elsewhere/b.csv"
+    assert written("out/a.json") == "out/a.json"

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from op_classifier import config
@@ -52,6 +53,15 @@ def stage_main(run: Callable[[config.Config], dict]) -> None:
 
 
 LINE = 120  # the most characters of a console line
+
+
+def written(*paths: object) -> str:
+    """Files for a stage's line: `a.json, b.csv in folder/` when they share a folder, else each path."""
+    parts = [Path(str(path)) for path in paths]
+    folders = {part.parent for part in parts}
+    if len(parts) > 1 and len(folders) == 1:
+        return f"{', '.join(part.name for part in parts)} in {folders.pop()}/"
+    return ", ".join(map(str, parts))
 
 
 WHERE_MIN = 40  # characters of the line's `; wrote ...` kept when the line is too long

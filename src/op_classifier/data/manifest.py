@@ -100,7 +100,7 @@ def summary_line(manifest: dict) -> str:
     ]
     text += f"; skipped {', '.join(skipped)}" if skipped else ""
     near = manifest["near_duplicates"]
-    if near["distance"]:
+    if near["groups"]:
         text += f"; {near['images']:,} in {len(near['groups']):,} near-duplicate groups"
     return text
 

@@ -27,6 +27,7 @@ from op_classifier.data.prepared import load_manifest
 from op_classifier.data.splits import SPLITS
 from op_classifier.models import get as architecture
 from op_classifier.runner import stage_main
+from op_classifier.runner import written as files_written
 from op_classifier.tracking import flatten, make_tracker
 from op_classifier.training import features, hparams
 
@@ -58,7 +59,7 @@ def run(cfg: Config) -> dict:
     did = f"nothing audited ({why})" if why else f"{counts['audited']} images: {found_kinds or 'no issue found'}"
     return {
         "did": did,
-        "wrote": ", ".join(map(str, written)),
+        "wrote": files_written(*written),
         **shown,
         **{p.suffix[1:]: str(p) for p in written},
         "seconds": round(time.perf_counter() - started, 1),

@@ -29,7 +29,7 @@ from op_classifier.errors import DataError
 from op_classifier.models.common.saving import load_model
 from op_classifier.reports.evaluation import draw_figures, write_confusion
 from op_classifier.reports.gallery import read_findings, write_gallery
-from op_classifier.runner import stage_main
+from op_classifier.runner import stage_main, written
 from op_classifier.tracking import PREDICTIONS_ARTIFACT, flatten, make_tracker
 
 
@@ -107,7 +107,7 @@ def run(cfg: Config) -> dict:
         metrics_path.write_text(json.dumps({**metrics, "promotion": registry["promotion"]}, indent=2), encoding="utf-8")
     return {
         "did": f"val {metrics['val_accuracy']:.3f}, test {metrics['test_accuracy']:.3f}{_registered(registry)}",
-        "wrote": f"{metrics_path}, {predictions}, {gallery}",
+        "wrote": written(metrics_path, predictions, gallery),
         "val_accuracy": metrics["val_accuracy"],
         "test_accuracy": metrics["test_accuracy"],
         "scenes": metrics["scenes"],

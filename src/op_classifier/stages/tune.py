@@ -14,7 +14,7 @@ from pathlib import Path
 from op_classifier.config import ARCHITECTURE, Config, ConfigError, as_dict
 from op_classifier.data.prepared import data_hash, load_manifest
 from op_classifier.metric_names import metric_names
-from op_classifier.runner import stage_main
+from op_classifier.runner import stage_main, written
 from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, make_tracker, run_name
 from op_classifier.training import hparams, leaderboard, state, tuner_cluster, tuners
 from op_classifier.training.hypermodel import SearchModel, candidates, of_config, search_data
@@ -96,7 +96,7 @@ def _record(cfg: Config, hypermodel: SearchModel, outcome: dict, run_id: str | N
         "score": score,
         "within_noise_of_best": [row["trial_id"] for row in rows if row.get("vs_best") == "within noise"],
         "did": f"{len(rows)} trials ({cfg.tuner.kind}), best {cfg.tuner.objective} {score:.4f}",
-        "wrote": f"{path}, {cfg.paths.leaderboard}".replace(f", {path.parent}/", ", "),  # its folder once
+        "wrote": written(path, cfg.paths.leaderboard),
         "seconds": round(time.perf_counter() - started, 1),
     }
 

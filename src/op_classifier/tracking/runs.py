@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import sys
 import time
@@ -361,7 +362,7 @@ class MlflowTracker:
 
 @contextlib.contextmanager
 def _quiet_registry_lookup() -> Iterator[None]:
-    """Silence MLflow's note that it registered a runs:/ path by the LoggedModel found under it.
+    """Silence MLflow's prints of what it registered, and its note that it found a runs:/ path's LoggedModel.
 
     MLflow 3 keeps a logged model as a LoggedModel, not in the run's artifacts: registering it by its
     runs:/<id>/model path (what train records) finds it there, which is what we want, and warns.
@@ -373,7 +374,10 @@ def _quiet_registry_lookup() -> Iterator[None]:
 
     logger.addFilter(keep)
     try:
-        yield
+        # MLflow prints "Successfully registered model" and "Created version" itself: evaluate's own
+        # line says which version it registered.
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         logger.removeFilter(keep)
 
