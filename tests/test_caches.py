@@ -238,6 +238,7 @@ print(len(train.x), len(val.x))
 @pytest.mark.skipif(
     not _unshare_works(), reason="needs `unshare -rm` (a user and mount namespace) for a read-only mount"
 )
+@pytest.mark.slow
 def test_a_read_only_cache_is_read_and_an_unusable_one_is_a_note(project: Path, cache: Path, lite0, tmp_path) -> None:
     """Case 16: a read-only cache holding a valid entry serves it; a cache that is a file costs a note."""
     prepared = project / "data/prepared"

@@ -276,7 +276,7 @@ def _evaluated_run(root: Path, predictions: Path) -> str:
     return training
 
 
-@pytest.mark.parametrize("hostile", ["nan", "one score short"])
+@pytest.mark.parametrize("hostile", ["nan", pytest.param("one score short", marks=pytest.mark.slow)])
 def test_compare_refuses_a_hostile_predictions_file_in_one_line(tmp_path: Path, hostile: str) -> None:
     """The user's view: `op-classifier compare workspace <run>` with a hostile workspace file: exit 2, one line."""
     import os

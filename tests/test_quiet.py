@@ -126,6 +126,7 @@ def test_the_ui_prints_its_link_and_no_noise(tmp_path: Path) -> None:
     assert [line for line in lines[1:] if not line.startswith("[MLflow] Security middleware")] == [], lines
 
 
+@pytest.mark.slow
 def test_a_whole_model_search_says_one_line_a_trial_and_short_epoch_lines(
     tiny_project: Path, tmp_path: Path, capsys
 ) -> None:
