@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from op_classifier.training import phases
-from tests.conftest import compose
+import numpy as np
+import pytest
+
+from op_classifier.training import features, phases
+from tests.conftest import DATA, compose, paths_under, tiny_cfg
 
 PRETRAINED = SimpleNamespace(layers=[SimpleNamespace(name="backbone", trainable=False)])
 FROM_SCRATCH = SimpleNamespace(layers=[SimpleNamespace(name="conv", trainable=True)])
@@ -37,3 +40,43 @@ def test_the_plan_says_where_a_killed_run_stands(tmp_path: Path) -> None:
     (tmp_path / "ckpt" / phases.STATE_FILE).write_text(json.dumps({"head": 4}))  # early stopping ended it at 4
     head, fine = phases.plan(cfg, PRETRAINED, 0.01)
     assert head.ended == 4 and fine.ended is None  # the fine-tuning resumes from its own backup, after epoch 4
+
+
+class Killed(Exception):
+    """Stands for a kill between the head's phase and the first backup of the fine-tuning."""
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_phases_fine_tunes_the_head_it_trained(
+    tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from op_classifier.stages import train, tune
+
+    cfg = tiny_cfg(
+        tiny_project,
+        *("model=efficientnet_lite0", "model.resize=32", "train.warmup_epochs=0", "tuner=none", "tracking=none"),
+        *("train.epochs=2", "train.fine_tune_epochs=1", "train.head_on_features=true"),
+        *paths_under(tmp_path, skip=DATA),
+    )
+    monkeypatch.setenv(features.CACHE_ENV, str(tmp_path / "feature-cache"))
+    fit, seen = phases._fit, {}
+
+    def killed_at_fine_tuning(cfg, model, phase, *args):
+        if phase.name != phases.FINE_TUNE:
+            return fit(cfg, model, phase, *args)
+        seen[len(seen)] = [w.copy() for w in model.get_layer("probabilities").get_weights()]
+        if len(seen) == 1:
+            raise Killed
+        return fit(cfg, model, phase, *args)
+
+    tune.run(cfg)  # tuner=none: the configured values, as dvc repro writes them
+    monkeypatch.setattr(phases, "_fit", killed_at_fine_tuning)
+    with pytest.raises(Killed):
+        train.run(cfg)
+    checkpoints = Path(cfg.paths.checkpoints)
+    assert json.loads((checkpoints / phases.STATE_FILE).read_text()) == {"head": 2}
+    summary = train.run(cfg)
+    assert summary["resumed"] and summary["fine_tune_epochs_run"] == 1
+    for trained, resumed in zip(seen[0], seen[1]):  # the head's phase is not run again, and not lost
+        np.testing.assert_array_equal(trained, resumed)
+    assert not list(checkpoints.glob("*.weights.h5")) and not (checkpoints / phases.STATE_FILE).exists()

@@ -3,9 +3,9 @@ once, when train.head_on_features; else the whole model with the backbone frozen
 layers (train.fine_tune_epochs; pretrained models only).
 
 A killed run resumes by phase. phases.json in paths.checkpoints names each finished phase and the epoch it
-ended at (the chief writes it whole when a phase ends, and removes it once the last one has); the plan
-reads it, so a finished phase is not run again and the next starts where it ended; the phase a kill
-stopped resumes from its own backup.
+ended at (the chief writes it whole when a phase ends, after the model's weights at that point, and removes
+both once the last phase has); the plan reads it, so a finished phase is not run again and the next starts
+where it ended, from those weights; the phase a kill stopped resumes from its own backup.
 """
 
 from __future__ import annotations
@@ -83,15 +83,20 @@ def fit(
     }
     ended = {phase.name: phase.ended for phase in phases if phase.ended is not None}
     start = 0
-    for phase in phases:
+    for before, phase in zip([None, *phases], phases):
         if phase.name not in ended:
+            if before is not None and before.ended is not None:  # a killed run finished it: its weights
+                model.load_weights(checkpoints / _weights(before))
             fitted = _fit(cfg, model, phase, start, data, logged, classes, cluster)
             ended[phase.name] = fitted.epoch[-1] + 1 if fitted.epoch else start + phase.epochs
             if cluster.chief and phase is not phases[-1]:  # the last phase's end is the training's
+                _keep_weights(model, checkpoints / _weights(phase))
                 _write(checkpoints / STATE_FILE, ended)
         start = ended[phase.name]
-    if cluster.chief:
-        (checkpoints / STATE_FILE).unlink(missing_ok=True)  # all done: the next run trains anew
+    if cluster.chief:  # all done: the next run trains anew
+        for phase in phases:
+            (checkpoints / _weights(phase)).unlink(missing_ok=True)
+        (checkpoints / STATE_FILE).unlink(missing_ok=True)
     epochs = {"epochs_run": ended[HEAD]}
     if FINE_TUNE in ended:
         epochs["fine_tune_epochs_run"] = ended[FINE_TUNE] - ended[HEAD]
@@ -140,6 +145,22 @@ def unfreeze_top(backbone: keras.Model, count: int) -> None:
     for i, layer in enumerate(backbone.layers):
         top = i >= len(backbone.layers) - count
         layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def _weights(phase: Phase) -> str:
+    """The file in paths.checkpoints of the model's weights at the end of `phase`.
+
+    A phase's backup is gone once its fit ends; without these, a run killed before the next phase's
+    first backup resumed that phase from a freshly built model, its head untrained, and said nothing.
+    """
+    return f"{phase.name}.weights.h5"
+
+
+def _keep_weights(model: keras.Model, path: Path) -> None:
+    """The weights whole or not at all, written before phases.json names the phase finished."""
+    partial = path.with_name(f"partial-{path.name}")  # Keras wants the .weights.h5 ending
+    model.save_weights(partial)
+    os.replace(partial, path)
 
 
 def _read(path: Path) -> dict[str, int]:
