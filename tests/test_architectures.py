@@ -42,6 +42,7 @@ def test_seed_cnn_is_the_original_network_unchanged() -> None:
     np.testing.assert_allclose(model.predict(pixels, verbose=0), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_name_picks_the_builder_in_tune_and_train(project: Path, tmp_path: Path) -> None:
     """model=seed_cnn (the default is resnet): the search and the final training both build the
     original's CNN, here under the default recipe's AdamW, cosine schedule and label smoothing."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import run_in
@@ -31,7 +32,8 @@ def _experiment_rows(table: list) -> list[dict]:
     return [exp for row in table for run in (row.get("experiments") or []) for exp in run.get("revs", [])]
 
 
-def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_copy: Path) -> None:
+def _repro(repo_copy: Path) -> None:
+    """The tiny sample through `dvc repro`: every stage once, a short line each, every output written."""
     run_in(repo_copy, "op-classifier", "sample", "--out", "data/raw", "--per-class", "8", "--scenes", "4")
     run_in(repo_copy, "op-classifier", "compose", "experiment=tiny")
 
@@ -57,6 +59,14 @@ def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_co
     shown = json.loads(run_in(repo_copy, "dvc", "metrics", "show", "--json").stdout)
     assert "test_accuracy" in json.dumps(shown)
 
+
+def test_repro_runs_every_stage_once_with_a_short_line_each(repo_copy: Path) -> None:
+    _repro(repo_copy)
+
+
+@pytest.mark.slow
+def test_repro_then_experiments_each_showing_their_own_metrics_and_plots(repo_copy: Path) -> None:
+    _repro(repo_copy)
     again = run_in(repo_copy, "dvc", "repro")
     assert _ran(again.stdout) == set() and "didn't change" in again.stdout
     run_in(repo_copy, "git", "add", "-A")  # as a user commits dvc.lock with the metrics it records

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from tests.conftest import run_in
@@ -59,6 +60,7 @@ def test_non_utf8_file_name_does_not_stop_dvc(repo_copy: Path) -> None:
     assert sum(manifest["counts"].values()) == 12
 
 
+@pytest.mark.slow
 def test_default_sample_reproduces_the_hash_data_dvc_records(repo_copy: Path) -> None:
     """`make run` on a fresh clone regenerates data/raw; it must be the data data.dvc names."""
     assert not (repo_copy / "data/raw").exists()

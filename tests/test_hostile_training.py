@@ -63,6 +63,7 @@ def test_evaluate_refuses_a_model_answering_nan_and_registers_nothing(project: P
     assert mlflow_client(tmp_path).search_registered_models() == []
 
 
+@pytest.mark.slow
 def test_a_truncated_model_file_says_so(project: Path, tmp_path: Path) -> None:
     """Case 18: a truncated model.keras gave Keras's "File not found" from evaluate and predict."""
     from op_classifier.models.common.saving import load_model

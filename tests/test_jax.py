@@ -41,6 +41,7 @@ def _run_under_jax(code: str, cwd: Path, tensorflow_free: bool = True) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_stages_import_seed_stream_and_train_under_jax_without_tensorflow(tmp_path: Path) -> None:
     """The fast smoke: every stage module imports, seeding and one streamed epoch work, requirements name jax."""
     out = _run_under_jax(

@@ -426,6 +426,7 @@ def test_killed_then_changed_config_never_wedges_tracking(project: Path, tmp_pat
     assert "not resuming the tuner search" in changed.stderr and '"trials": 2' in changed.stdout
 
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_starts_fresh_instead_of_wedging(project: Path, tmp_path: Path, capsys) -> None:
     cfg = tiny_cfg(project, "tuner=none", "tracking=none", *_own_outputs(tmp_path))
     tune.run(cfg)

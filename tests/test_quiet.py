@@ -68,6 +68,7 @@ def test_quiet_defaults_are_set_and_verbose_takes_them_away_in_children_too() ->
     assert _python(code, OP_CLASSIFIER_VERBOSE="1").stdout.splitlines() == ["None False", "None False 1"]
 
 
+@pytest.mark.slow
 def test_a_dvc_stage_says_only_its_own_line_unless_op_classifier_verbose(tmp_path: Path) -> None:
     """`python -m op_classifier.stages.evaluate` imports TensorFlow at its top; here it then stops: no params.yaml."""
     command = [sys.executable, "-m", "op_classifier.stages.evaluate"]
@@ -82,6 +83,7 @@ def test_a_dvc_stage_says_only_its_own_line_unless_op_classifier_verbose(tmp_pat
     assert loud.stderr.splitlines()[-1].startswith("error: params.yaml not found")
 
 
+@pytest.mark.slow
 def test_the_ui_prints_its_link_and_no_noise(tmp_path: Path) -> None:
     """`op-classifier ui` printed MLflow's and uvicorn's INFO lines and four StarletteDeprecationWarnings
     (issue 26): now its link, and MLflow's one note on which hosts may connect."""

@@ -308,6 +308,7 @@ def _one_line_error(done: subprocess.CompletedProcess, pattern: str) -> None:
     assert pattern in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_weights_import_refuses_bad_checkpoints_in_one_line(tmp_path: Path) -> None:
     source = imagenet.checkpoint(1.0, 1.0)
     truncated = tmp_path / "cut.pth"
