@@ -86,6 +86,7 @@ def test_float16_is_half_the_float32_file_and_agrees(project: Path, int8: tuple[
     assert 0.4 < sizes["float16"] / sizes["none"] < 0.6 and int8[1]["bytes"] < 0.3 * sizes["none"]
 
 
+@pytest.mark.slow
 def test_the_file_and_its_figures_go_to_mlflow_with_the_version(project: Path, int8: tuple[Path, dict]) -> None:
     import mlflow
 
@@ -99,6 +100,7 @@ def test_the_file_and_its_figures_go_to_mlflow_with_the_version(project: Path, i
     assert tags["litert_int8_run_id"] == run.info.run_id
 
 
+@pytest.mark.slow
 def test_predict_runs_the_litert_file_without_tensorflow(project: Path, int8: tuple[Path, dict]) -> None:
     path, _ = int8
     probe = (
@@ -125,6 +127,7 @@ def test_predict_runs_the_litert_file_without_tensorflow(project: Path, int8: tu
     np.testing.assert_allclose(list(first["probabilities"].values()), keras_row, atol=0.02)
 
 
+@pytest.mark.slow
 def test_a_folder_holding_one_litert_file_is_a_model(project: Path, int8: tuple[Path, dict], tmp_path: Path) -> None:
     path, _ = int8
     folder = tmp_path / "device"
