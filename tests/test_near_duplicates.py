@@ -109,7 +109,7 @@ def test_the_manifest_lists_each_group_and_the_summary_counts_them(make_cfg, raw
         assert {files[path]["split"] for path in group["paths"]} == {group["split"]}
         assert all(files[path]["near_duplicate_group"] == number for path in group["paths"])
     assert near["images"] == summary["near_duplicate_images"] == 2 * len(made)
-    assert summary["did"].endswith(f"; {2 * len(made)} in {len(made)} near-duplicate groups")
+    assert summary["did"].endswith(f"; {2 * len(made)} near-duplicates in {len(made)} groups")
 
 
 @pytest.mark.parametrize("off", ["0", "null"])

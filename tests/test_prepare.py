@@ -567,7 +567,7 @@ def test_dvc_entry_point_reads_params_yaml(raw: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "op_classifier.stages.prepare"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("prepare: 12 images, 4 classes (train ") and len(result.stdout.splitlines()) == 1
+    assert result.stdout.startswith("prepare: 12 images of 4 classes, split ") and len(result.stdout.splitlines()) == 1
     for name in ("000.png", "001.png"):
         (raw / "Zoro" / name).unlink()
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)

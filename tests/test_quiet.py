@@ -167,3 +167,14 @@ def test_files_in_one_folder_name_it_once() -> None:
     assert written("out/a.json", "out/b.csv") == "a.json, b.csv in out/"
     assert written("out/a.json", "elsewhere/b.csv") == "out/a.json, elsewhere/b.csv"
     assert written("out/a.json") == "out/a.json"
+
+
+def test_a_long_line_names_its_files_without_their_folders_before_cutting_what_was_done() -> None:
+    did = "efficientnet_lite, 20 epochs + 4 fine-tuning on CPU"
+    line = stage_line(
+        "train", {"did": did, "wrote": "model.keras, saved_model/1/ in experiments/model/", "seconds": 95.6}
+    )
+    assert line == f"train: {did}; wrote model.keras, saved_model/1/ (95.6 s)"  # 123 characters with the folder
+    wrote = "/a/long/folder/of/the/project/experiments/metrics.json, /a/long/folder/of/the/project/experiments/x.csv"
+    line = stage_line("evaluate", {"did": "val 1.000, test 1.000", "wrote": wrote, "seconds": 9.7})
+    assert line == "evaluate: val 1.000, test 1.000; wrote metrics.json, x.csv (9.7 s)"

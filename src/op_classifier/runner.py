@@ -64,6 +64,13 @@ def written(*paths: object) -> str:
     return ", ".join(map(str, parts))
 
 
+def _names_only(wrote: str) -> str:
+    """`a/b.json, c/d.csv` as `b.json, d.csv`; `b.json, e/f in a/` (already within their folder) as `b.json, e/f`."""
+    if wrote.endswith("/") and " in " in wrote:
+        return wrote.rsplit(" in ", 1)[0]
+    return ", ".join(Path(item).name + ("/" if item.endswith("/") else "") for item in wrote.split(", "))
+
+
 WHERE_MIN = 40  # characters of the line's `; wrote ...` kept when the line is too long
 
 
@@ -80,7 +87,9 @@ def stage_line(stage: str, summary: dict) -> str:
     head = f"{stage}: {did}"
     where = f"; wrote {summary['wrote']}" if summary.get("wrote") else ""
     room = LINE - len(f" ({summary['seconds']:g} s)" if "seconds" in summary else "")
-    if len(head) + len(where) > room and len(where) > WHERE_MIN:  # where is cut first, keeping its file names
+    if len(head) + len(where) > room and where:  # where gives way first: its file names without folders
+        where = f"; wrote {_names_only(str(summary['wrote']))}"
+    if len(head) + len(where) > room and len(where) > WHERE_MIN:  # then its start, keeping its file names
         cut = max(WHERE_MIN, room - len(head))
         where = "; wrote ..." + where[len(where) - (cut - len("; wrote ...")) :]
     if len(head) + len(where) > room:

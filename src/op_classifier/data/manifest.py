@@ -85,7 +85,8 @@ def summary_line(manifest: dict) -> str:
     counts = manifest["counts"]
     kinds = [entry["kind"] for entry in manifest["skipped"]]
     total = sum(counts.values())
-    text = f"{total:,} images, {len(manifest['classes'])} classes (train {counts['train']:,} / val {counts['val']:,} / test {counts['test']:,})"
+    split = f"{counts['train']:,}/{counts['val']:,}/{counts['test']:,}"
+    text = f"{total:,} images of {len(manifest['classes'])} classes, split {split}"
     skipped = [
         f"{n:,} {what}"
         for n, what in (
@@ -101,7 +102,7 @@ def summary_line(manifest: dict) -> str:
     text += f"; skipped {', '.join(skipped)}" if skipped else ""
     near = manifest["near_duplicates"]
     if near["groups"]:
-        text += f"; {near['images']:,} in {len(near['groups']):,} near-duplicate groups"
+        text += f"; {near['images']:,} near-duplicates in {len(near['groups']):,} groups"
     return text
 
 

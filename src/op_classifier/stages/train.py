@@ -99,7 +99,10 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
     (Path(cfg.paths.model) / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
     done = {**summary, "device": described["device"], "weights_sha256": digest, **written, "run_id": run_id}
     done["seconds"] = round(time.perf_counter() - started, 1)
-    return {**done, "did": _did(done, described["architecture_used"]), "wrote": f"{cfg.paths.model}/"}
+    saved = ", ".join(
+        f"{Path(path).relative_to(cfg.paths.model)}{'/' * Path(path).is_dir()}" for path in written.values()
+    )
+    return {**done, "did": _did(done, described["architecture_used"]), "wrote": f"{saved} in {cfg.paths.model}/"}
 
 
 def claim_checkpoints(
@@ -127,9 +130,8 @@ def _did(done: dict, architecture: str) -> str:
     """What the stage trained, for its one line: the architecture, its epochs, the device, whether resumed."""
     fine = f" + {done['fine_tune_epochs_run']} fine-tuning" if "fine_tune_epochs_run" in done else ""
     resumed = " (resumed)" if done["resumed"] else ""
-    saved = "model.keras and a SavedModel" if "saved_model" in done else "model.keras"
     epochs = f"{done['epochs_run']} epoch{'s' if done['epochs_run'] != 1 else ''}"
-    return f"trained {architecture}, {epochs}{fine} on {done['device']}{resumed}: {saved}"
+    return f"{architecture}, {epochs}{fine} on {done['device']}{resumed}"
 
 
 def main() -> None:
