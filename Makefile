@@ -71,10 +71,10 @@ lint: $(STAMP)
 # the slowest 15 printed, so that a change sees what it costs.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m '' -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest -m '' -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 lock: $(STAMP)
 	{ echo "# Tested versions, installed as constraints by the Makefile. Regenerate: make lock"; \
