@@ -124,9 +124,9 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
     import orjson
 
     from op_classifier.data.images import decode_image
+    from op_classifier.data.pixels import checked_pixels
     from op_classifier.defaults import MAX_IMAGE_PIXELS
     from op_classifier.serving import request
-    from op_classifier.tracking import served as serving_model
 
     nested = orjson.loads(pixels_body)["instances"]
     array = np.asarray(nested)
@@ -134,7 +134,7 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
     image = decode_image(jpeg, SIZE, MAX_IMAGE_PIXELS)[None]
     return [
         ("pixels: request.pixel_array (the server's)", lambda: request.pixel_array(pixels_body, served.shape)),
-        ("pixels: checks (dtype, NaN, range)", lambda: serving_model._checked_pixels(array, served.shape)),
+        ("pixels: checks (dtype, NaN, range)", lambda: checked_pixels(array, served.shape)),
         ("pixels, general path: request.scan_json", lambda: request.scan_json(pixels_body)),
         ("pixels, general path: orjson.loads", lambda: orjson.loads(pixels_body)),
         ("pixels, general path: np.asarray(lists)", lambda: np.asarray(nested)),

@@ -18,7 +18,7 @@ from op_classifier.data import sample
 from op_classifier.data.prepared import load_split
 from op_classifier.serving import export, litert
 from op_classifier.stages import evaluate, prepare, train, tune
-from tests.conftest import REPO, compose, paths_under
+from tests.conftest import REPO, compose, free_port, paths_under
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 TINY = ("experiment=tiny", "tuner=none", "tracking.champion_target=0")
@@ -257,3 +257,77 @@ def test_an_out_that_cannot_be_written_is_one_line_and_leaves_nothing(
     assert (code, stdout) == (1, "")
     assert err.strip().splitlines()[-1] == f"error: --out {full}: cannot write it (No space left on device)"
     assert "Traceback" not in err and [p.name for p in full.parent.iterdir()] == ["model.tflite"]
+
+
+# --- issue 39: serve on LiteRT ---
+
+
+def test_serve_runs_the_exported_champion_on_litert_with_the_keras_models_answers(
+    project: Path, float32: Path, tmp_path: Path
+) -> None:
+    """The champion has a float32 LiteRT file (the fixture exported it, with its check): serve runs that file,
+    and over HTTP it answers the test split as the Keras model does."""
+    from tests.test_serve import _post, _stop, _wait_until_up
+
+    test = np.asarray(load_split(project / "data/prepared", "test").images, np.float32)
+    port, log_path = free_port(), tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [CLI, "serve", "--port", str(port), *_overrides(project)],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_until_up(f"http://127.0.0.1:{port}", process, log_path)
+            status, answer = _post(f"http://127.0.0.1:{port}", json.dumps({"instances": test.tolist()}).encode())
+        finally:
+            _stop(process)
+    lines = log_path.read_text().splitlines()
+    assert status == 200, answer
+    served, expected = np.asarray(answer["predictions"]), _keras_probabilities(project, test)
+    assert (served.argmax(1) == expected.argmax(1)).all()
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    (serving,) = [line for line in lines if line.startswith("serving ")]
+    assert "(LiteRT float32, " in serving and not [line for line in lines if line.startswith("note: ")], lines
+
+
+def test_the_litert_server_never_loads_tensorflow_or_keras(project: Path, float32: Path) -> None:
+    """serve's loading path on LiteRT, in a fresh Python: the model answers, TensorFlow and Keras never load."""
+    code = f"""
+import sys
+import numpy as np
+from op_classifier import config, tracking
+from op_classifier.serving import serve
+overrides = {_overrides(project)!r}
+store = tracking.open_store(config.load(overrides).tracking)
+served = serve.load("models:/op-classifier@champion", store, "auto", "none", False, overrides)
+assert served.predict(np.zeros((2, 32, 32, 3))).shape == (2, 4)
+print(served.runtime, "tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split(", ")[0] == "LiteRT float32" and done.stdout.strip().endswith("False False"), done.stdout
+
+
+def test_a_litert_file_that_failed_its_check_is_not_served(project: Path, float32: Path, tmp_path: Path) -> None:
+    """A version whose export missed its agreement target: auto serves Keras, saying why; LiteRT by name
+    refuses in one line. (The figure is forged low in a copy of the store.)"""
+    from op_classifier import tracking
+    from op_classifier.serving import runtime
+
+    copy = tmp_path / "mlflow.db"
+    shutil.copy(project / "mlflow.db", copy)
+    store = tracking.open_store(compose(f"tracking.uri=sqlite:///{copy}").tracking)
+    store.set_version_tags(
+        "op-classifier", store.alias_version("op-classifier", "champion"), {"litert_none_agreement": 0.5}
+    )
+    with pytest.raises(runtime.NoLiteRT) as refused:
+        runtime.litert_served("models:/op-classifier@champion", store, "none", ())
+    assert str(refused.value) == (
+        "its LiteRT float32 file agrees with the Keras model on 50.0% of the test split, below 99%"
+    )

@@ -113,7 +113,7 @@ ALLOWED = {
         "training",
     },
     "serving": {"config", "data", "defaults", "errors", "files", "models", "progress", "quiet", "reports", "tracking"},
-    "tracking": {"config", "defaults", "errors", "metric_names", "models", "net"},
+    "tracking": {"config", "data", "defaults", "errors", "metric_names", "models", "net"},
     "training": {
         "compare",
         "config",

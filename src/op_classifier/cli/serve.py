@@ -12,11 +12,38 @@ ORDER = 110
 
 
 def add(sub: Any, common: argparse.ArgumentParser) -> None:
-    """serve [--model URI] [--host H] [--port P] [--max-body-mb MIB] [--trust-code] [KEY=VALUE ...]"""
+    """serve [--model URI] [--runtime R] [--quantize Q] [--batch-window-ms MS] [--max-batch N] [--host H]
+    [--port P] [--max-body-mb MIB] [--trust-code] [KEY=VALUE ...]"""
     parser = sub.add_parser(
         "serve", parents=[common], help="serve the registered champion model over REST (TensorFlow Serving's body)"
     )
     parser.add_argument("--model", help="MLflow model URI (default: models:/<tracking.model_name>@champion)")
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", "litert", "keras"),
+        default="auto",
+        help="auto (default): LiteRT where a checked LiteRT file of the model exists or can be made, else Keras",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "float16", "int8"),
+        default="none",
+        help="the LiteRT file's quantisation (default: none, float32); others only where export's check passed",
+    )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=defaults.BATCH_WINDOW_MS,
+        metavar="MS",
+        help="requests arriving within MS share one model call (default: %(default)s; 0: no batching)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=defaults.MAX_BATCH,
+        metavar="N",
+        help="images in one shared model call at most (default: %(default)s)",
+    )
     parser.add_argument("--host", default=defaults.HOST, help="interface to listen on (default: %(default)s)")
     parser.add_argument(
         "--port",
@@ -51,4 +78,8 @@ def run(args: argparse.Namespace) -> None:
         max_body_mb=args.max_body_mb,
         overrides=args.overrides,
         trust_code=args.trust_code,
+        runtime=args.runtime,
+        quantize=args.quantize,
+        batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch,
     )

@@ -42,7 +42,9 @@ json.loads turns into about 6 times as many bytes of Python objects (8 for float
 100-130 MiB of memory. MLflow's scoring server had no limit; raise this one with --max-body-mb.
 
 This module starts the server and scores; guard.py answers every refusal, request.py reads a body into
-pixels. None of them imports MLflow or TensorFlow: tracking/served.py loads the model when serving starts.
+pixels; runtime.py picks what runs the model (LiteRT where a checked LiteRT file exists or can be made,
+else Keras through tracking/served.py) and batching.py lets concurrent requests share a model call. None
+of them imports MLflow or TensorFlow; on LiteRT the serving process never loads TensorFlow or Keras.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ import json
 import logging
 import math
 import socket
+import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +68,10 @@ import orjson
 
 from op_classifier import config, tracking
 from op_classifier.config import CHAMPION
-from op_classifier.defaults import HOST, MAX_BODY_MB, MAX_IMAGE_PIXELS, SERVE_PORT
+from op_classifier.data.pixels import checked_pixels
+from op_classifier.defaults import BATCH_WINDOW_MS, HOST, MAX_BATCH, MAX_BODY_MB, MAX_IMAGE_PIXELS, SERVE_PORT
 from op_classifier.errors import DataError, OpClassifierError
+from op_classifier.serving.batching import Batcher
 from op_classifier.serving.guard import (
     HEADER_SECONDS,
     MAX_CONNECTIONS,
@@ -76,6 +82,7 @@ from op_classifier.serving.guard import (
     json_protocol,
 )
 from op_classifier.serving.request import decoded_images, max_images, read_request
+from op_classifier.serving.runtime import QUANTIZE, RUNTIMES, NoLiteRT, litert_served
 from op_classifier.tracking import ModelStore, Served
 
 log = logging.getLogger(__name__)
@@ -157,8 +164,39 @@ def score(
     most: b64 images a request may hold (default: max_images at MAX_BODY_MB); max_pixels: of each one.
     """
     most = max_images(MAX_BODY_MB * 2**20, served.shape) if most is None else most
+    parsed = parse(served, body, most, max_pixels)
+    if not isinstance(parsed, Parsed):
+        return parsed
+    return answer(_forward(served, parsed.pixels), parsed.key, tf_serving)
+
+
+@dataclass
+class Parsed:
+    """A request read and checked: its input key and its images (checked pixels, or decoded b64 files)."""
+
+    key: str
+    pixels: np.ndarray
+
+
+def parse(served: Served, body: bytes, most: int, max_pixels: int) -> Parsed | tuple[int, bytes]:
+    """A request body's images, checked, or its refusal (HTTP status, JSON): nothing of it reaches the model."""
     with _collection_paused():
-        return _score(served, body, tf_serving, most, max_pixels)
+        try:
+            key, instances = read_request(body, served.shape)
+            images = decoded_images(instances, served.shape, most, max_pixels)
+            return Parsed(key, checked_pixels(instances, served.shape) if images is None else images)
+        except BadRequest as refused:
+            return refused.status, error_body(refused.status, str(refused))
+        except DataError as bad:  # data.pixels.checked_pixels: what is wrong with the pixels
+            return 400, error_body(400, str(bad))
+
+
+def _forward(served: Served, pixels: np.ndarray) -> np.ndarray | Exception:
+    """The model's probabilities, or what it raised (answer makes that a 500)."""
+    try:
+        return served.forward(pixels)
+    except Exception as error:  # noqa: BLE001 - the model's failure is answered, not raised
+        return error
 
 
 @contextlib.contextmanager
@@ -180,19 +218,12 @@ def _collection_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _score(served: Served, body: bytes, tf_serving: bool, most: int, max_pixels: int) -> tuple[int, bytes]:
-    try:
-        key, instances = read_request(body, served.shape)
-        images = decoded_images(instances, served.shape, most, max_pixels)
-        probabilities = served.predict(instances) if images is None else served.predict_images(images)
-        broken = int(np.count_nonzero(~np.isfinite(np.asarray(probabilities, np.float64))))
-    except BadRequest as refused:
-        return refused.status, error_body(refused.status, str(refused))
-    except DataError as bad:  # the pixel checks of tracking.served.ServedModel.predict
-        return 400, error_body(400, str(bad))
-    except Exception as error:  # the model itself failed: logged whole, answered short
-        log.exception("prediction failed")
-        return 500, error_body(500, f"prediction failed ({type(error).__name__}); see the server's log")
+def answer(probabilities: np.ndarray | Exception, key: str, tf_serving: bool) -> tuple[int, bytes]:
+    """(HTTP status, JSON) for the model's answer: the probabilities, or a 500 for a failure or NaN."""
+    if isinstance(probabilities, Exception):  # the model itself failed: logged whole, answered short
+        log.error("prediction failed", exc_info=probabilities)
+        return 500, error_body(500, f"prediction failed ({type(probabilities).__name__}); see the server's log")
+    broken = int(np.count_nonzero(~np.isfinite(np.asarray(probabilities, np.float64))))
     if broken:  # JSON has no NaN: orjson wrote null, answered 200 as if it were a result
         log.error("the model answered NaN or infinity for %d of its %d outputs", broken, np.size(probabilities))
         return 500, error_body(
@@ -203,9 +234,17 @@ def _score(served: Served, body: bytes, tf_serving: bool, most: int, max_pixels:
     return 200, orjson.dumps({out: np.asarray(probabilities).tolist()})
 
 
-def app(served: Served, max_body: int, name: str, version: str = "1", max_pixels: int = MAX_IMAGE_PIXELS) -> ASGIApp:
+def app(
+    served: Served,
+    max_body: int,
+    name: str,
+    version: str = "1",
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    batcher: Batcher | None = None,
+) -> ASGIApp:
     """The scoring app, guarded: POST /invocations and TensorFlow Serving's /v1/models/<name>:predict,
-    GET /v1/models/<name> (its model status), /ping and /health."""
+    GET /v1/models/<name> (its model status), /ping and /health. With a batcher, concurrent requests
+    share model calls."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -215,10 +254,18 @@ def app(served: Served, max_body: int, name: str, version: str = "1", max_pixels
     elsewhere = f"this server serves the model {name}, version {version}"
 
     async def respond(request: Request, tf_serving: bool) -> Response:
-        # Parsing and predicting run in a thread: /ping answers while a large request is on.
-        status, body = await asyncio.to_thread(
-            score, served, await request.body(), tf_serving=tf_serving, most=most, max_pixels=max_pixels
-        )
+        # Parsing runs in a thread (/ping answers while a large request is on); a request waiting for its
+        # batch holds no thread, so the next ones are parsed meanwhile.
+        body = await request.body()
+        with batcher.incoming() if batcher else contextlib.nullcontext():
+            parsed = await asyncio.to_thread(parse, served, body, most, max_pixels)
+        if isinstance(parsed, Parsed):
+            if batcher is None:
+                probabilities = await asyncio.to_thread(_forward, served, parsed.pixels)
+            else:
+                probabilities = await _batched(batcher, parsed.pixels)
+            parsed = answer(probabilities, parsed.key, tf_serving)
+        status, body = parsed
         return Response(body, status_code=status, media_type="application/json")
 
     def ours(request: Request) -> bool:
@@ -255,6 +302,14 @@ def app(served: Served, max_body: int, name: str, version: str = "1", max_pixels
     return Guard(Starlette(routes=routes), max_body)
 
 
+async def _batched(batcher: Batcher, pixels: np.ndarray) -> np.ndarray | Exception:
+    """The rows of pixels from a model call shared with other requests, or what the model raised."""
+    try:
+        return await asyncio.wrap_future(batcher.submit(pixels))
+    except Exception as error:  # noqa: BLE001 - the model's failure is answered, not raised
+        return error
+
+
 def run(
     model_uri: str | None = None,
     host: str = HOST,
@@ -262,10 +317,13 @@ def run(
     max_body_mb: float = MAX_BODY_MB,
     overrides: Sequence[str] = (),
     trust_code: bool = False,
+    runtime: str = "auto",
+    quantize: str = "none",
+    batch_window_ms: float = BATCH_WINDOW_MS,
+    max_batch: int = MAX_BATCH,
 ) -> None:
-    """Check the limit, the model and the port, load the model, then serve until stopped (Ctrl-C, SIGTERM)."""
-    if not (math.isfinite(max_body_mb) and max_body_mb > 0):
-        raise ServeError(f"--max-body-mb must be a positive number of MiB, not {max_body_mb}")
+    """Check the limits, the model and the port, load the model, then serve until stopped (Ctrl-C, SIGTERM)."""
+    _check_options(max_body_mb, runtime, quantize, batch_window_ms, max_batch)
     cfg = config.load(tuple(overrides))
     store = tracking.open_store(cfg.tracking)
     model_uri = model_uri or default_model(cfg)
@@ -277,15 +335,49 @@ def run(
     version = check_registered(model_uri, store, cfg)
     name, version = served_name(model_uri, version, cfg)
     check_port(host, port)  # before the model's seconds of loading: a taken port fails at once
-    served = store.served(model_uri, trust_code)
+    served = load(model_uri, store, runtime, quantize, trust_code, overrides)
+    batcher = Batcher(served.forward, batch_window_ms / 1000, max_batch) if batch_window_ms > 0 else None
     sock = _bind(host, port)  # again: taken meanwhile is the same one-line error, not uvicorn's traceback
     max_body = int(max_body_mb * 2**20)
+    batching = f"batches of up to {max_batch} within {batch_window_ms:g} ms" if batch_window_ms > 0 else "no batching"
     print(
         f"serving {model_uri} from {store.uri} on http://{host}:{port}/invocations and "
-        f"/v1/models/{name}:predict (bodies up to {max_body_mb:g} MiB)",
+        f"/v1/models/{name}:predict ({served.runtime}; {batching}; bodies up to {max_body_mb:g} MiB)",
         flush=True,
     )
-    uvicorn_server(app(served, max_body, name, version, cfg.data.max_image_pixels)).run(sockets=[sock])
+    scoring = app(served, max_body, name, version, cfg.data.max_image_pixels, batcher)
+    uvicorn_server(scoring).run(sockets=[sock])
+
+
+def _check_options(max_body_mb: float, runtime: str, quantize: str, batch_window_ms: float, max_batch: int) -> None:
+    """One-line ServeErrors for options no server can run with, before anything loads."""
+    if not (math.isfinite(max_body_mb) and max_body_mb > 0):
+        raise ServeError(f"--max-body-mb must be a positive number of MiB, not {max_body_mb}")
+    if runtime not in RUNTIMES or quantize not in QUANTIZE:
+        raise ServeError(f"--runtime is one of {', '.join(RUNTIMES)}; --quantize one of {', '.join(QUANTIZE)}")
+    if runtime == "keras" and quantize != "none":
+        raise ServeError(f"--quantize {quantize} is a LiteRT file's: drop it or serve with --runtime litert")
+    if not (math.isfinite(batch_window_ms) and 0 <= batch_window_ms <= 1000):
+        raise ServeError(f"--batch-window-ms must be 0 (no batching) to 1000, not {batch_window_ms}")
+    if max_batch < 1:
+        raise ServeError(f"--max-batch must be at least 1, not {max_batch}")
+
+
+def load(
+    model_uri: str, store: ModelStore, runtime: str, quantize: str, trust_code: bool, overrides: Sequence[str]
+) -> Served:
+    """The model on LiteRT where it can run there (runtime auto or litert), else on Keras (auto, keras)."""
+    if runtime == "keras":
+        return store.served(model_uri, trust_code)
+    try:
+        return litert_served(model_uri, store, quantize, overrides)
+    except NoLiteRT as error:
+        if runtime == "litert" or quantize != "none":  # LiteRT asked for by name: no other runtime will do
+            raise ServeError(f"cannot serve {model_uri} on LiteRT: {error}") from None
+        why = str(error)
+    served = store.served(model_uri, trust_code)  # its one-line error alone when Keras cannot load it either
+    print(f"note: serving on Keras, not LiteRT: {why}", file=sys.stderr, flush=True)
+    return served
 
 
 def uvicorn_server(

@@ -157,6 +157,33 @@ class MlflowModelStore:
         except Exception as error:  # MLflow raises many types for a store it cannot write
             raise TrackingError(f"MLflow store {self.uri} cannot store {path.name} ({first_line(error)})") from None
 
+    def litert_export(self, model_uri: str, quantize: str, dst: Path) -> tuple[Path, dict[str, str]] | None:
+        """The LiteRT file `op-classifier export` logged for the registered version model_uri names, in that
+        quantisation, downloaded into dst, with the version's tags (its figures); None when there is none."""
+        found = registered(model_uri)
+        if found is None or missing_sqlite(self.uri):
+            return None  # a run or a folder: no version to have been exported
+        client = self._client()
+        import mlflow
+
+        try:
+            if found.alias:
+                version = client.get_model_version_by_alias(found.name, found.alias)
+            else:
+                version = client.get_model_version(found.name, found.version)
+            run_id = version.tags.get(f"litert_{quantize}_run_id")
+            if run_id is None:
+                return None
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="litert", dst_path=str(dst), tracking_uri=self.uri
+            )
+        except Exception as error:  # MLflow raises many types for a missing version, run or file
+            raise TrackingError(
+                f"cannot fetch the LiteRT file of {model_uri} from {self.uri}: {first_line(error)}"
+            ) from None
+        files = sorted(Path(local).glob("*.tflite"))
+        return (files[0], dict(version.tags)) if len(files) == 1 else None
+
     def served(self, model_uri: str, trust_code: bool = False) -> Served:
         """The model model_uri (models:/, runs:/, a path) names, loaded to serve (served.ServedModel)."""
         from op_classifier.tracking.served import served_model

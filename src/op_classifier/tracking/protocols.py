@@ -97,6 +97,10 @@ class Served(Protocol):
     """A model loaded to serve: probabilities of raw pixel arrays or of decoded images."""
 
     shape: tuple[int, ...]  # of one image, (S, S, 3)
+    runtime: str  # what runs it, as the server's first line says it ("Keras", "LiteRT float32 ...")
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """(batch, classes) of (batch, *shape) pixels already checked (or decoded), any real dtype."""
 
     def predict(self, instances: Any) -> np.ndarray:
         """(batch, classes) of nested lists or an array of 0..255 pixels, checked first (DataError)."""
@@ -134,6 +138,10 @@ class ModelStore(Protocol):
 
     def served(self, model_uri: str, trust_code: bool = False) -> Served:
         """The model model_uri names, loaded and warmed up to serve; another's code only when trusted."""
+
+    def litert_export(self, model_uri: str, quantize: str, dst: Path) -> tuple[Path, dict[str, str]] | None:
+        """The LiteRT file exported from the registered version model_uri names (downloaded into dst) and
+        the version's tags; None when that version has none in that quantisation."""
 
     def evaluation(self, ref: str, model_name: str, dst: Path) -> Evaluated:
         """The kept predictions of a run id, models:/ URI, alias or version (v3) of model_name."""

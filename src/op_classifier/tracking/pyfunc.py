@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 from mlflow.pyfunc import PythonModel  # the served wrapper's base class must exist at import
 
+from op_classifier.data.pixels import checked_pixels
 from op_classifier.errors import DataError
 from op_classifier.models.common.saving import load_model
-from op_classifier.tracking.forward import CHUNK, checked_pixels
+from op_classifier.tracking.forward import CHUNK
 
 
 class PixelClassifier(PythonModel):

@@ -16,9 +16,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from op_classifier.data.pixels import checked_pixels
 from op_classifier.errors import first_line
 from op_classifier.models.common.saving import load_model
-from op_classifier.tracking.forward import CHUNK, checked_pixels, serving_function
+from op_classifier.tracking.forward import CHUNK, serving_function
 from op_classifier.tracking.protocols import TrackingError
 from op_classifier.tracking.pyfunc import PixelClassifier
 from op_classifier.tracking.store import client_env
@@ -37,11 +38,16 @@ class ServedModel:
         self.model = model
         self.shape = shape  # of one image, (S, S, 3)
         keras_model = _keras_model_of(model)
-        self.forward = (
+        self.runtime = f"Keras ({keras.backend.backend()})" if keras_model is not None else "MLflow pyfunc"
+        self._forward = (
             serving_function(keras_model, shape, CHUNK)
             if keras_model is not None
             else lambda images: np.asarray(model.predict(images.astype(np.float32, copy=False)))
         )
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """(batch, classes) probabilities of (batch, *shape) pixels already checked, any real dtype."""
+        return self._forward(images)
 
     def predict(self, instances: Any) -> np.ndarray:
         """(batch, classes) probabilities of (batch, *shape) raw 0..255 pixels, nested lists or an array.
