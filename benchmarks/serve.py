@@ -146,14 +146,16 @@ def stages(pixels_body: bytes, b64_body: bytes, jpeg: bytes, served: Any) -> lis
     ]
 
 
-def start_server(root: Path, port: int, model: str | None, log: Path) -> subprocess.Popen:
-    """`op-classifier serve` in root, in its own process group; returns once /ping answers (max 120 s)."""
-    args = [CLI, "serve", "--port", str(port), *(["--model", model] if model else [])]
+def start_server(
+    root: Path, port: int, model: str | None, log: Path, extra: tuple[str, ...] = (), seconds: float = 120
+) -> subprocess.Popen:
+    """`op-classifier serve [extra]` in root, in its own process group; returns once /ping answers."""
+    args = [CLI, "serve", "--port", str(port), *(["--model", model] if model else []), *extra]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} if model is None else None
     process = subprocess.Popen(
         args, cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"server exited {process.returncode}:\n{log.read_text()[-2000:]}")
@@ -163,7 +165,7 @@ def start_server(root: Path, port: int, model: str | None, log: Path) -> subproc
         except OSError:
             time.sleep(0.5)
     stop(process)
-    raise SystemExit("server not up after 120 s")
+    raise SystemExit(f"server not up after {seconds:g} s")
 
 
 def stop(process: subprocess.Popen) -> None:

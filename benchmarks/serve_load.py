@@ -22,33 +22,18 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from serve import free_port, photo_jpeg, stop  # benchmarks/serve.py, beside this file
+from serve import free_port, photo_jpeg, start_server, stop  # benchmarks/serve.py, beside this file
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 
 
 def start(project: Path, port: int, runtime: str, window_ms: float, log: Path, quantize: str) -> subprocess.Popen:
     """`op-classifier serve` in project with the runtime and window; returns once /ping answers."""
-    args = [CLI, "serve", "--port", str(port), "--runtime", runtime, "--batch-window-ms", str(window_ms)]
-    args += ["--quantize", quantize] if runtime == "litert" else []
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    process = subprocess.Popen(
-        args, cwd=project, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-    deadline = time.monotonic() + 600  # the first LiteRT start exports the file
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return process
-        except OSError:
-            time.sleep(0.5)
-    stop(process)
-    raise SystemExit("server not up after 600 s")
+    extra = ("--runtime", runtime, "--batch-window-ms", str(window_ms))
+    extra += ("--quantize", quantize) if runtime == "litert" else ()
+    return start_server(project, port, None, log, extra, seconds=600)  # the first LiteRT start exports
 
 
 def load(port: int, body: bytes, clients: int, seconds: float) -> list[float]:
