@@ -21,6 +21,7 @@ from op_classifier.schema import (
     IMAGE_SIDE,
     POSITIVE,
     SEED,
+    TRAIN_SEARCH_RULES,
     UNIT,
     ModelBase,
     Range,
@@ -28,6 +29,7 @@ from op_classifier.schema import (
     check_finite,
     check_range,
     check_search_param,
+    check_train_search_param,
     composition_error,
     describe,
     drawable,
@@ -55,6 +57,8 @@ class PathsConfig:
     tuning: str = MISSING
     best_hparams: str = MISSING
     leaderboard: str = MISSING
+    importance: str = MISSING
+    search_plots: str = MISSING
     checkpoints: str = MISSING
     weights: str = MISSING
     model: str = MISSING
@@ -138,13 +142,12 @@ ARCHITECTURE = "name"
 
 
 def _check_architecture_choice(spec: SearchParam) -> None:
-    """tuner.search_space.name: a choice among registered architectures."""
+    """tuner.search_space.name: a choice of architectures and conf/model files (lite2: efficientnet_lite's)."""
     key = f"tuner.search_space.{ARCHITECTURE}"
     require(spec.type == "choice", f"{key}.type", f"the architecture is a choice, not {spec.type}")
     require(bool(spec.values), key, "type choice needs a non-empty values list")
-    known = models.names()
-    for value in spec.values:
-        require(value in known, f"{key}.values", f"unknown architecture '{value}' (known: {', '.join(known)})")
+    files = sorted(path.stem for path in (Path.cwd() / CONF_DIR / "model").glob("*.yaml"))
+    models.check_choice(f"{key}.values", spec.values, files)
 
 
 @dataclass
@@ -311,6 +314,9 @@ class Config:
         for name, spec in self.tuner.search_space.items():
             if name == ARCHITECTURE:
                 _check_architecture_choice(spec)
+            elif name in TRAIN_SEARCH_RULES:
+                pretrained = getattr(self.model, "weights", None) is not None
+                check_train_search_param(f"tuner.search_space.{name}", name, spec, pretrained)
             else:
                 check_search_param(f"tuner.search_space.{name}", name, spec, rules)
         configured = {name: [getattr(self.model, name, None)] for name in self.model.args()}

@@ -153,6 +153,21 @@ COMMON_RULES: dict[str, Rule] = {
 }
 
 
+# train.* keys a search of a pretrained model's fine-tuning may draw (experiment=full_search): each trial
+# trains the head, then fine-tunes with them; train takes the pick's values.
+TRAIN_SEARCH_RULES: dict[str, Rule] = {
+    "fine_tune_layers": Rule(int, AT_LEAST_1),
+    "fine_tune_lr_factor": Rule(float, Range(0, 1, low_open=True)),
+    "label_smoothing": Rule(float, Range(0, 1, high_open=True)),
+}
+
+
+def check_train_search_param(key: str, name: str, spec: SearchParam, pretrained: bool) -> None:
+    """A train key in the search space: searched for a pretrained model's fine-tuning only, within its rule."""
+    require(pretrained, key, "the fine-tuning is searched for a pretrained model only (model.weights set)")
+    check_search_param(key, name, spec, TRAIN_SEARCH_RULES)
+
+
 def check_rule(key: str, name: str, value: Any, rules: dict[str, Rule] | None = None) -> None:
     problem = (rules or COMMON_RULES)[name].problem(value)
     require(problem is None, key, problem or "")

@@ -36,3 +36,12 @@ def get(name: str) -> Architecture:
         if name not in REGISTERED:
             raise ConfigError(f"model.name: unknown architecture '{name}' (known: {', '.join(known)})")
     return REGISTERED[name]
+
+
+def check_choice(key: str, values: list[str], files: list[str]) -> None:
+    """Each value an architecture or a conf/model file (`files`); one line naming the key if not."""
+    known = names()
+    for value in values:
+        if value not in known and value not in files:
+            also = f"; or a conf/model file: {', '.join(files)}" if files else ""
+            raise ConfigError(f"{key}: unknown architecture '{value}' (an architecture: {', '.join(known)}{also})")

@@ -15,7 +15,8 @@ import numpy as np
 from op_classifier.data.prepared import single_label
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files only."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
@@ -32,7 +33,7 @@ def learning_curves(history_csv: Path, out: Path) -> Path | None:
         rows = list(csv.DictReader(handle))
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [int(row["epoch"]) + 1 for row in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -43,14 +44,14 @@ def learning_curves(history_csv: Path, out: Path) -> Path | None:
         ax.set_title(metric)
         ax.legend()
         ax.grid(alpha=0.3)
-    return _save(fig, plt, out)
+    return save(fig, plt, out)
 
 
 def confusion_matrix(
     labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out: Path, title: str = "test"
 ) -> Path:
     """Counts of actual (rows) against top-1 predicted (columns) on single-label images."""
-    plt = _pyplot()
+    plt = pyplot()
     single = single_label(labels)
     counts = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(counts, (labels[single].argmax(1), probs[single].argmax(1)), 1)
@@ -63,7 +64,7 @@ def confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(f"confusion matrix ({title}, {single_count(labels)})")
-    return _save(fig, plt, out)
+    return save(fig, plt, out)
 
 
 def single_count(labels: np.ndarray) -> str:
@@ -74,7 +75,7 @@ def single_count(labels: np.ndarray) -> str:
 
 def per_class_scores(scores: dict[str, dict[str, float]], out: Path) -> Path:
     """Precision, recall and F1 of each class as grouped bars."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(scores)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names) + 2), 4))
@@ -86,12 +87,12 @@ def per_class_scores(scores: dict[str, dict[str, float]], out: Path) -> Path:
     ax.set_title("per-class scores (test)")
     ax.legend(loc="upper center", ncols=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, plt, out)
+    return save(fig, plt, out)
 
 
 def seed_scores(scores: dict[str, list[float]], seeds: Sequence[int], out: Path) -> Path:
     """Each metric's score per seed as points, with their mean as a line: the spread a comparison faces."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(scores) + 2), 4))
     for i, values in enumerate(scores.values()):
         ax.scatter([i] * len(values), values, zorder=3)
@@ -102,7 +103,7 @@ def seed_scores(scores: dict[str, list[float]], seeds: Sequence[int], out: Path)
     ax.set_xlim(-0.6, len(scores) - 0.4)
     ax.set_title(f"{len(seeds)} seeds: each point a seed, the bar their mean")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, plt, out)
+    return save(fig, plt, out)
 
 
 def worst_classified(
@@ -114,7 +115,7 @@ def worst_classified(
         return None
     truth = labels[rows].argmax(1)
     worst = rows[np.argsort(probs[rows, truth])[:count]]
-    plt = _pyplot()
+    plt = pyplot()
     side = int(np.ceil(np.sqrt(len(worst))))
     fig, axes = plt.subplots(side, side, figsize=(2.4 * side, 2.6 * side), squeeze=False)
     for ax in axes.flat:
@@ -128,10 +129,11 @@ def worst_classified(
             color="black" if actual == said else "firebrick",
         )
     fig.suptitle("worst-classified validation images (actual → predicted)")
-    return _save(fig, plt, out)
+    return save(fig, plt, out)
 
 
-def _save(fig: Any, plt: Any, out: Path) -> Path:
+def save(fig: Any, plt: Any, out: Path) -> Path:
+    """Write the figure as a PNG and close it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

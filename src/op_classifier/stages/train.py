@@ -6,6 +6,7 @@ backbone's top layers; a killed run resumes), record it (the saved model, MLflow
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -50,6 +51,7 @@ def _run(cfg: Config, cluster: Cluster, started: float) -> dict:
         raise ConfigError(f"train.monitor: the model does not report '{cfg.train.monitor}'")
     best = hparams.read_best(Path(cfg.paths.best_hparams), hparams.search_record(cfg))
     tuned = best.get("values") or {}
+    cfg = dataclasses.replace(cfg, train=hparams.tuned_train(cfg.train, tuned))  # a fine-tuning search's keys
     model_cfg = hparams.trained_model(cfg.model, best)
     # Build: the checkpoint folder kept only if this very training made it, the compiled model.
     made_by = claim_checkpoints(cfg, tuned, model_cfg, claim=cluster.chief)

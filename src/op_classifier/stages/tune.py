@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from op_classifier.config import ARCHITECTURE, Config, ConfigError, as_dict
 from op_classifier.data.prepared import data_hash, load_manifest
 from op_classifier.metric_names import metric_names
+from op_classifier.reports import search
 from op_classifier.runner import stage_main, written
-from op_classifier.tracking import RUN_ID_FILE, NullTracker, Tracker, flatten, make_tracker, run_name
+from op_classifier.tracking import RUN_ID_FILE, NullTracker, flatten, make_tracker, run_name
 from op_classifier.training import hparams, leaderboard, state, tuner_cluster, tuners
 from op_classifier.training.hypermodel import SearchModel, candidates, of_config, search_data
 
 # The params sections this stage declares in dvc.yaml: the tuner's state belongs to their values
-# (train's only when the head alone is searched: hparams.search_params).
-PARAMS = hparams.HEAD_SEARCH_PARAMS
+# (train's only when the head, or the fine-tuning, is searched: hparams.search_params).
+PARAMS = hparams.FINE_TUNE_SEARCH_PARAMS
 # Read after the search, for the leaderboard's "within noise" marks: declared to DVC (a change re-runs
 # tune, which finds its finished search and marks again) but not in the search's fingerprint.
 REPORT_PARAMS = ("tracking.alpha",)
@@ -44,24 +46,43 @@ def run(cfg: Config) -> dict:
     if cfg.tuner.kind == "none":
         return _no_search(cfg, started)
     if cluster is not None and not cluster.chief:
-        return work(cfg, cluster, classes, tracker, started)
+        return tuners.work(cfg, cluster, classes, tracker, STAGE) | {"seconds": round(time.perf_counter() - started, 1)}
     folder = Path(cfg.paths.tuning)
     made_by = tuners.fingerprint(cfg, candidates(cfg)[0], STAGE)
-    if cluster is None and state.finished(folder, made_by):  # workers would wait on a chief that serves no trials
+    # Workers would wait on a chief that serves no trials: only a lone search is reused or extended.
+    reuse, why_anew, extending = tuners.resumption(folder, made_by, cfg.tuner) if cluster is None else (0, None, 0)
+    if reuse:
         return _reuse(cfg, classes, folder, started)
-    state.claim(folder, made_by, "tuner search", keep=(RUN_ID_FILE,))
+    extended = _run_id(folder) if extending else None  # the new trials go on under the same tune run
+    state.claim(folder, made_by, "tuner search", keep=(RUN_ID_FILE,), why=why_anew)
     params = {**flatten(state.select(as_dict(cfg), hparams.search_params(cfg))), "state_fingerprint": made_by["id"]}
-    tags = {"stage": "tune", "tuner": cfg.tuner.kind, "data_hash": data_hash(Path(cfg.paths.prepared))}
+    params.pop(f"tuner.{tuners.BUDGET}")  # a tag: an extended search's run goes on with a raised one
     shown = {"model": cfg.model.name, "tuner": cfg.tuner.kind, "max_trials": cfg.tuner.max_trials}
     name = run_name("tune", shown | {"image_size": cfg.data.image_size})  # one search from another in the runs table
-    with tracker.run(name, resume_file=folder / RUN_ID_FILE, tags=tags, params=params) as run_id:
+    tags = {"stage": "tune", "tuner": cfg.tuner.kind, "data_hash": data_hash(Path(cfg.paths.prepared))}
+    tags |= {tuners.BUDGET: cfg.tuner.max_trials, **({"mlflow.runName": name} if extended else {})}
+    with tracker.run(name, resume_file=folder / RUN_ID_FILE, tags=tags, params=params, run_id=extended) as run_id:
         data = search_data(cfg, classes)
         hypermodel = of_config(cfg, classes, data)
         tuner = tuners.search(tuners.make(cfg.tuner, hypermodel, folder, cfg.seed, tracker), data, cfg.seed)
-        outcome = leaderboard.outcome(tuner, data, cfg.tracking.alpha)
+        outcome = leaderboard.outcome(tuner, data, cfg.tracking.alpha, _cost(hypermodel))
         tracker.log_metrics({f"best_{cfg.tuner.objective}": outcome["score"]})  # a score: outcome refuses none
+        tracker.set_tags({"pick": outcome["why"]})
+        for path in search.analyse(outcome["rows"], cfg.seed, cfg.tuner.objective, cfg.paths):
+            tracker.log_artifact(path, "analysis")
     state.mark_complete(folder)
     return _record(cfg, hypermodel, outcome, run_id, started)
+
+
+def _run_id(folder: Path) -> str | None:
+    """The tracking run of the search in `folder`, if one was logged."""
+    run_file = folder / RUN_ID_FILE
+    return run_file.read_text(encoding="utf-8").strip() or None if run_file.is_file() else None
+
+
+def _cost(hypermodel: SearchModel) -> Callable[[dict], int] | None:
+    """A trial's multiply-adds, where trials differ in model (a search of the head alone trains one)."""
+    return None if hypermodel.head_search is not None else hypermodel.multiply_adds
 
 
 def _reuse(cfg: Config, classes: list[str], folder: Path, started: float) -> dict:
@@ -75,19 +96,20 @@ def _reuse(cfg: Config, classes: list[str], folder: Path, started: float) -> dic
     data = search_data(cfg, classes)
     hypermodel = of_config(cfg, classes, data)
     tuner = tuners.make(cfg.tuner, hypermodel, folder, cfg.seed, NullTracker())
-    run_file = folder / RUN_ID_FILE
-    run_id = run_file.read_text(encoding="utf-8").strip() if run_file.is_file() else None
-    outcome = leaderboard.outcome(tuner, data, cfg.tracking.alpha)
-    return _record(cfg, hypermodel, outcome, run_id, started) | {"reused": True}
+    outcome = leaderboard.outcome(tuner, data, cfg.tracking.alpha, _cost(hypermodel))
+    search.analyse(outcome["rows"], cfg.seed, cfg.tuner.objective, cfg.paths)
+    return _record(cfg, hypermodel, outcome, _run_id(folder), started) | {"reused": True}
 
 
 def _record(cfg: Config, hypermodel: SearchModel, outcome: dict, run_id: str | None, started: float) -> dict:
     """Write best_hparams.yaml and the leaderboard; the stage's summary."""
-    rows, best, score = outcome["rows"], outcome["best"], outcome["score"]
+    rows, best, score = outcome["rows"], dict(outcome["best"]), outcome["score"]
     drawn = best.get(ARCHITECTURE)
     section = as_dict(hypermodel.candidates[drawn].section) if drawn is not None else None
-    path = Path(cfg.paths.best_hparams)
-    hparams.write_best(path, best, score, run_id, architecture=section, made_with=hparams.search_record(cfg))
+    if hypermodel.fine_tune is not None:  # train fine-tunes as long as the pick was scored at
+        best[hparams.FINE_TUNE_EPOCHS] = int(outcome["values"].get("tuner/epochs", cfg.tuner.epochs))
+    path, made_with = Path(cfg.paths.best_hparams), hparams.search_record(cfg)
+    hparams.write_best(path, best, score, run_id, architecture=section, made_with=made_with, why=outcome["why"])
     leaderboard.write_leaderboard(Path(cfg.paths.leaderboard), rows)
     return {
         "tuner": cfg.tuner.kind,
@@ -95,8 +117,9 @@ def _record(cfg: Config, hypermodel: SearchModel, outcome: dict, run_id: str | N
         "best": best,
         "score": score,
         "within_noise_of_best": [row["trial_id"] for row in rows if row.get("vs_best") == "within noise"],
-        "did": f"{len(rows)} trials ({cfg.tuner.kind}), best {cfg.tuner.objective} {score:.4f}",
-        "wrote": written(path, cfg.paths.leaderboard),
+        "pick": outcome["why"],
+        "did": f"{len(rows)} trials ({cfg.tuner.kind}), picked {cfg.tuner.objective} {score:.4f}",
+        "wrote": written(path, cfg.paths.leaderboard, cfg.paths.importance, cfg.paths.search_plots),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -113,32 +136,9 @@ def _no_search(cfg: Config, started: float) -> dict:
     path = Path(cfg.paths.best_hparams)
     hparams.write_best(path, {}, None, None, made_with=hparams.search_record(cfg))
     leaderboard.write_leaderboard(Path(cfg.paths.leaderboard), [])
+    search.nothing_searched(cfg.paths)
     took = round(time.perf_counter() - started, 1)
     return {"tuner": "none", "best": {}, "did": "no search (tuner=none)", "wrote": path, "seconds": took}
-
-
-def work(cfg: Config, worker: tuner_cluster.Role, classes: list[str], tracker: Tracker, started: float) -> dict:
-    """A worker of a distributed search: trials from the chief until it says stop; the chief records results.
-
-    Its Keras Tuner folder is its own (paths.tuning/worker-<id>), and its trials nest under the chief's
-    tuning run, found by the fingerprint of config, data and code: a worker that differs finds none.
-    """
-    made_by = tuners.fingerprint(cfg, candidates(cfg)[0], STAGE)["id"]
-    timeout = tuner_cluster.wait_s()
-    tuner_cluster.wait_for_chief(worker, timeout)
-    folder = Path(cfg.paths.tuning) / f"worker-{worker.tuner_id}"
-    with tracker.join("state_fingerprint", made_by, timeout):
-        data = search_data(cfg, classes)
-        tuners.search(tuners.make(cfg.tuner, of_config(cfg, classes, data), folder, cfg.seed, tracker), data, cfg.seed)
-    trials = len(list(folder.glob("trial_*")))
-    return {
-        "tuner": cfg.tuner.kind,
-        "worker": worker.tuner_id,
-        "trials_run": trials,
-        "did": f"worker {worker.tuner_id} ran {trials} trials",
-        "wrote": folder,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from op_classifier.config import (
 )
 from op_classifier.data.prepared import data_hash
 from op_classifier.errors import DataError
-from op_classifier.schema import SearchParam
+from op_classifier.schema import TRAIN_SEARCH_RULES, SearchParam
 from op_classifier.training import state
 
 # What a search's result depends on besides the data: the tune stage's params (dvc.yaml declares them).
@@ -38,6 +39,14 @@ HEAD_PHASE_PARAMS = (
     "train.label_smoothing",
 )
 HEAD_SEARCH_PARAMS = (*SEARCH_PARAMS, *HEAD_PHASE_PARAMS)
+# A search of the fine-tuning trains each trial's head as the head phase does, then fine-tunes it as
+# train's fine-tuning phase does (for the keys it does not draw): its result depends on these too.
+FINE_TUNE_SEARCH_PARAMS = (
+    *HEAD_SEARCH_PARAMS,
+    "train.monitor",
+    "train.fine_tune_layers",
+    "train.fine_tune_lr_factor",
+)
 HEAD_KEYS = ("dropout", "learning_rate")  # what a pretrained model's head takes: searchable on features
 
 
@@ -49,8 +58,22 @@ def searches_head(cfg: Config) -> bool:
     return cfg.tuner.kind != "none" and pretrained and ARCHITECTURE not in space and set(space) <= set(HEAD_KEYS)
 
 
+# What a search of the fine-tuning hands train besides its drawn train keys: the fine-tuning's length,
+# the epochs the pick was scored at (Hyperband's budget for it; tuner.epochs for the other tuners).
+FINE_TUNE_EPOCHS = "fine_tune_epochs"
+TRAIN_KEYS = (*TRAIN_SEARCH_RULES, FINE_TUNE_EPOCHS)
+
+
+def searches_fine_tune(cfg: Config) -> bool:
+    """A search of whole pretrained models, each trial training its head on cached features and then
+    fine-tuning with drawn train keys (experiment=full_search)."""
+    return cfg.tuner.kind != "none" and any(key in cfg.tuner.search_space for key in TRAIN_SEARCH_RULES)
+
+
 def search_params(cfg: Config) -> tuple[str, ...]:
     """The params sections this config's search depends on."""
+    if searches_fine_tune(cfg):
+        return FINE_TUNE_SEARCH_PARAMS
     return HEAD_SEARCH_PARAMS if searches_head(cfg) else SEARCH_PARAMS
 
 
@@ -62,7 +85,7 @@ def model_args(cfg: ModelBase) -> dict[str, Any]:
 
 def check_space(space: Mapping[str, SearchParam], model: ModelBase) -> None:
     """Refuse a search-space entry that names nothing the model or the optimiser takes."""
-    tunable = (*model.args(), "learning_rate", ARCHITECTURE)
+    tunable = (*model.args(), "learning_rate", ARCHITECTURE, *TRAIN_SEARCH_RULES)
     for name in space:
         if name not in tunable:
             raise ConfigError(f"tuner.search_space.{name}: not a tunable name (one of {', '.join(tunable)})")
@@ -97,10 +120,13 @@ def write_best(
     tuning_run_id: str | None,
     architecture: Mapping[str, Any] | None = None,
     made_with: Mapping[str, Any] | None = None,
+    why: str | None = None,
 ) -> None:
     """Record the tuned values for the train stage (and the drawn architecture's section, when searched)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"values": dict(values), "score": score, "tuning_run_id": tuning_run_id}
+    if why is not None:
+        record["why"] = why
     if architecture is not None:
         record["architecture"] = dict(architecture)
     if made_with is not None:
@@ -136,12 +162,17 @@ def final_args(model_cfg: ModelBase, train_cfg: TrainConfig, tuned: Mapping[str,
     return args, float(tuned.get("learning_rate", train_cfg.learning_rate))
 
 
+def tuned_train(train_cfg: TrainConfig, tuned: Mapping[str, Any]) -> TrainConfig:
+    """The training recipe to train with: config, with every tuned train key (a fine-tuning search's) taking its value."""
+    return dataclasses.replace(train_cfg, **{key: tuned[key] for key in TRAIN_KEYS if key in tuned})
+
+
 def trained_model(model_cfg: ModelBase, best: Mapping[str, Any]) -> ModelBase:
     """The model section to train: the config's, or the searched architecture's when the search drew another."""
     drawn = (best.get("values") or {}).get(ARCHITECTURE)
     if drawn is None or drawn == model_cfg.name:
         return model_cfg
     section = best.get("architecture")
-    if not section or section.get("name") != drawn:
+    if not section:
         raise DataError(f"best_hparams.yaml names architecture {drawn} without its section: run the tune stage again")
     return validate_model(section)  # an architecture removed since the search: one line naming it

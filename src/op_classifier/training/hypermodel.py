@@ -23,9 +23,15 @@ from op_classifier.data.stream import split_stream
 from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX
 from op_classifier.models import get as architecture
 from op_classifier.models.common.compile import compile_model
+from op_classifier.models.common.cost import multiply_adds
+from op_classifier.models.pretrained import BACKBONE
 from op_classifier.schema import SearchParam
 from op_classifier.training import features, hparams, recipe
 from op_classifier.training.leaderboard import SearchData
+from op_classifier.training.phases import unfreeze_top
+
+# Builder arguments that do not change a model's multiply-adds.
+UNCOSTED = frozenset({"dropout", "flip", "rotation", "zoom", "seed", "weights"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,16 @@ class HeadTrials:
     steps: int  # batches an epoch
     objective: str  # the one metric a trial must report (with accuracy)
     dim: int  # the features' width (search_data computed them)
+
+
+@dataclass(frozen=True)
+class FineTuneTrials:
+    """A search of the fine-tuning (experiment=full_search): each trial trains its head as train's head
+    phase does, on its backbone's features (computed once a backbone: the feature cache), then fine-tunes
+    the backbone's top layers with the drawn train keys for the epochs its tuner gives it."""
+
+    train: TrainConfig
+    prepared: Path
 
 
 def search_data(cfg: Config, classes: Sequence[str]) -> SearchData:
@@ -66,14 +82,17 @@ def of_config(cfg: Config, classes: Sequence[str], data: SearchData) -> SearchMo
     """The search's hypermodel, whole: every candidate architecture composed and checked, a head's
     features' width (from `data`), and a trial's epochs and patience (the head phase's for a head)."""
     found, shared, choice = candidates(cfg)
-    head_search = None
-    if hparams.searches_head(cfg):
+    head_search, fine_tune = None, None
+    if hparams.searches_fine_tune(cfg):
+        fine_tune = FineTuneTrials(cfg.train, Path(cfg.paths.prepared))
+    elif hparams.searches_head(cfg):
         rows = load_manifest(Path(cfg.paths.prepared))["counts"]["train"]
         head_search = HeadTrials(cfg.train, -(-rows // cfg.train.batch_size), cfg.tuner.objective, data.val_x.shape[1])
     training = cfg.train if head_search else cfg.tuner  # a head's trial trains as the head phase; any other, as tuner.*
     trials = Trials(training.epochs, training.patience, cfg.tuner.objective, cfg.tuner.direction)
+    learning_rate = cfg.train.learning_rate if fine_tune else cfg.tuner.learning_rate  # a trial's head: train's
     return SearchModel(
-        found, shared, choice, fixed_args(cfg, classes), cfg.tuner.learning_rate, classes, trials, head_search
+        found, shared, choice, fixed_args(cfg, classes), learning_rate, classes, trials, head_search, fine_tune
     )
 
 
@@ -105,8 +124,11 @@ class SearchModel(kt.HyperModel):
         class_names: Sequence[str],
         trials: Trials,
         head_search: HeadTrials | None = None,
+        fine_tune: FineTuneTrials | None = None,
     ) -> None:
         super().__init__()
+        self.fine_tune = fine_tune  # each candidate's head, then its fine-tuning (else None)
+        self._costs: dict[str, int] = {}  # multiply-adds by architecture and shaping arguments
         self.head_search = (
             head_search  # each candidate is the head alone, trained on the backbone's features (else None)
         )
@@ -136,7 +158,7 @@ class SearchModel(kt.HyperModel):
         learning_rate = values.pop(
             "learning_rate", self.head_search.train.learning_rate if self.head_search else self.learning_rate
         )
-        args = {**hparams.model_args(self.candidates[name].section), **self.fixed, **values}
+        args = self.builder_args(name, values)
         if self.head_search is not None:
             head = features.head_model(self.head_search.dim, args["num_classes"], args["dropout"], args["seed"])
             # Only the objective (and accuracy) is computed: the per-class metrics would double a trial's time.
@@ -145,17 +167,65 @@ class SearchModel(kt.HyperModel):
                 head, self.head_search.train, self.class_names, learning_rate, self.head_search.steps, only=wanted
             )
 
-        return compile_model(architecture(name).build(**args), learning_rate, self.class_names)
+        return compile_model(
+            architecture(self.candidates[name].section.name).build(**args), learning_rate, self.class_names
+        )
+
+    def multiply_adds(self, values: Mapping[str, Any]) -> int:
+        """A trial's model's multiply-adds an image (Keras Tuner's values): built without weights, once
+        each architecture and shape."""
+        searched = self.searched(values)
+        name = searched.get(ARCHITECTURE, next(iter(self.candidates)))
+        args = self.builder_args(name, searched)
+        if "weights" in args:
+            args["weights"] = None
+        key = repr(sorted((k, v) for k, v in args.items() if k not in UNCOSTED) + [("name", name)])
+        if key not in self._costs:
+            self._costs[key] = multiply_adds(architecture(self.candidates[name].section.name).build(**args))
+        return self._costs[key]
+
+    def builder_args(self, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Candidate `name`'s builder arguments: its section's, the data's, and the drawn model keys."""
+        section = self.candidates[name].section
+        drawn = {key: value for key, value in values.items() if key in section.args()}
+        return {**hparams.model_args(section), **self.fixed, **drawn}
 
     def fit(self, hp: Any, model: keras.Model, *args: Any, **kwargs: Any) -> keras.callbacks.History:
         """One trial's training: Keras quiet, stopped early, one short line an epoch (none for a head's
         trial, which takes seconds: the tuner prints its one line)."""
         trials = self.trials
+        if self.fine_tune is not None:
+            self.train_head(hp, model)
         stop = keras.callbacks.EarlyStopping(monitor=trials.objective, mode=trials.direction, patience=trials.patience)
         lines = [] if self.head_search else [progress.epoch_lines(trials.objective)]
         kwargs |= {"verbose": 0, "callbacks": [*kwargs.get("callbacks", []), stop, *lines]}
         kwargs.setdefault("epochs", trials.epochs)
         return model.fit(*args, **kwargs)
+
+    def train_head(self, hp: Any, model: keras.Model) -> None:
+        """A fine-tuning trial's start: its head on the frozen backbone's features (none when Hyperband
+        promoted it: the weights it ended its last round with are loaded), then its top layers unfrozen
+        and compiled at the fine-tuning's rate with the drawn train keys."""
+        values = self.searched(hp.values)
+        train = hparams.tuned_train(self.fine_tune.train, values)
+        if "tuner/trial_id" not in hp.values:
+            found_train, val = features.compute_all(model, self.fine_tune.prepared, train.batch_size)
+            head = features.head_of(model)
+            stream = features.FeatureStream(found_train, train.batch_size, self.fixed["seed"])
+            rate = values.get("learning_rate", train.learning_rate)
+            recipe.compile_as_trained(head, train, self.class_names, rate, steps=len(stream))
+            mode = "min" if train.monitor.endswith("loss") else "max"
+            stop = keras.callbacks.EarlyStopping(
+                train.monitor, patience=train.patience, mode=mode, restore_best_weights=True
+            )
+            head.fit(
+                stream, validation_data=(val.x, val.y), epochs=train.epochs, shuffle=False, verbose=0, callbacks=[stop]
+            )
+        backbone = next(layer for layer in model.layers if layer.name == BACKBONE)
+        unfreeze_top(backbone, train.fine_tune_layers)
+        rate = train.learning_rate * train.fine_tune_lr_factor  # from the configured rate, as train's phases do
+        wanted = {ACCURACY, self.trials.objective.removeprefix(VALIDATION_PREFIX)}
+        recipe.compile_as_trained(model, train, self.class_names, rate, steps=0, only=wanted)
 
     def searched(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Drawn values by their config names (Hyperband adds `tuner/...` bookkeeping; dropped)."""
@@ -190,7 +260,8 @@ def candidates(cfg: Config) -> tuple[dict[str, Candidate], dict[str, SearchParam
             found[name] = Candidate(cfg.model, own)
             continue
         other = load((f"model={name}", f"data.image_size={cfg.data.image_size}"))
-        found[name] = Candidate(
-            other.model, {k: v for k, v in other.tuner.search_space.items() if k in other.model.args()}
-        )
+        own_space = {k: v for k, v in other.tuner.search_space.items() if k in other.model.args()}
+        if other.model.name == cfg.model.name:  # a variant of the configured architecture (lite2 of lite0's):
+            own_space |= own  # the configured entries apply to it too, each drawn on its own
+        found[name] = Candidate(other.model, own_space)
     return found, shared, choice

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +26,69 @@ class SearchData:
     val_labels: Any
 
 
-def outcome(tuner: Any, data: SearchData, alpha: float) -> dict[str, Any]:
-    """A finished tuner's leaderboard (each trial against the best), its best values (by their config
-    names: the hypermodel's `searched`) and score."""
+@contextlib.contextmanager
+def quiet_trials() -> Iterator[None]:
+    """Each trial's model is new: TensorFlow warns, 600 characters a time, of the functions it retraces,
+    and Keras that a promoted Hyperband trial's checkpoint holds an optimizer it does not load (the
+    trial recompiles for its next round); the trial's own line says what matters."""
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer", UserWarning)
+            yield
+    finally:
+        tf_log.setLevel(level)
+
+
+def outcome(tuner: Any, data: SearchData, alpha: float, cost: Callable[[dict], int] | None = None) -> dict[str, Any]:
+    """A finished tuner's leaderboard (each trial against the best), the picked trial's values (by their
+    config names: the hypermodel's `searched`), its score, and why it was picked.
+
+    With `cost` (a trial's hyperparameter values to its model's multiply-adds), the pick is the cheapest
+    trial within noise of the best; without, the best."""
     rows = leaderboard(tuner)
     require_a_result(tuner, rows)
     mark_noise(tuner, rows, data, alpha)
-    best = tuner.hypermodel.searched(tuner.get_best_hyperparameters(1)[0].values)
-    return {"rows": rows, "best": best, "score": rows[0]["score"]}
+    trials = {row["trial_id"]: tuner.oracle.get_trial(row["trial_id"]) for row in rows}
+    picked, why = pick(rows, cost and (lambda row: cost(trials[row["trial_id"]].hyperparameters.values)))
+    values = trials[picked["trial_id"]].hyperparameters.values
+    return {
+        "rows": rows,
+        "best": tuner.hypermodel.searched(values),
+        "values": values,
+        "score": picked["score"],
+        "why": why,
+    }
+
+
+TIED = ("best", "within noise")  # the marks of the trials the pick is made among
+
+
+def pick(rows: list[dict[str, Any]], cost: Callable[[dict], int] | None) -> tuple[dict[str, Any], str]:
+    """The trial to train: the cheapest (fewest multiply-adds) among those within noise of the best, the
+    better score first among equals; each row says its cost and whether it was picked. Also why, in words."""
+    tied = [row for row in rows if row.get("vs_best") in TIED and row["score"] is not None]
+    if cost is not None:
+        for row in tied:
+            row["multiply_adds_m"] = round(cost(row) / 1e6, 1)
+    chosen = min(tied, key=lambda row: row.get("multiply_adds_m", 0.0))  # min keeps the first (best) of equals
+    for row in rows:
+        row["picked"] = row is chosen
+    best = rows[0]
+    if chosen is best:
+        others = len(tied) - 1
+        why = f"trial {best['trial_id']}: the best score" + (
+            f"; none of the {others} trials within noise of it is cheaper" if others and cost else ""
+        )
+    else:
+        why = (
+            f"trial {chosen['trial_id']}: the cheapest of the {len(tied)} trials within noise of the best "
+            f"(trial {best['trial_id']}, {best['score']:.4f}): {chosen['score']:.4f} at "
+            f"{chosen['multiply_adds_m']:g}M multiply-adds an image against {best['multiply_adds_m']:g}M"
+        )
+    return chosen, why
 
 
 def require_a_result(tuner: Any, rows: list[dict[str, Any]]) -> None:
@@ -66,22 +123,12 @@ def mark_noise(tuner: Any, rows: list[dict[str, Any]], data: SearchData, alpha: 
     truth = labels[single].argmax(1)
 
     def right(trial_id: str) -> Any:
-        try:  # a trial that failed, or whose checkpoint is gone, kept no model to ask
-            with warnings.catch_warnings():
-                # The checkpoint holds the trial's optimizer state too, which Keras says it skips: only
-                # predictions are asked of this model, so the optimizer is not needed.
-                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer", UserWarning)
+        with quiet_trials():  # only predictions are asked of these models: their optimizers are not needed
+            try:  # a trial that failed, or whose checkpoint is gone, kept no model to ask
                 model = tuner.load_model(tuner.oracle.get_trial(trial_id))
-        except Exception:
-            return None
-        # A model each trial: TensorFlow warns, in 600 characters, of the predict functions it retraces.
-        tf_log = logging.getLogger("tensorflow")
-        level = tf_log.level
-        tf_log.setLevel(logging.ERROR)
-        try:
+            except Exception:
+                return None
             probs = model.predict(data.val_x, verbose=0)
-        finally:
-            tf_log.setLevel(level)
         return probs[single].argmax(1) == truth
 
     best = right(rows[0]["trial_id"]) if rows else None

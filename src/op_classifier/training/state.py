@@ -118,6 +118,11 @@ def mark_complete(folder: Path) -> None:
         )
 
 
+def reopen(folder: Path, new: Mapping[str, Any]) -> None:
+    """Mark finished work unfinished under `new` (the same id): the next `claim` resumes it."""
+    (folder / FINGERPRINT_FILE).write_text(json.dumps(dict(new), indent=2, sort_keys=True), encoding="utf-8")
+
+
 def read(folder: Path) -> dict[str, Any] | None:
     """The fingerprint recorded in folder, or None (no folder, no file, unreadable)."""
     try:

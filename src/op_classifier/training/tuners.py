@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,10 @@ import keras_tuner as kt
 from op_classifier.config import Config, TunerConfig, as_dict
 from op_classifier.data.prepared import data_hash
 from op_classifier.errors import OpClassifierError
-from op_classifier.training import hparams, state
+from op_classifier.training import hparams, state, tuner_cluster
 from op_classifier.training.backend import set_random_seed
-from op_classifier.training.hypermodel import Candidate, SearchModel
-from op_classifier.training.leaderboard import SearchData
+from op_classifier.training.hypermodel import Candidate, SearchModel, candidates, of_config, search_data
+from op_classifier.training.leaderboard import SearchData, quiet_trials
 
 LINE = 120  # the most characters of a trial's line
 
@@ -90,6 +91,12 @@ def make(cfg: TunerConfig, hypermodel: SearchModel, directory: Path, seed: int, 
 def search(tuner: Any, data: SearchData, seed: int) -> Any:
     """Run (or resume) the search on `data`; return the finished tuner."""
     set_random_seed(seed)
+    with quiet_trials():
+        _search(tuner, data)
+    return tuner
+
+
+def _search(tuner: Any, data: SearchData) -> None:
     tuner.search(
         data.train,
         validation_data=data.val,
@@ -97,7 +104,6 @@ def search(tuner: Any, data: SearchData, seed: int) -> Any:
         callbacks=[FatalErrors(tuner.tracker.epoch_callback())],
         verbose=0,  # Keras Tuner's banners off (SearchModel.fit prints the epochs' lines)
     )
-    return tuner
 
 
 def trial_line(trial_id: str, values: dict[str, Any], score: float | None, oracle: Any) -> str:
@@ -132,8 +138,40 @@ class FatalErrors(keras.callbacks.Callback):
             raise stopped from None
 
 
+BUDGET = "max_trials"  # kept beside the fingerprint, not in it: raising it extends a finished search
+
+
+def resumption(folder: Path, made_by: dict[str, Any], cfg: TunerConfig) -> tuple[bool, str | None, bool]:
+    """For a search of `made_by` (its fingerprint): whether a finished one in `folder` stands as it is;
+    why one is not carried on (else None); whether it is extended (a raised max_trials)."""
+    if not state.finished(folder, made_by):
+        return False, None, False
+    before = state.read(folder).get(BUDGET)
+    if before == cfg.max_trials or cfg.kind == "hyperband":  # Hyperband's budget is max_epochs, in the fingerprint
+        return True, None, False
+    why_anew = extend(folder, made_by, before)
+    return False, why_anew, why_anew is None
+
+
+def extend(folder: Path, made_by: dict[str, Any], before: int | None) -> str | None:
+    """Reopen the finished search in `folder` (same fingerprint) for a raised max_trials, saying so in one
+    line; Keras Tuner then runs only the new trials. A lowered (or unknown) budget: why it starts anew."""
+    wanted = made_by[BUDGET]
+    if before is None or before > wanted:
+        return f"{BUDGET} changed from {before} to {wanted} (a raised one extends a search; a lowered one starts anew)"
+    state.reopen(folder, made_by)
+    print(
+        f"note: extending the finished search in {folder} from {before} to {wanted} trials: "
+        f"its {before} trials are kept, {wanted - before} new ones run",
+        file=sys.stderr,
+        flush=True,
+    )
+    return None
+
+
 def fingerprint(cfg: Config, found: dict[str, Candidate], stage: str) -> dict[str, Any]:
-    """What the search's state depends on: this config, data, code (and other architectures' sections)."""
+    """What the search's state depends on: this config, data, code (and other architectures' sections);
+    max_trials beside it, outside its id."""
     others = {
         name: {"model": as_dict(c.section), "space": {k: as_dict(v) for k, v in c.space.items()}}
         for name, c in found.items()
@@ -141,4 +179,29 @@ def fingerprint(cfg: Config, found: dict[str, Candidate], stage: str) -> dict[st
     }
     extra = {"architectures": others} if others else {}
     params = state.select(as_dict(cfg), hparams.search_params(cfg))
-    return state.fingerprint(params, data_hash(Path(cfg.paths.prepared)), stage, cfg.model, **extra)
+    params.pop(f"tuner.{BUDGET}")
+    made_by = state.fingerprint(params, data_hash(Path(cfg.paths.prepared)), stage, cfg.model, **extra)
+    return {**made_by, BUDGET: cfg.tuner.max_trials}
+
+
+def work(cfg: Config, worker: tuner_cluster.Role, classes: list[str], tracker: Any, stage: str) -> dict:
+    """A worker of a distributed search: trials from the chief until it says stop; the chief records results.
+
+    Its Keras Tuner folder is its own (paths.tuning/worker-<id>), and its trials nest under the chief's
+    tuning run, found by the fingerprint of config, data and code: a worker that differs finds none.
+    """
+    made_by = fingerprint(cfg, candidates(cfg)[0], stage)["id"]
+    timeout = tuner_cluster.wait_s()
+    tuner_cluster.wait_for_chief(worker, timeout)
+    folder = Path(cfg.paths.tuning) / f"worker-{worker.tuner_id}"
+    with tracker.join("state_fingerprint", made_by, timeout):
+        data = search_data(cfg, classes)
+        search(make(cfg.tuner, of_config(cfg, classes, data), folder, cfg.seed, tracker), data, cfg.seed)
+    trials = len(list(folder.glob("trial_*")))
+    return {
+        "tuner": cfg.tuner.kind,
+        "worker": worker.tuner_id,
+        "trials_run": trials,
+        "did": f"worker {worker.tuner_id} ran {trials} trials",
+        "wrote": folder,
+    }
