@@ -106,8 +106,6 @@ def _record(cfg: Config, hypermodel: SearchModel, outcome: dict, run_id: str | N
     rows, best, score = outcome["rows"], dict(outcome["best"]), outcome["score"]
     drawn = best.get(ARCHITECTURE)
     section = as_dict(hypermodel.candidates[drawn].section) if drawn is not None else None
-    if hypermodel.fine_tune is not None:  # train fine-tunes as long as the pick was scored at
-        best[hparams.FINE_TUNE_EPOCHS] = int(outcome["values"].get("tuner/epochs", cfg.tuner.epochs))
     path, made_with = Path(cfg.paths.best_hparams), hparams.search_record(cfg)
     hparams.write_best(path, best, score, run_id, architecture=section, made_with=made_with, why=outcome["why"])
     leaderboard.write_leaderboard(Path(cfg.paths.leaderboard), rows)

@@ -58,10 +58,9 @@ def searches_head(cfg: Config) -> bool:
     return cfg.tuner.kind != "none" and pretrained and ARCHITECTURE not in space and set(space) <= set(HEAD_KEYS)
 
 
-# What a search of the fine-tuning hands train besides its drawn train keys: the fine-tuning's length,
-# the epochs the pick was scored at (Hyperband's budget for it; tuner.epochs for the other tuners).
-FINE_TUNE_EPOCHS = "fine_tune_epochs"
-TRAIN_KEYS = (*TRAIN_SEARCH_RULES, FINE_TUNE_EPOCHS)
+# The train keys a search of the fine-tuning hands train. Not its length: trials are ranked on short
+# budgets (Hyperband's), the pick then fine-tunes for train.fine_tune_epochs.
+TRAIN_KEYS = tuple(TRAIN_SEARCH_RULES)
 
 
 def searches_fine_tune(cfg: Config) -> bool:
