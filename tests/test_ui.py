@@ -26,16 +26,16 @@ from tests.conftest import REPO, copy_repo, free_port, run_in
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "op-classifier")
 CHROMIUM = shutil.which("chromium")
-SECOND_RATE = "0.0005"  # the README's walk-through: `dvc exp run -S train.learning_rate=0.0005`
-# Set to a folder (docs/img) to run the walk-through at the README's full size and keep its screenshots there.
+SECOND_RATE = "0.0005"  # docs/tracking.md's walk-through: `dvc exp run -S train.learning_rate=0.0005`
+# Set to a folder (docs/img) to run the walk-through at docs/tracking.md's full size and keep its screenshots there.
 SHOTS = os.environ.get("OP_CLASSIFIER_UI_SHOTS")
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's walk-through in a fresh copy: the pipeline once (`make run`), then `dvc exp run -S ...`.
+    """docs/tracking.md's walk-through in a fresh copy: the pipeline once (`make run`), then `dvc exp run -S ...`.
 
-    At the tiny experiment's size unless OP_CLASSIFIER_UI_SHOTS asks for the README's own."""
+    At the tiny experiment's size unless OP_CLASSIFIER_UI_SHOTS asks for that page's own."""
     root = copy_repo(tmp_path_factory.mktemp("ui") / "repo")
     tiny = [] if SHOTS else ["-S", "experiment=tiny"]
     if SHOTS:
@@ -103,7 +103,7 @@ def ui(project: Path) -> Iterator[str]:
 def _render(url: str, name: str, tmp_path: Path) -> str:
     """The page's text after its scripts ran, as Chromium renders it in a browser never used before.
 
-    A screenshot of it goes to tmp_path (or to OP_CLASSIFIER_UI_SHOTS, for the README) as name."""
+    A screenshot of it goes to tmp_path (or to OP_CLASSIFIER_UI_SHOTS, for docs/tracking.md) as name."""
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
     shot = Path(SHOTS or tmp_path) / name

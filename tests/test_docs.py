@@ -1,0 +1,114 @@
+"""The front page stays short and every link in the documentation leads somewhere: files and headings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+README = REPO / "README.md"
+DOCS = REPO / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
+FRONT_PAGE_MAX_LINES = 150
+COMMANDS_WITHIN = 20  # lines: a new user sees how to run it and test it before anything else
+
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,}).*?^ {0,3}\1[`~]*[ \t]*$", re.MULTILINE | re.DOTALL)
+CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.DOTALL)
+# [text](target) and ![alt](target), an optional "title" after the target; <target> for one with spaces
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*(<[^>]*>|[^)\s]+)(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
+HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)[ \t]*(?:[ \t]#+[ \t]*)?$", re.MULTILINE)
+SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+def _prose(path: Path) -> str:
+    """The page without its code: fenced blocks and inline code spans hold examples, not links."""
+    return CODE_SPAN.sub("", FENCE.sub("", path.read_text(encoding="utf-8")))
+
+
+def _links(path: Path) -> list[str]:
+    """Every link target of a page that points into the repository (relative paths and #anchors)."""
+    prose = _prose(path)
+    targets = [target.strip("<>") for target in LINK.findall(prose) + REFERENCE.findall(prose)]
+    return [target for target in targets if not SCHEME.match(target) and not target.startswith("//")]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: its text lowercased, punctuation but - and _ dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading anchors on its text
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every anchor a page's headings make, repeated headings numbered as GitHub numbers them (-1, -2)."""
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in HEADING.findall(FENCE.sub("", path.read_text(encoding="utf-8"))):
+        base = slug(heading)
+        found.add(f"{base}-{seen[base]}" if base in seen else base)
+        seen[base] = seen.get(base, 0) + 1
+    return found
+
+
+def _resolve(page: Path, target: str) -> tuple[Path, str]:
+    """The file a link leads to and its anchor ('' for none)."""
+    file_part, _, anchor = target.partition("#")
+    file_part = file_part.split("?", 1)[0]
+    return ((page.parent / file_part).resolve() if file_part else page), anchor
+
+
+def test_the_slug_follows_githubs_rules() -> None:
+    assert (
+        slug("Is the gain real? Comparisons that know their noise")
+        == "is-the-gain-real-comparisons-that-know-their-noise"
+    )
+    assert slug("experiment=full_search") == "experimentfull_search"
+    assert slug("Serving at the hardware's speed (issue 39)") == "serving-at-the-hardwares-speed-issue-39"
+    assert (
+        slug("oneDNN: `free(): invalid size` with 8 or 12 filters") == "onednn-free-invalid-size-with-8-or-12-filters"
+    )
+
+
+def test_the_link_scan_skips_code_and_reads_titles(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        '[a](a.md) ![b](img/b.png "B") [c](https://example.com) `[d](d.md)` [e](#e)\n\n'
+        "```\n[f](f.md)\n```\n\n[g]: g.md\n",
+        encoding="utf-8",
+    )
+    assert _links(page) == ["a.md", "img/b.png", "#e", "g.md"]
+
+
+def test_the_readme_is_a_short_front_page() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= FRONT_PAGE_MAX_LINES, f"README.md has {len(lines)} lines: move detail into docs/"
+    first = "\n".join(lines[:COMMANDS_WITHIN])
+    for command in ("make run", "make test"):
+        assert command in first, f"`{command}` is not within README.md's first {COMMANDS_WITHIN} lines"
+
+
+def test_every_docs_page_is_linked() -> None:
+    """A page nothing links to is a page nobody finds: the README or another docs page must name it."""
+    linked = {
+        _resolve(page, target)[0]
+        for page in PAGES
+        for target in _links(page)
+        if _resolve(page, target)[0] != page.resolve()
+    }
+    assert [page.name for page in PAGES[1:] if page.resolve() not in linked] == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(REPO).as_posix())
+def test_every_link_resolves(page: Path) -> None:
+    """Every relative link leads to a file, and every #anchor to a heading of it."""
+    broken = []
+    for target in _links(page):
+        path, anchor = _resolve(page, target)
+        if not path.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and (path.suffix != ".md" or anchor not in anchors(path)):
+            broken.append(f"{target}: no heading #{anchor} in {path.relative_to(REPO).as_posix()}")
+    assert broken == []
