@@ -1,11 +1,15 @@
 # Every target bootstraps .venv when it is missing; a second run does not reinstall.
-# GPU users: `make GPU=1 <target>` installs TensorFlow's CUDA extra (tensorflow[and-cuda]).
+# The install: uv (from PyPI, into the venv) installs requirements.lock, every package pinned with its
+# hashes, then this project (editable). INSTALLER=pip does the same with pip (slower: minutes, not seconds).
+# GPU users: `make GPU=1 <target>` adds TensorFlow's CUDA extra (tensorflow[and-cuda]).
 PYTHON ?= python3
+INSTALLER ?= uv
+UV_VERSION := 0.13.8
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu)
-EXTRAS := test$(if $(GPU),$(comma)gpu)
-comma := ,
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+INSTALL := $(if $(filter pip,$(INSTALLER)),$(PIP) install,$(BIN)/uv pip install --quiet --python $(BIN)/python)
 # Stages run as `python -m op_classifier.<stage>` under DVC: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
@@ -25,7 +29,10 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
+	$(if $(filter pip,$(INSTALLER)),,$(PIP) install uv==$(UV_VERSION))
+	$(INSTALL) --require-hashes -r requirements.lock
+	$(INSTALL) --no-deps -e .
+	$(if $(GPU),$(PIP) install -e '.[gpu]')
 	touch $@
 
 run: $(STAMP)
@@ -47,7 +54,7 @@ serve: $(STAMP)
 # prints the MLFLOW_TRACKING_URI to export. MLflow's PostgreSQL driver is the `server` extra.
 SERVER_STAMP := $(VENV)/.installed-server
 $(SERVER_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[server]'
+	$(BIN)/python -c "import psycopg2"  # in requirements.lock (the test extra's): MLflow's PostgreSQL driver
 	touch $@
 
 tracking-server: $(SERVER_STAMP)
@@ -76,9 +83,12 @@ test: lint
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m '' -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
+# The tested versions (this venv's) with every file's hash, resolved from pyproject.toml's test extra.
 lock: $(STAMP)
-	{ echo "# Tested versions, installed as constraints by the Makefile. Regenerate: make lock"; \
-	  $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock
+	test -x $(BIN)/uv || $(PIP) install uv==$(UV_VERSION)
+	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > $(VENV)/tested.txt
+	$(BIN)/uv pip compile --quiet pyproject.toml --extra test -c $(VENV)/tested.txt --generate-hashes \
+	  --python-version 3.11 --custom-compile-command "make lock" -o requirements.lock
 
 clean:
 	rm -rf $(VENV) data/prepared experiments/tuning experiments/model experiments/plots experiments/metrics.json

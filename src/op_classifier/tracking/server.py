@@ -197,7 +197,7 @@ def _check_driver() -> None:
     if importlib.util.find_spec("psycopg2") is None:
         raise ServerError(
             "psycopg2 is not installed (MLflow's PostgreSQL driver): `make tracking-server` installs it, "
-            "or pip install -c requirements.lock -e '.[server]'"
+            "or pip install psycopg2-binary==2.9.13"
         )
 
 
