@@ -14,13 +14,14 @@ INSTALL := $(if $(filter pip,$(INSTALLER)),$(PIP) install,$(BIN)/uv pip install 
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help install run lint test test-slow sample ui serve tracking-server tracking-server-stop bench lock clean
+.PHONY: help install run lint test test-slow sample ui exps serve tracking-server tracking-server-stop bench lock clean
 
 help:
 	@echo "make run        the whole pipeline on the built-in sample (dvc repro)"
 	@echo "make test       ruff, then the fast tests;  make test-slow: all of them;  make lint: ruff only"
 	@echo "make sample     (re)generate the built-in sample in data/raw"
 	@echo "make ui         the MLflow UI over this project's runs, on http://127.0.0.1:5000"
+	@echo "make exps       dvc exp show, the headline only: val/test accuracy and the params that differ"
 	@echo "make serve      the champion model over REST on http://127.0.0.1:8501 (/invocations, /v1/models/op-classifier:predict; PORT=, MODEL=)"
 	@echo "make tracking-server       a team MLflow server on PostgreSQL, http://127.0.0.1:5001 (PORT=, HOST=, ALLOWED_HOSTS=, AUTH=1); make tracking-server-stop"
 	@echo "make bench      the pipeline benchmark: stage times and accuracy in a fresh copy"
@@ -45,6 +46,12 @@ sample: $(STAMP)
 # Prints the link to the runs table with the columns that matter, then runs MLflow's UI.
 ui: $(STAMP)
 	$(BIN)/op-classifier ui$(if $(PORT), --port $(PORT))
+
+# Each DVC experiment's headline: val and test accuracy and the params that differ. Dropped: every class's
+# scores, the audit's counts, the scenes' and promotion's details, and each dependency's hash.
+EXPS_DROP := .*per_class\.|scenes\.|promotion\.|(audited|left_out_multi_label|out_of_sample_accuracy|label|outlier|near_duplicate|class_imbalance|near_duplicate_across_splits)$$|src/|conf/|data/|experiments/
+exps: $(STAMP)
+	$(BIN)/dvc exp show --only-changed --drop '$(EXPS_DROP)'
 
 # The registered champion over REST (op-classifier serve); TensorFlow Serving's {"instances": ...} body.
 serve: $(STAMP)

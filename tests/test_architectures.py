@@ -153,7 +153,9 @@ def test_train_refuses_tuned_values_from_another_search(project: Path, tmp_path:
 
 
 def test_an_architecture_choice_names_registered_architectures_only(project: Path) -> None:
-    with pytest.raises(ConfigError, match=r"tuner.search_space.name.values: unknown architecture 'vgg' \(an architecture: "):
+    with pytest.raises(
+        ConfigError, match=r"tuner.search_space.name.values: unknown architecture 'vgg' \(an architecture: "
+    ):
         tiny_cfg(project, "+tuner.search_space.name={type: choice, values: [seed_cnn, vgg]}")
     with pytest.raises(ConfigError, match="tuner.search_space.name.type: the architecture is a choice, not bool"):
         tiny_cfg(project, "+tuner.search_space.name={type: bool}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_in
+from tests.conftest import REPO, run_in
 from tests.test_quiet import assert_short
 
 STAGES = ("prepare", "audit", "tune", "train", "evaluate")
@@ -58,6 +58,16 @@ def _repro(repo_copy: Path) -> None:
         assert (repo_copy / path).is_file(), path
     shown = json.loads(run_in(repo_copy, "dvc", "metrics", "show", "--json").stdout)
     assert "test_accuracy" in json.dumps(shown)
+    # `make exps`: the headline first, no class's scores, no dependency's hash
+    header = run_in(repo_copy, "dvc", "exp", "show", "--csv", "--drop", _exps_drop()).stdout.splitlines()[0].split(",")
+    assert header[5:7] == ["val_accuracy", "test_accuracy"], header
+    assert not [column for column in header if "per_class" in column or column.startswith(("src/", "data/"))]
+
+
+def _exps_drop() -> str:
+    """The Makefile's EXPS_DROP, as make hands it to dvc."""
+    line = next(line for line in (REPO / "Makefile").read_text().splitlines() if line.startswith("EXPS_DROP := "))
+    return line.removeprefix("EXPS_DROP := ").replace("$$", "$")
 
 
 def test_repro_runs_every_stage_once_with_a_short_line_each(repo_copy: Path) -> None:
