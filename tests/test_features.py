@@ -64,7 +64,7 @@ def test_a_search_of_the_head_alone_runs_on_features_with_a_line_and_a_run_per_t
         f"tags.stage = 'tune' and params.state_fingerprint = '{tuners.fingerprint(cfg, candidates(cfg)[0], tune.STAGE)['id']}'",
     )
     trials = client.search_runs([search.info.experiment_id], f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")
-    assert len(trials) == 3 and all({"objective", "epoch_val_accuracy"} <= set(t.data.metrics) for t in trials)
+    assert len(trials) == 3 and all({"val_accuracy", "epoch_val_accuracy"} <= set(t.data.metrics) for t in trials)
     trained = train.run(cfg)
     params = client.get_run(trained["run_id"]).data.params
     assert float(params["learning_rate_used"]) == pytest.approx(summary["best"]["learning_rate"])

@@ -92,7 +92,7 @@ def test_tune_train_evaluate_track_everything(project: Path, pipeline: tuple) ->
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) == 2
     assert all(
-        "dropout" in t.data.params and {"objective", "epoch_val_accuracy"} <= set(t.data.metrics) for t in trials
+        "dropout" in t.data.params and {"val_accuracy", "epoch_val_accuracy"} <= set(t.data.metrics) for t in trials
     )
     training = next(r for r in runs if r.data.tags.get("stage") == "train")
     assert training.data.params["train.epochs"] == "2" and "tuned.dropout" in training.data.params

@@ -174,7 +174,7 @@ def test_a_full_search_promotes_the_best_and_trains_the_pick(project: Path, tmp_
     assert len(trials) == len(rows)
     assert run.data.tags["pick"] == tuned["pick"]
     logged = {item.path for item in client.list_artifacts(run.info.run_id, "analysis")}
-    assert {"analysis/importance.csv", "analysis/trials.png"} <= logged
+    assert {"analysis/leaderboard.csv", "analysis/importance.csv", "analysis/trials.png"} <= logged
     trained = train.run(cfg)  # the pick, fine-tuned for train.fine_tune_epochs
     assert trained["fine_tune_epochs_run"] == cfg.train.fine_tune_epochs
 

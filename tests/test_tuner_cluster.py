@@ -102,7 +102,7 @@ def test_a_chief_and_two_workers_finish_six_trials_as_one_tracked_search(project
     (parent,), trials = _trial_runs(project)
     assert len(trials) == 6 and {t.info.status for t in trials} == {"FINISHED"}
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}
-    assert parent.info.status == "FINISHED" and "objective" in trials[0].data.metrics
+    assert parent.info.status == "FINISHED" and "val_accuracy" in trials[0].data.metrics
 
 
 def _worker_pid(launcher: int, tuner_id: str) -> int | None:

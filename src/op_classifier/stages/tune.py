@@ -68,8 +68,9 @@ def run(cfg: Config) -> dict:
         outcome = leaderboard.outcome(tuner, data, cfg.tracking.alpha, _cost(hypermodel))
         tracker.log_metrics({f"best_{cfg.tuner.objective}": outcome["score"]})  # a score: outcome refuses none
         tracker.set_tags({"pick": outcome["why"]})
-        for path in search.analyse(outcome["rows"], cfg.seed, cfg.tuner.objective, cfg.paths):
-            tracker.log_artifact(path, "analysis")
+        trials = leaderboard.write_leaderboard(Path(cfg.paths.leaderboard), outcome["rows"])
+        for path in (trials, *search.analyse(outcome["rows"], cfg.seed, cfg.tuner.objective, cfg.paths)):
+            tracker.log_artifact(path, "analysis")  # the trials table, their importance and pictures
     state.mark_complete(folder)
     return _record(cfg, hypermodel, outcome, run_id, started)
 

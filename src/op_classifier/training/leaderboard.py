@@ -143,11 +143,12 @@ def mark_noise(tuner: Any, rows: list[dict[str, Any]], data: SearchData, alpha: 
             row["vs_best"] = "worse" if row["mcnemar_p_vs_best"] < alpha else "within noise"
 
 
-def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> None:
-    """CSV of the trials, best first."""
+def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """CSV of the trials, best first; its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(key for row in rows for key in row))
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    return path

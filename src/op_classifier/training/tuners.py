@@ -47,8 +47,8 @@ class TrialRuns:
         # A worker's trial gets its score from the chief's oracle, which ended it.
         oracle = self.oracle  # type: ignore[attr-defined]
         score = trial.score if trial.score is not None else oracle.get_trial(trial.trial_id).score
-        if score is not None:
-            self.tracker.log_metrics({"objective": score})
+        if score is not None:  # under the objective's own name: the runs table's val_accuracy column holds it
+            self.tracker.log_metrics({oracle.objective.name: score})
         self._trial_run.close()
         print(
             trial_line(trial.trial_id, self.hypermodel.searched(trial.hyperparameters.values), score, oracle),
