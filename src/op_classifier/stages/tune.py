@@ -118,7 +118,7 @@ def _record(cfg: Config, hypermodel: SearchModel, outcome: dict, run_id: str | N
         "within_noise_of_best": [row["trial_id"] for row in rows if row.get("vs_best") == "within noise"],
         "pick": outcome["why"],
         "did": f"{len(rows)} trials ({cfg.tuner.kind}), picked {cfg.tuner.objective} {score:.4f}",
-        "wrote": written(path, cfg.paths.leaderboard, cfg.paths.importance, cfg.paths.search_plots),
+        "wrote": written(path, cfg.paths.leaderboard, cfg.paths.search_plots),  # importance.csv beside them
         "seconds": round(time.perf_counter() - started, 1),
     }
 
