@@ -2,7 +2,7 @@
 
 Every process holds a full replica of the model and feeds its share of each global batch; XLA sums the
 gradients across processes (gloo over TCP on CPUs), so every replica takes the same step. Process 0,
-the chief, alone writes files and talks to MLflow. Why this engine and its limits: README, "Multi-process
+the chief, alone writes files and talks to MLflow. Why this engine and its limits: docs/models.md, "Multi-process
 training", and docs/decisions.md.
 
 A process joins a run from Keras's own variables: KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator,

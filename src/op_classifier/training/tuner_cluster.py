@@ -3,7 +3,7 @@
 Keras Tuner reads three variables: KERASTUNER_TUNER_ID ("chief", or a worker's id such as "tuner0"),
 KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (where the chief listens). `op-classifier tune
 --workers N` sets them for a chief and N workers on this machine and restarts a worker that dies;
-across hosts, set them yourself and run the same tune stage on each (README: "Distributed search").
+across hosts, set them yourself and run the same tune stage on each (docs/search.md: "Distributed search").
 """
 
 from __future__ import annotations
