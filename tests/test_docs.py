@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,55 @@ def test_every_link_resolves(page: Path) -> None:
         elif anchor and (path.suffix != ".md" or anchor not in anchors(path)):
             broken.append(f"{target}: no heading #{anchor} in {path.relative_to(REPO).as_posix()}")
     assert broken == []
+
+
+SHELL_BLOCK = re.compile(r"^```(?:bash|sh|console|shell)?\s*$\n(.*?)^```", re.S | re.M)
+INLINE_COMMAND = re.compile(r"`(?:\.venv/bin/)?(?:op-classifier|make) [^`\n]+`")  # a command in a sentence
+PLACEHOLDER = re.compile(r"<[^>]+>|\.\.\.|\[--|\b(?:N|NAME|PROJECT|FOLDER)\b")  # usage forms, not commands
+
+
+def _shown_commands() -> list[tuple[str, list[str]]]:
+    """Every `op-classifier` and `make` command in the pages' code blocks and inline code, as (page, argv),
+    placeholders left out."""
+    found = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        spans = [span.strip("`") for span in INLINE_COMMAND.findall(FENCE.sub("", text))]
+        for block in [*SHELL_BLOCK.findall(text), *spans]:
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" # ")[0].strip().removeprefix("$ ")
+                for part in re.split(r"&&|\|\||;|\||\s\d?>>?", line):  # commands, not their redirections
+                    if PLACEHOLDER.search(part):
+                        continue
+                    try:
+                        argv = shlex.split(part)
+                    except ValueError:
+                        continue
+                    while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # FOO=1 command ...
+                        argv = argv[1:]
+                    named = (
+                        len(argv) == 2 and Path(argv[0]).name == "op-classifier"
+                    )  # the command's name, in a sentence
+                    if argv and Path(argv[0]).name in ("op-classifier", "make") and not named:
+                        found.append((page.relative_to(REPO).as_posix(), [Path(argv[0]).name, *argv[1:]]))
+    return found
+
+
+def test_the_pages_show_commands_that_exist() -> None:
+    """Every `op-classifier ...` the pages show parses with the real command line; every `make X` is a target."""
+    from op_classifier.cli import build_parser
+
+    shown = _shown_commands()
+    assert len(shown) > 20, "the scan found too few commands: it is not reading the code blocks"
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (REPO / "Makefile").read_text(encoding="utf-8"), re.M))
+    wrong = []
+    for page, argv in shown:
+        if argv[0] == "make":
+            wrong += [f"{page}: make {goal}" for goal in argv[1:] if "=" not in goal and goal not in targets]
+            continue
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                build_parser().parse_args(argv[1:])
+        except SystemExit:
+            wrong.append(f"{page}: {shlex.join(argv)}")
+    assert wrong == []
