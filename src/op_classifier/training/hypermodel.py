@@ -20,15 +20,14 @@ from op_classifier import progress
 from op_classifier.config import ARCHITECTURE, Config, ModelBase, TrainConfig, load
 from op_classifier.data.prepared import load_manifest
 from op_classifier.data.stream import split_stream
-from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX
+from op_classifier.metric_names import ACCURACY, VALIDATION_PREFIX, is_loss
 from op_classifier.models import get as architecture
 from op_classifier.models.common.compile import compile_model
 from op_classifier.models.common.cost import multiply_adds
-from op_classifier.models.pretrained import BACKBONE
 from op_classifier.schema import SearchParam
 from op_classifier.training import features, hparams, recipe
 from op_classifier.training.leaderboard import SearchData
-from op_classifier.training.phases import unfreeze_top
+from op_classifier.training.phases import frozen_backbone, unfreeze_top
 
 # Builder arguments that do not change a model's multiply-adds.
 UNCOSTED = frozenset({"dropout", "flip", "rotation", "zoom", "seed", "weights"})
@@ -214,15 +213,14 @@ class SearchModel(kt.HyperModel):
             stream = features.FeatureStream(found_train, train.batch_size, self.fixed["seed"])
             rate = values.get("learning_rate", train.learning_rate)
             recipe.compile_as_trained(head, train, self.class_names, rate, steps=len(stream))
-            mode = "min" if train.monitor.endswith("loss") else "max"
+            mode = "min" if is_loss(train.monitor) else "max"
             stop = keras.callbacks.EarlyStopping(
                 train.monitor, patience=train.patience, mode=mode, restore_best_weights=True
             )
             head.fit(
                 stream, validation_data=(val.x, val.y), epochs=train.epochs, shuffle=False, verbose=0, callbacks=[stop]
             )
-        backbone = next(layer for layer in model.layers if layer.name == BACKBONE)
-        unfreeze_top(backbone, train.fine_tune_layers)
+        unfreeze_top(frozen_backbone(model), train.fine_tune_layers)  # frozen as built, promoted or not
         rate = train.learning_rate * train.fine_tune_lr_factor  # from the configured rate, as train's phases do
         wanted = {ACCURACY, self.trials.objective.removeprefix(VALIDATION_PREFIX)}
         recipe.compile_as_trained(model, train, self.class_names, rate, steps=0, only=wanted)
