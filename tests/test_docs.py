@@ -167,3 +167,58 @@ def test_the_pages_show_commands_that_exist() -> None:
         except SystemExit:
             wrong.append(f"{page}: {shlex.join(argv)}")
     assert wrong == []
+
+
+RUNNABLE = "<!-- runnable -->"  # the line before a shell block tests/test_docs_run.py runs in a fresh copy
+MARKED_BLOCK = re.compile(r"^(<!-- runnable -->\n)?```(bash|sh|shell)\s*\n(.*?)^```", re.S | re.M)
+# The shell blocks not run in a fresh copy, by how their first line starts, and why; the rest run there.
+NOT_RUN = {
+    "rm -rf data/raw && cp -r /path/to/my/images": "a user's own folder of images",
+    "op-classifier compose data.classes=null model=efficientnet_lite2": "lite2's recipe on a user's images",
+    "op-classifier sample --out data/raw [--per-class N]": "a usage form",
+    "op-classifier train --processes 2 [overrides]": "a usage form; tests/test_distributed.py runs it",
+    "make tracking-server ": "needs PostgreSQL; tests/test_tracking_server.py runs it",
+    "dvc exp run --queue": "two queued trainings; tests/test_dvc_pipeline.py runs DVC's queue",
+    ".venv/bin/op-classifier compose experiment=full_search": "13 minutes a seed; tests/test_search.py runs it tiny",
+    "make serve ": "its other lines name version 3 and port 8080; the LiteRT block serves nothing, this one would",
+    'printf \'{"instances"': "asks a running server; tests/test_serve.py sends these bodies over HTTP",
+    "python -c 'import json, sys, numpy as np": "asks a running server; tests/test_serve.py sends these bodies",
+    "docker run -p 8501:8501": "Docker and TensorFlow Serving's image are not on this machine",
+}
+
+
+def _not_run(block: Block) -> str | None:
+    return next((key for key in NOT_RUN if block.lines[0].startswith(key)), None)
+
+
+class Block:
+    """A fenced shell block of a page: where it is (page:line) and its command lines."""
+
+    def __init__(self, where: str, lines: list[str], runnable: bool) -> None:
+        self.where, self.lines, self.runnable = where, lines, runnable
+
+
+def shell_blocks(page: Path) -> list[Block]:
+    """The page's bash blocks, each marked RUNNABLE or not."""
+    text = page.read_text(encoding="utf-8")
+    blocks = []
+    for found in MARKED_BLOCK.finditer(text):
+        line = text[: found.start(3)].count("\n")
+        lines = [row.strip() for row in found.group(3).splitlines() if row.strip()]
+        blocks.append(Block(f"{page.relative_to(REPO).as_posix()}:{line}", lines, bool(found.group(1))))
+    return blocks
+
+
+def runnable_blocks(page: Path) -> list[Block]:
+    """The page's blocks marked RUNNABLE, in its order."""
+    return [block for block in shell_blocks(page) if block.runnable]
+
+
+def test_every_shell_block_is_run_or_says_why_not() -> None:
+    """A new block on a page is either marked runnable (and run in a fresh copy) or listed in NOT_RUN."""
+    unmarked = [block for page in PAGES if page.name != "decisions.md" for block in shell_blocks(page)]
+    unmarked = [block for block in unmarked if not block.runnable]
+    assert [f"{block.where}: {block.lines[0]}" for block in unmarked if _not_run(block) is None] == []
+    assert set(NOT_RUN) <= {_not_run(block) for block in unmarked}, "NOT_RUN names a block no page shows unmarked"
+    for block in [block for page in PAGES for block in runnable_blocks(page)]:
+        assert not any(line.endswith("\\") for line in block.lines), f"{block.where}: one command a line"

@@ -104,7 +104,10 @@ def test_the_file_and_its_figures_go_to_mlflow_with_the_version(project: Path, i
     run = client.get_run(summary["run_id"])
     assert run.data.tags["stage"] == "export" and run.data.metrics["litert_int8_agreement"] == summary["agreement"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "litert")] == ["litert/model-int8.tflite"]
-    tags = client.get_model_version("op-classifier", "1").tags
+    version = client.get_model_version("op-classifier", "1")
+    # Under the champion's training run, as its evaluate run is: the runs table's row of that model.
+    assert run.data.tags["mlflow.parentRunId"] == version.run_id
+    tags = version.tags
     assert float(tags["litert_int8_agreement"]) == summary["agreement"]
     assert tags["litert_int8_run_id"] == run.info.run_id
 

@@ -63,8 +63,9 @@ def _trainings(root: Path) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _serving(root: Path) -> Iterator[tuple[str, str]]:
-    """`op-classifier ui` on a free port, in root as a user starts it; the base URL and the link it printed."""
+def _serving(root: Path) -> Iterator[tuple[str, str, str | None]]:
+    """`op-classifier ui` on a free port, in root as a user starts it: the base URL and the links it printed
+    (the trained models', and the trials' once the experiment exists)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     server = subprocess.Popen(
@@ -78,6 +79,7 @@ def _serving(root: Path) -> Iterator[tuple[str, str]]:
     )
     try:
         link = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+        trials = server.stdout.readline().strip().rsplit(" ", 1)[-1] if "viewStateShareKey" in link else None
         deadline = time.monotonic() + 120
         while True:
             assert server.poll() is None, "the UI server exited"
@@ -87,17 +89,23 @@ def _serving(root: Path) -> Iterator[tuple[str, str]]:
                     break
             except OSError:
                 time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}", link
+        yield f"http://127.0.0.1:{port}", link, trials
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
 
 
 @pytest.fixture(scope="module")
-def ui(project: Path) -> Iterator[str]:
-    """`op-classifier ui` on a free port, in the project as a user starts it; yields the link it printed."""
-    with _serving(project) as (_, link):
-        yield link
+def links(project: Path) -> Iterator[tuple[str, str | None]]:
+    """`op-classifier ui` on a free port, in the project as a user starts it; yields the two links it printed."""
+    with _serving(project) as (_, link, trials):
+        yield link, trials
+
+
+@pytest.fixture(scope="module")
+def ui(links: tuple[str, str | None]) -> str:
+    """The link to the trained models' table `op-classifier ui` printed."""
+    return links[0]
 
 
 def _render(url: str, name: str, tmp_path: Path) -> str:
@@ -129,29 +137,62 @@ def _experiment(ui: str) -> tuple[str, str]:
     return base, route.split("/")[1]
 
 
-def test_the_plain_experiment_url_opens_the_runs_table_in_model_training_mode(
-    project: Path, ui: str, tmp_path: Path
-) -> None:
-    """MLflow 3 opens a new browser in GenAI mode ("Traces 0", "Agent versions"): ours opens on the runs."""
+def _stage_runs(root: Path, stage: str) -> list[Any]:
+    client = _client(root)
+    experiment = client.get_experiment_by_name("op-classifier")
+    return client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}'")
+
+
+def _rows(text: str) -> str:
+    """The runs table's text: from its header to its count of rows."""
+    return text[text.index("Run Name") : text.index("matching runs") + len("matching runs")]
+
+
+def test_the_plain_experiment_url_opens_one_row_per_trained_model(project: Path, ui: str, tmp_path: Path) -> None:
+    """Issue 40: after a run and one experiment a fresh browser sees the two trained models, not the 14 rows
+    (audit, tune, its trials, train, evaluate) every stage logs; in model-training mode, no Assistant panel."""
     base, experiment = _experiment(ui)
     text = _render(f"{base}/#/experiments/{experiment}", "mlflow-runs.png", tmp_path)
     assert "Agent versions" not in text and "Traces 0" not in text and "Training runs" not in text
-    assert "Models" in text and "val_accuracy" in text and "test_accuracy" in text
-    table = text[text.index("Run Name") :]
+    assert "Ask a question" not in text  # the Assistant's panel, a third of the width, stays closed
+    table = _rows(text)
     trainings = _trainings(project)
     assert len(trainings) == 2  # the first run and the walk-through's experiment
+    assert "2 matching runs" in table and "test_accuracy" in table and "val_accuracy" in table, table
     for run in trainings:
         assert run.info.run_name in table or run.info.run_name[:20] in table
         assert _shown(run.data.metrics["val_accuracy"]) & set(table.split()), (run.data.metrics, table[:800])
+        assert _shown(run.data.metrics["test_accuracy"]) & set(table.split())  # evaluate's, on its model's row
+    others = [run for stage in ("audit", "tune", "trial", "evaluate") for run in _stage_runs(project, stage)]
+    assert {"audit", "tune", "trial", "evaluate"} <= {run.data.tags["stage"] for run in others}
+    assert not [run.info.run_name for run in others if f" {run.info.run_name} " in table], table
+    assert re.search(r"op-classifier v\d", table), table  # the Models column: each row's registered version
 
 
 def test_the_printed_link_opens_the_runs_table_with_val_accuracy(project: Path, ui: str, tmp_path: Path) -> None:
     assert "/runs?viewStateShareKey=" in ui
     text = _render(ui, "printed-link.png", tmp_path)
     assert "Traces 0" not in text and "val_accuracy" in text and "test_accuracy" in text
-    table = text[text.index("Run Name") :]
+    table = _rows(text)
+    assert "2 matching runs" in table
     for run in _trainings(project):
         assert run.info.run_name[:20] in table and _shown(run.data.metrics["val_accuracy"]) & set(table.split())
+
+
+def test_the_trials_link_opens_the_searchs_trials_with_their_scores(
+    project: Path, links: tuple[str, str | None], tmp_path: Path
+) -> None:
+    """The second link `op-classifier ui` prints: the search's trials, each with its score in val_accuracy."""
+    trials_link = links[1]
+    assert trials_link and trials_link.endswith("viewStateShareKey=op-classifier-trials"), links
+    text = _render(trials_link, "mlflow-trials.png", tmp_path)
+    trials = _stage_runs(project, "trial")
+    table = _rows(text)
+    assert trials and f"{len(trials)} matching runs" in table, table
+    for run in trials:
+        assert f" {run.info.run_name} " in table
+        assert _shown(run.data.metrics["val_accuracy"]) & set(table.split()), (run.data.metrics, table[:800])
+    assert not re.search(r" (evaluate|audit|train [a-z]) ", table), table
 
 
 def test_the_logged_models_page_shows_its_evaluated_accuracy(project: Path, ui: str, tmp_path: Path) -> None:
@@ -382,7 +423,7 @@ def logged_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     (root / "report.html").write_bytes(REPORT)
     client.log_artifact(run_id, str(root / "report.html"))
     client.set_terminated(run_id)
-    with _serving(root) as (base, _):
+    with _serving(root) as (base, _, _):
         yield base, run_id
 
 

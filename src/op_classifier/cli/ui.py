@@ -30,8 +30,11 @@ def run(args: argparse.Namespace) -> None:
 
     cfg = config.load(args.overrides)
     store = tracking.open_store(cfg.tracking)
-    link = store.runs_link(cfg.tracking.experiment, f"http://{args.host}:{args.port}")
-    print(f"runs of {store.uri}, compared: {link}", flush=True)
+    base = f"http://{args.host}:{args.port}"
+    runs, trials = (store.runs_link(cfg.tracking.experiment, base, trials=kind) for kind in (False, True))
+    print(f"runs of {store.uri}, compared: {runs}", flush=True)
+    if trials != runs:  # no experiment yet: both are the UI's list of experiments
+        print(f"the search's trials: {trials}", flush=True)
     argv, extra = store.ui_command(args.host, args.port)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"), **extra}
     try:

@@ -179,7 +179,9 @@ def _log(cfg: Config, store: tracking.ModelStore, source: str, out: Path, summar
     numbers = {key: value for key, value in figures.items() if isinstance(value, (int, float))}
     tracker = tracking.make_tracker(cfg.tracking)
     name = tracking.run_name("export", {"quantize": summary["quantize"], "model": source})
-    with tracker.run(name, tags={"stage": "export", "source_model": source}) as run_id:
+    tags = {"stage": "export", "source_model": source}
+    # Under the training run of the model it exported, as evaluate's is: the runs table's row of that model.
+    with tracker.run(name, tags=tags, parent=store.training_run(source)) as run_id:
         tracker.log_metrics(numbers)
         tracker.log_artifact(out, "litert")
     ref = tracking.registered(source)

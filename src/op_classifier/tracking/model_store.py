@@ -13,7 +13,7 @@ from typing import Any
 from op_classifier.errors import first_line
 from op_classifier.tracking.naming import PREDICTIONS_ARTIFACT
 from op_classifier.tracking.protocols import Evaluated, Served, TrackingError
-from op_classifier.tracking.store import SHARED_VIEW_KEY, client_env
+from op_classifier.tracking.store import SHARED_VIEW_KEY, TRIALS_VIEW_KEY, client_env
 from op_classifier.tracking.uris import missing_sqlite, registered
 
 # Registry lookups that mean "no such model, version or alias" rather than a broken store.
@@ -190,15 +190,22 @@ class MlflowModelStore:
 
         return served_model(model_uri, self.uri, trust_code)
 
-    def runs_link(self, experiment: str, base_url: str) -> str:
-        """The MLflow UI page comparing the experiment's runs (val/test accuracy, model, learning rate, ...)."""
+    def training_run(self, model_uri: str) -> str | None:
+        """The run that logged the model a models:/ or runs:/ URI names; None for a local folder."""
+        if not model_uri.startswith(("models:/", "runs:/")):
+            return None
+        return _run_of(self._client(), model_uri)
+
+    def runs_link(self, experiment: str, base_url: str, trials: bool = False) -> str:
+        """The MLflow UI page of the experiment's trained models (or its search trials), best val_accuracy first."""
         found = None
         if not missing_sqlite(self.uri):
             with contextlib.suppress(Exception):  # no store or no run yet: the UI's home page still helps
                 found = self._client().get_experiment_by_name(experiment)
         if found is None:
             return f"{base_url}/#/experiments"
-        return f"{base_url}/#/experiments/{found.experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
+        view = TRIALS_VIEW_KEY if trials else SHARED_VIEW_KEY
+        return f"{base_url}/#/experiments/{found.experiment_id}/runs?viewStateShareKey={view}"
 
     def ui_command(self, host: str, port: int) -> tuple[list[str], dict[str, str]]:
         """`mlflow ui` on this store, from the same environment as this Python, and its environment's additions.

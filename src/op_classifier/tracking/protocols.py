@@ -152,8 +152,11 @@ class ModelStore(Protocol):
     def attach(self, run_id: str, path: Path, artifact_path: str) -> None:
         """A file attached to a finished run, which stays as it ended."""
 
-    def runs_link(self, experiment: str, base_url: str) -> str:
-        """The UI page at base_url comparing the experiment's runs on the columns that matter."""
+    def training_run(self, model_uri: str) -> str | None:
+        """The run that logged the model a models:/ or runs:/ URI names; None for a local folder."""
+
+    def runs_link(self, experiment: str, base_url: str, trials: bool = False) -> str:
+        """The UI page at base_url of the experiment's trained models, one row each (or its search trials)."""
 
     def ui_command(self, host: str, port: int) -> tuple[list[str], dict[str, str]]:
         """The command line of the store's own UI on host:port, and what it adds to the environment."""

@@ -28,9 +28,8 @@ from op_classifier.tracking.store import (
     CLOSED_TAG,
     EXPERIMENT_KIND,
     RESUMABLE_TAG,
-    SHARED_VIEW,
-    SHARED_VIEW_KEY,
     SHARED_VIEW_PREFIX,
+    VIEWS,
     artifact_root,
     client_env,
     close_orphans,
@@ -70,8 +69,9 @@ class MlflowTracker:
                 client = mlflow.MlflowClient()
                 self.experiment_id, tags = experiment(client, self.cfg.experiment, artifact_root(uri))
                 # Without the kind MLflow 3's UI opens the experiment on its GenAI overview (traces, tokens);
-                # the shared view is the runs table with the columns that matter (runs_table_link).
-                for key, value in (EXPERIMENT_KIND, (f"{SHARED_VIEW_PREFIX}{SHARED_VIEW_KEY}", SHARED_VIEW)):
+                # the shared views are the runs table with the rows and columns that matter (runs_link).
+                views = [(f"{SHARED_VIEW_PREFIX}{key}", view) for key, view in VIEWS.items()]
+                for key, value in (EXPERIMENT_KIND, *views):
                     if tags.get(key) != value:
                         tag_experiment(client, self.experiment_id, key, value)
         except Exception as error:  # MLflow raises many types for a store it cannot reach
@@ -206,7 +206,8 @@ class MlflowTracker:
         """A nested run for one tuner trial, under the active (parent) run, or the joined one."""
         if self.parent_run_id is not None:  # a restarted worker re-runs its trial: the killed attempt ends
             close_orphans(self.parent_run_id, f"tags.trial_id = '{trial_id}'")
-        with self.run(f"trial-{trial_id}", nested=True, tags={"trial_id": trial_id}, params=hparams):
+        tags = {"stage": "trial", "trial_id": trial_id}  # the trials' view filters on the stage
+        with self.run(f"trial-{trial_id}", nested=True, tags=tags, params=hparams):
             yield
 
     @contextlib.contextmanager

@@ -19,31 +19,54 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # file, cleared when it fails or is closed unfinished), and why it was closed without finishing.
 RESUMABLE_TAG, CLOSED_TAG = "op_classifier.resumable", "op_classifier.closed"
 
-# The MLflow UI reads a runs-table view (sort, columns) from this experiment tag when a link names
-# its key (?viewStateShareKey=...): the link `make ui` prints opens on the columns that matter.
-SHARED_VIEW_PREFIX, SHARED_VIEW_KEY = "mlflow.sharedViewState.", "op-classifier"
-
-SHARED_VIEW = json.dumps(
-    {
-        "orderByKey": "metrics.`val_accuracy`",
-        "orderByAsc": False,
-        "searchFilter": "",
-        "selectedColumns": [
-            f"{kind}.`{name}`"
-            for kind, name in (
-                ("metrics", "val_accuracy"),
-                ("metrics", "test_accuracy"),
-                ("params", "model.name"),
-                ("params", "learning_rate_used"),
-                ("params", "tuned.dropout"),
-                ("params", "model.dropout"),
-                ("params", "tuned.units"),
-                ("params", "model.units"),
-                ("params", "tuned.learning_rate"),
-            )
-        ],
-    }
+# The MLflow UI reads a runs-table view (filter, sort, columns) from an experiment tag when a link names
+# its key (?viewStateShareKey=...). Its table nests child runs only when neither sorted nor filtered, so
+# the views filter instead: one row per trained model (its evaluate and export runs are its children),
+# and the search's trials, all in the val_accuracy column.
+SHARED_VIEW_PREFIX, SHARED_VIEW_KEY, TRIALS_VIEW_KEY = (
+    "mlflow.sharedViewState.",
+    "op-classifier",
+    "op-classifier-trials",
 )
+
+
+def _view(stage: str, columns: tuple[tuple[str, str], ...]) -> str:
+    """A runs-table view of one stage's runs, best val_accuracy first, with these columns."""
+    selected = [f"{kind}.`{name}`" for kind, name in (("metrics", "val_accuracy"), *columns)]
+    return json.dumps(
+        {
+            "orderByKey": "metrics.`val_accuracy`",
+            "orderByAsc": False,
+            "searchFilter": f"tags.stage = '{stage}'",
+            "selectedColumns": selected,
+        }
+    )
+
+
+VIEWS = {
+    SHARED_VIEW_KEY: _view(
+        "train",
+        (
+            ("metrics", "test_accuracy"),
+            ("attributes", "Models"),  # the logged model, its page a click away
+            ("params", "model.name"),
+            ("params", "learning_rate_used"),
+            ("params", "tuned.dropout"),
+            ("params", "model.dropout"),
+            ("params", "tuned.units"),
+            ("params", "model.units"),
+            ("params", "tuned.learning_rate"),
+        ),
+    ),
+    # A trial logs the values it drew under the search space's names (tuner.search_space).
+    TRIALS_VIEW_KEY: _view(
+        "trial",
+        tuple(
+            ("params", name)
+            for name in ("name", "learning_rate", "dropout", "units", "fine_tune_layers", "fine_tune_lr_factor")
+        ),
+    ),
+}
 
 # Fail in seconds, not after MLflow's default minutes of retries against a dead server; and no usage
 # telemetry, which would only time out on machines without internet.

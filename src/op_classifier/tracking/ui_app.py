@@ -4,9 +4,10 @@ MLflow 3.17's UI takes its mode (GenAI or model training) from the page's `workf
 else from the browser's stored choice, else GenAI; the experiment's `mlflow.experimentKind` tag is
 not read. So a first visit lands on a GenAI overview with "Traces 0". This app is MLflow's server
 app (an `mlflow.app` plugin, the way MLflow's own basic-auth is served) with one addition to its
-page: a browser that has never chosen a mode starts in model training, and an experiment of ours
-opened by its plain URL, for the first time in that browser, opens on its saved runs view
-(val/test accuracy, model, key params). A user's own choice, once made, is never overridden.
+page: a browser that has never chosen a mode starts in model training, without the Assistant panel
+MLflow opens on a first visit, and an experiment of ours opened by its plain URL, for the first time
+in that browser, opens on its saved runs view (one row per trained model: val/test accuracy, model, key
+params). A user's own choice, once made, is never overridden.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from mlflow.server import app as mlflow_app
 from op_classifier.tracking.store import SHARED_VIEW_KEY, SHARED_VIEW_PREFIX
 
 MODE_KEY = "mlflow.workflowType_v1"  # the UI's useLocalStorage({key: "mlflow.workflowType", version: 1})
+# The UI opens its Assistant panel (a third of the width) on a browser's first page load, and records that it
+# did under this key: recorded beforehand, the runs table keeps the width; its button still opens the panel.
+ASSISTANT_OPENED_KEY = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
 RUNS_VIEW_KEY = 'MLflowLocalStorage-1.1-ExperimentPage-["{id}"]-ReactComponentState'  # its saved runs view
 
 FIRST_VISIT = f"""<script>(function () {{
   var storage = window.localStorage;
   if (storage.getItem("{MODE_KEY}") === null) storage.setItem("{MODE_KEY}", JSON.stringify("machine_learning"));
+  if (storage.getItem("{ASSISTANT_OPENED_KEY}") === null) storage.setItem("{ASSISTANT_OPENED_KEY}", "true");
   var plain = window.location.hash.match(/^#\\/experiments\\/(\\d+)\\/?(runs\\/?)?$/);
   if (!plain || storage.getItem('{RUNS_VIEW_KEY}'.replace("{{id}}", plain[1])) !== null) return;
   fetch("ajax-api/2.0/mlflow/experiments/get?experiment_id=" + plain[1])
