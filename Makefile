@@ -9,7 +9,9 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu)
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
-INSTALL := $(if $(filter pip,$(INSTALLER)),$(PIP) install,$(BIN)/uv pip install --quiet --python $(BIN)/python)
+# uv compiles the packages' bytecode as pip does (uv leaves it to the first import by default): without it
+# a fresh clone's `make test` took 8 min 48 s instead of 5 min 45 s, for 25 s more of install.
+INSTALL := $(if $(filter pip,$(INSTALLER)),$(PIP) install,$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python)
 # Stages run as `python -m op_classifier.<stage>` under DVC: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
