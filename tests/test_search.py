@@ -203,3 +203,30 @@ def first_run(root: Path) -> str:
     from op_classifier.tracking import RUN_ID_FILE
 
     return (root / "experiments/tuning/search" / RUN_ID_FILE).read_text(encoding="utf-8").strip()
+
+
+def test_a_killed_search_resumes_unless_asked_for_fewer_trials(tmp_path: Path, capsys) -> None:
+    """A search killed half-way resumes at the same or a raised max_trials; a lowered one starts anew and says why
+    (as for a finished search): Keras Tuner would otherwise keep the trials beyond the new budget."""
+    from op_classifier.training import state, tuners
+
+    folder = tmp_path / "search"
+    made_by = {"id": "abc", tuners.BUDGET: 6}
+    state.claim(folder, made_by, "tuner search")
+    (folder / "oracle.json").write_text("{}", encoding="utf-8")  # a killed search's state: not complete
+    for budget, why in ((6, None), (8, None), (2, "max_trials changed from 6 to 2")):
+        cfg = compose(f"tuner.max_trials={budget}").tuner
+        reuse, why_anew, extending = tuners.resumption(folder, {**made_by, tuners.BUDGET: budget}, cfg)
+        assert (reuse, extending) == (False, False) and (why_anew or "").startswith(why or ""), why_anew
+        assert (why_anew is None) == (why is None)
+    other = tuners.resumption(folder, {"id": "other", tuners.BUDGET: 2}, compose("tuner.max_trials=2").tuner)
+    assert other == (False, None, False)  # another search's state: claim says what changed, not the budget
+    assert state.claim(folder, {**made_by, tuners.BUDGET: 6}, "tuner search")  # resumed
+    assert not state.claim(folder, {**made_by, tuners.BUDGET: 2}, "tuner search", why=_why(folder))
+    assert "not resuming the tuner search" in capsys.readouterr().err and not (folder / "oracle.json").exists()
+
+
+def _why(folder: Path) -> str:
+    from op_classifier.training import tuners
+
+    return tuners.resumption(folder, {"id": "abc", tuners.BUDGET: 2}, compose("tuner.max_trials=2").tuner)[1]

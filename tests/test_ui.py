@@ -192,6 +192,10 @@ def test_the_trials_link_opens_the_searchs_trials_with_their_scores(
     for run in trials:
         assert f" {run.info.run_name} " in table
         assert _shown(run.data.metrics["val_accuracy"]) & set(table.split()), (run.data.metrics, table[:800])
+    # Which search each trial belongs to: its tune run's name, the walk-through's two searches told apart.
+    searches = {run.data.tags["search"] for run in trials}
+    tunes = {run.info.run_name.removeprefix("tune ") for run in _stage_runs(project, "tune")}
+    assert searches == tunes and all(f" {name[:15]}" in table for name in searches), (searches, tunes, table[:800])
     assert not re.search(r" (evaluate|audit|train [a-z]) ", table), table
 
 

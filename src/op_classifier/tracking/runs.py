@@ -206,9 +206,19 @@ class MlflowTracker:
         """A nested run for one tuner trial, under the active (parent) run, or the joined one."""
         if self.parent_run_id is not None:  # a restarted worker re-runs its trial: the killed attempt ends
             close_orphans(self.parent_run_id, f"tags.trial_id = '{trial_id}'")
-        tags = {"stage": "trial", "trial_id": trial_id}  # the trials' view filters on the stage
+        # The trials' view filters on the stage, and tells one search's trials from another's by its run's name.
+        tags = {"stage": "trial", "trial_id": trial_id, "search": self._search_name()}
         with self.run(f"trial-{trial_id}", nested=True, tags=tags, params=hparams):
             yield
+
+    def _search_name(self) -> str | None:
+        """The name of the run the trials nest under (`tune <DVC experiment>`), without its stage word."""
+        import mlflow
+
+        parent = self.parent_run_id or (mlflow.active_run() and mlflow.active_run().info.run_id)
+        if parent is None:
+            return None
+        return store_call(lambda: mlflow.MlflowClient().get_run(parent)).info.run_name.removeprefix("tune ")
 
     @contextlib.contextmanager
     def join(self, param: str, value: str, timeout: float) -> Iterator[str | None]:

@@ -61,9 +61,12 @@ VIEWS = {
     # A trial logs the values it drew under the search space's names (tuner.search_space).
     TRIALS_VIEW_KEY: _view(
         "trial",
-        tuple(
-            ("params", name)
-            for name in ("name", "learning_rate", "dropout", "units", "fine_tune_layers", "fine_tune_lr_factor")
+        (
+            ("tags", "search"),  # which search: its tune run's name
+            *(
+                ("params", name)
+                for name in ("name", "learning_rate", "dropout", "units", "fine_tune_layers", "fine_tune_lr_factor")
+            ),
         ),
     ),
 }

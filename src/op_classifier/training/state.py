@@ -78,11 +78,12 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def claim(folder: Path, new: Mapping[str, Any], what: str, keep: Iterable[str] = (), why: str | None = None) -> bool:
     """Make folder hold state of `new`; True if its existing state matches and may be resumed.
 
-    Otherwise the folder is emptied (except the `keep` files, e.g. the id of a tracking run that the
-    tracker closes itself) and the reason printed. A finished state is never resumed: it starts anew.
+    Otherwise (or when the caller gives `why` it must not be resumed) the folder is emptied (except the
+    `keep` files, e.g. the id of a tracking run that the tracker closes itself) and the reason printed. A
+    finished state is never resumed: it starts anew.
     """
     recorded = read(folder)
-    if recorded is not None and recorded.get("id") == new["id"] and not recorded.get("complete"):
+    if why is None and recorded is not None and recorded.get("id") == new["id"] and not recorded.get("complete"):
         return True
     if _has_state(folder, keep):
         why = why or _why_not_resumed(recorded, new)

@@ -144,9 +144,12 @@ BUDGET = "max_trials"  # kept beside the fingerprint, not in it: raising it exte
 def resumption(folder: Path, made_by: dict[str, Any], cfg: TunerConfig) -> tuple[bool, str | None, bool]:
     """For a search of `made_by` (its fingerprint): whether a finished one in `folder` stands as it is;
     why one is not carried on (else None); whether it is extended (a raised max_trials)."""
-    if not state.finished(folder, made_by):
-        return False, None, False
-    before = state.read(folder).get(BUDGET)
+    recorded = state.read(folder) or {}
+    before = recorded.get(BUDGET)
+    if not state.finished(folder, made_by):  # a killed search resumes, unless asked for fewer trials than it had
+        same = recorded.get("id") == made_by["id"] and cfg.kind != "hyperband"
+        lowered = same and before is not None and before > made_by[BUDGET]
+        return False, _lowered(before, made_by[BUDGET]) if lowered else None, False
     if before == cfg.max_trials or cfg.kind == "hyperband":  # Hyperband's budget is max_epochs, in the fingerprint
         return True, None, False
     why_anew = extend(folder, made_by, before)
@@ -158,7 +161,7 @@ def extend(folder: Path, made_by: dict[str, Any], before: int | None) -> str | N
     line; Keras Tuner then runs only the new trials. A lowered (or unknown) budget: why it starts anew."""
     wanted = made_by[BUDGET]
     if before is None or before > wanted:
-        return f"{BUDGET} changed from {before} to {wanted} (a raised one extends a search; a lowered one starts anew)"
+        return _lowered(before, wanted)
     state.reopen(folder, made_by)
     print(
         f"note: extending the finished search in {folder} from {before} to {wanted} trials: "
@@ -167,6 +170,10 @@ def extend(folder: Path, made_by: dict[str, Any], before: int | None) -> str | N
         flush=True,
     )
     return None
+
+
+def _lowered(before: int | None, wanted: int) -> str:
+    return f"{BUDGET} changed from {before} to {wanted} (a raised one extends a search; a lowered one starts anew)"
 
 
 def fingerprint(cfg: Config, found: dict[str, Candidate], stage: str) -> dict[str, Any]:
