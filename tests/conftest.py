@@ -8,6 +8,8 @@ import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.request
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +137,20 @@ def run_in(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProc
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120, said: Callable[[], str] = str) -> None:
+    """Poll url until it answers 200; fail with said() (the server's output) if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{process.args} exited {process.returncode}: {said()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout:g} s: {said()[-3000:]}")
 
 
 def free_port() -> int:

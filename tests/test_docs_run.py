@@ -17,13 +17,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_repo, free_port, run_in
+from tests.conftest import REPO, copy_repo, free_port, run_in, wait_until_up
 from tests.test_docs import RUNNABLE, runnable_blocks
 
 pytestmark = pytest.mark.slow
@@ -100,18 +98,13 @@ def _serves(line: str, root: Path, env: dict[str, str], where: str) -> None:
         server = subprocess.Popen(
             ["bash", "-c", line], cwd=root, env=env, stdout=said, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+        def output() -> str:
+            said.seek(0)
+            return f"{where}: `{line}`: {said.read()}"
+
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                if server.poll() is not None:
-                    said.seek(0)
-                    raise AssertionError(f"{where}: `{line}` exited {server.returncode}: {said.read()[-2000:]}")
-                assert time.monotonic() < deadline, f"{where}: `{line}` did not answer on port {env['PORT']}"
-                try:
-                    if urllib.request.urlopen(f"http://127.0.0.1:{env['PORT']}/health", timeout=2).status == 200:
-                        return
-                except OSError:
-                    time.sleep(0.5)
+            wait_until_up(f"http://127.0.0.1:{env['PORT']}/health", server, 180, said=output)
         finally:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()

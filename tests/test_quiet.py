@@ -90,9 +90,8 @@ def test_the_ui_prints_its_link_and_no_noise(tmp_path: Path) -> None:
     import shutil
     import signal
     import time
-    import urllib.request
 
-    from tests.conftest import REPO, free_port
+    from tests.conftest import REPO, free_port, wait_until_up
 
     shutil.copytree(REPO / "conf", tmp_path / "conf")
     port = free_port()
@@ -109,14 +108,7 @@ def test_the_ui_prints_its_link_and_no_noise(tmp_path: Path) -> None:
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/health", server, said=log.read_text)
         time.sleep(2)  # whatever it prints once up
     finally:
         os.killpg(server.pid, signal.SIGKILL)

@@ -35,7 +35,7 @@ from op_classifier.models.common.compile import compile_model
 from op_classifier.models.seed_cnn import build_model
 from op_classifier.tracking import served as serving_model
 from op_classifier.tracking.runs import MlflowTracker
-from tests.conftest import REPO, compose, free_port
+from tests.conftest import REPO, compose, free_port, wait_until_up
 
 CLI = str(Path(sys.executable).parent / "op-classifier")
 CLASSES = ["Luffy", "Nami", "Sanji", "Zoro"]
@@ -96,24 +96,15 @@ def server(champion: tuple) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(url, process, root / "serve.log")
+        _up(url, process, root / "serve.log")
         yield url
     finally:
         _stop(process)
         log.close()
 
 
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited {process.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"server not up after {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+def _up(url: str, process: subprocess.Popen, log: Path) -> None:
+    wait_until_up(f"{url}/ping", process, START_TIMEOUT, said=log.read_text)
 
 
 def _stop(process: subprocess.Popen) -> None:

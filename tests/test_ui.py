@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, copy_repo, free_port, run_in
+from tests.conftest import REPO, copy_repo, free_port, run_in, wait_until_up
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "op-classifier")
@@ -80,15 +80,7 @@ def _serving(root: Path) -> Iterator[tuple[str, str, str | None]]:
     try:
         link = server.stdout.readline().strip().rsplit(" ", 1)[-1]
         trials = server.stdout.readline().strip().rsplit(" ", 1)[-1] if "viewStateShareKey" in link else None
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, "the UI server exited"
-            assert time.monotonic() < deadline, "the UI did not come up"
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/health", server)
         yield f"http://127.0.0.1:{port}", link, trials
     finally:
         os.killpg(server.pid, signal.SIGKILL)
