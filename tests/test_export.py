@@ -270,7 +270,7 @@ def test_serve_runs_the_exported_champion_on_litert_with_the_keras_models_answer
 ) -> None:
     """The champion has a float32 LiteRT file (the fixture exported it, with its check): serve runs that file,
     and over HTTP it answers the test split as the Keras model does."""
-    from tests.test_serve import _post, _stop, _wait_until_up
+    from tests.test_serve import _post, _stop, _up
 
     test = np.asarray(load_split(project / "data/prepared", "test").images, np.float32)
     port, log_path = free_port(), tmp_path / "serve.log"
@@ -285,7 +285,7 @@ def test_serve_runs_the_exported_champion_on_litert_with_the_keras_models_answer
             start_new_session=True,
         )
         try:
-            _wait_until_up(f"http://127.0.0.1:{port}", process, log_path)
+            _up(f"http://127.0.0.1:{port}", process, log_path)
             status, answer = _post(f"http://127.0.0.1:{port}", json.dumps({"instances": test.tolist()}).encode())
         finally:
             _stop(process)
